@@ -1,0 +1,3 @@
+"""orb8: per-cgroup eBPF metrics for Kubernetes nodes."""
+
+__version__ = "0.1.0"
