@@ -1,0 +1,146 @@
+"""Agent: wires settings, identity, sources and outputs; owns the lifecycle.
+
+Start order: kernel headers -> cgroup tree -> sources -> HTTP. A source that
+fails to start is reported down (orb8_probe_up 0, landing page, one log
+line) and the rest keeps working; `orb8 run` only fails outright when no
+probe at all could start, because then it would serve nothing useful.
+SIGTERM/SIGINT detach and free every BPF program and map before exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from exporter import __version__, probes
+from exporter.config import Settings
+from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
+from exporter.model import MetricFamily
+from exporter.outputs.prometheus import PrometheusServer, landing_page
+from exporter.sources import Source
+from exporter.sources.exporter_self import self_families
+from exporter.sources.syscalls import SyscallSource
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def build_sources(settings: Settings, headers: probes.KernelHeaders | None) -> list[Source]:
+    root = settings.cgroup_root or find_cgroup2_mount()
+    resolver = Resolver(CgroupTree(root))
+    log.info("cgroup v2 mount: %s", root)
+    sources: list[Source] = []
+    if "syscalls" in settings.probes:
+        sources.append(
+            SyscallSource(
+                resolver, settings.syscall_slots, settings.deleted_cgroup_grace, headers=headers
+            )
+        )
+    return sources
+
+
+class Agent:
+    def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.up: dict[str, bool] = {}
+        self.errors: dict[str, str] = {}
+        self.durations: dict[str, float] = {}
+        self.server: PrometheusServer | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        if self.sources is None:
+            try:
+                headers = probes.find_kernel_headers(self.settings.kernel_headers)
+                log.info("kernel headers: %s", headers)
+            except probes.ProbeError as e:
+                raise StartupError(str(e)) from None
+            self.sources = build_sources(self.settings, headers)
+        for source in self.sources:
+            try:
+                source.start()
+                self.up[source.name] = True
+            except Exception as e:
+                self._mark_down(source.name, f"start failed: {e}")
+        if self.sources and not any(self.up.values()):
+            self.close()
+            raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
+        self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
+        self.server.start()
+        host, port = self.server.address[:2]
+        log.info("serving metrics on http://%s:%s/metrics", host, port)
+
+    def _mark_down(self, name: str, error: str) -> None:
+        if self.errors.get(name) != error:
+            log.error("probe %s down: %s", name, error)
+        self.up[name] = False
+        self.errors[name] = error
+
+    def collect(self) -> list[MetricFamily]:
+        families: list[MetricFamily] = []
+        with self._lock:  # concurrent scrapes would race on source state
+            for source in self.sources or []:
+                if source.name in self.errors and self.errors[source.name].startswith("start"):
+                    continue
+                started = time.perf_counter()
+                try:
+                    families.extend(source.collect())
+                    if not self.up.get(source.name):
+                        log.info("probe %s recovered", source.name)
+                    self.up[source.name] = True
+                    self.errors.pop(source.name, None)
+                except Exception as e:
+                    log.debug("collect of %s failed", source.name, exc_info=True)
+                    self._mark_down(source.name, f"collect failed: {e}")
+                self.durations[source.name] = time.perf_counter() - started
+            families.extend(self_families(self.up, self.durations))
+        return _merge(families)
+
+    def landing(self) -> str:
+        rows = []
+        for source in self.sources or []:
+            detail = self.errors.get(source.name) or source.describe()
+            rows.append((source.name, self.up.get(source.name, False), detail))
+        return landing_page(__version__, rows)
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.start()
+        try:
+            self._stop.wait()
+        finally:
+            log.info("shutting down: detaching probes")
+            self.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for source in self.sources or []:
+            try:
+                source.close()
+            except Exception:
+                log.exception("closing %s failed", source.name)
+
+
+def _merge(families: list[MetricFamily]) -> list[MetricFamily]:
+    """Sources may each report e.g. orb8_bpf_map_entries; expose one family."""
+    merged: dict[str, MetricFamily] = {}
+    for family in families:
+        if family.name in merged:
+            merged[family.name].samples.extend(family.samples)
+        else:
+            merged[family.name] = family
+    return list(merged.values())

@@ -1,0 +1,112 @@
+"""orb8 command line: run | diagnose | check | version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+
+from exporter import __version__, probes
+from exporter.config import ConfigError, Settings, add_arguments, load_settings
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orb8",
+        description=(
+            "Node agent exporting per-cgroup eBPF metrics (syscalls per container) to "
+            "Prometheus. Every setting can also come from an ORB8_<NAME> environment "
+            "variable or a YAML file (--config); flags win over environment over file."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"orb8 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    run = sub.add_parser("run", help="load probes and serve /metrics (foreground)")
+    add_arguments(run)
+    diagnose = sub.add_parser(
+        "diagnose", help="check that this host can run orb8 and say how to fix what is missing"
+    )
+    add_arguments(diagnose)
+    check = sub.add_parser(
+        "check", help="compile, load and attach every configured probe, then detach (exit 0/1)"
+    )
+    add_arguments(check)
+    sub.add_parser("version", help="print version and kernel")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(settings: Settings) -> int:
+    from exporter.agent import Agent, StartupError
+
+    log = logging.getLogger("orb8")
+    log.info("orb8 %s starting on kernel %s", __version__, platform.release())
+    try:
+        Agent(settings).run()
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    except OSError as e:
+        log.error("cannot start: %s (listen %s)", e, settings.listen)
+        return 1
+    return 0
+
+
+def cmd_diagnose(settings: Settings) -> int:
+    from exporter.diagnose import format_checks, run_checks
+
+    results = run_checks(kernel_headers=settings.kernel_headers)
+    print(format_checks(results))
+    return 1 if any(r.status == "fail" for r in results) else 0
+
+
+def cmd_check(settings: Settings) -> int:
+    from exporter.agent import build_sources
+
+    try:
+        headers = probes.find_kernel_headers(settings.kernel_headers)
+        sources = build_sources(settings, headers)
+    except Exception as e:
+        print(f"FAIL  setup: {e}")
+        return 1
+    failed = 0
+    for source in sources:
+        try:
+            source.start()
+            print(f"OK    {source.name}: {source.describe()}")
+        except Exception as e:
+            failed += 1
+            print(f"FAIL  {source.name}: {e}")
+        finally:
+            source.close()
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"orb8 {__version__} (kernel {platform.release()})")
+        return 0
+    try:
+        settings = load_settings(vars(args))
+    except ConfigError as e:
+        print(f"orb8: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    commands = {"run": cmd_run, "diagnose": cmd_diagnose, "check": cmd_check}
+    return commands[args.command](settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

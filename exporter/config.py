@@ -1,0 +1,254 @@
+"""One validated settings object from flags, ORB8_* environment variables and YAML.
+
+Precedence: command-line flag > environment variable > YAML file > default.
+Every setting is declared once in SETTINGS; the flag (`--syscall-slots`), the
+environment variable (`ORB8_SYSCALL_SLOTS`) and the YAML key (`syscall_slots`)
+are derived from its name. Anything invalid raises ConfigError naming the
+setting and where the value came from; the CLI turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "ORB8_"
+# Environment variables that are not settings themselves.
+ENV_RESERVED = {"ORB8_CONFIG"}
+
+KNOWN_PROBES = ("syscalls",)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the setting and its source."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    host, sep, port_text = str(value).rpartition(":")
+    if not sep:
+        raise ValueError("expected HOST:PORT or :PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port {port_text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return Listen(host, port)
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a positive integer")
+    try:
+        number = int(str(value), 0) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not an integer") from None
+    if isinstance(value, float) and value != number:
+        raise ValueError(f"{value!r} is not an integer")
+    if number <= 0:
+        raise ValueError(f"{number} is not a positive integer")
+    return number
+
+
+def non_negative_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    if number < 0 or number != number:
+        raise ValueError(f"{value!r} must be zero or more")
+    return number
+
+
+def probe_list(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    probes = tuple(str(p).strip() for p in items if str(p).strip())
+    unknown = [p for p in probes if p not in KNOWN_PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROBES)}")
+    return probes
+
+
+def log_level(value: Any) -> str:
+    level = str(value).lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def optional_path(value: Any) -> Path | None:
+    return Path(str(value)) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str = ""
+
+
+SETTINGS: tuple[Spec, ...] = (
+    Spec("listen", parse_listen, ":9091", "address for /metrics (HOST:PORT, :PORT)", "HOST:PORT"),
+    Spec(
+        "probes",
+        probe_list,
+        ",".join(KNOWN_PROBES),
+        f"comma-separated probes to load (known: {', '.join(KNOWN_PROBES)})",
+        "LIST",
+    ),
+    Spec(
+        "syscall_slots",
+        positive_int,
+        32768,
+        "capacity of the kernel syscall map in (cgroup, syscall) pairs; when full, "
+        "new pairs are not counted and orb8_bpf_map_update_failures_total rises",
+        "N",
+    ),
+    Spec(
+        "deleted_cgroup_grace",
+        non_negative_float,
+        60.0,
+        "seconds a removed cgroup's series are still exported before its kernel "
+        "map entries are freed",
+        "SECONDS",
+    ),
+    Spec(
+        "kernel_headers",
+        optional_path,
+        None,
+        "kernel headers directory for BCC (default: /lib/modules/$(uname -r)/build)",
+        "DIR",
+    ),
+    Spec(
+        "cgroup_root",
+        optional_path,
+        None,
+        "cgroup v2 mount point (default: found in /proc/self/mountinfo)",
+        "DIR",
+    ),
+    Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: Listen
+    probes: tuple[str, ...]
+    syscall_slots: int
+    deleted_cgroup_grace: float
+    kernel_headers: Path | None
+    cgroup_root: Path | None
+    log_level: str
+    config_file: Path | None = None
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; flags default to None so absence is visible."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"YAML file with settings (keys as below, e.g. syscall_slots); env {ENV_PREFIX}CONFIG",
+    )
+    for spec in SETTINGS:
+        parser.add_argument(
+            flag_name(spec.name),
+            dest=spec.name,
+            metavar=spec.metavar or None,
+            default=None,
+            help=f"{spec.help} [env {env_name(spec.name)}; default {spec.default}]",
+        )
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of setting: value")
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge flags, environment and YAML into a validated Settings."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+
+    unknown_env = sorted(
+        key
+        for key in environ
+        if key.startswith(ENV_PREFIX)
+        and key not in ENV_RESERVED
+        and key[len(ENV_PREFIX) :].lower() not in SPEC_BY_NAME
+    )
+    if unknown_env:
+        raise ConfigError(f"unknown environment setting {unknown_env[0]}")
+
+    config_path = flags.get("config") or environ.get(f"{ENV_PREFIX}CONFIG") or None
+    file_values: dict[str, Any] = {}
+    if config_path:
+        file_values = load_yaml(Path(config_path))
+        for key in file_values:
+            if key not in SPEC_BY_NAME:
+                raise ConfigError(
+                    f"config file {config_path}: unknown setting {key!r}; "
+                    f"known: {', '.join(SPEC_BY_NAME)}"
+                )
+
+    values: dict[str, Any] = {}
+    for spec in SETTINGS:
+        if spec.name in flags:
+            raw, source = flags[spec.name], f"flag {flag_name(spec.name)}"
+        elif env_name(spec.name) in environ:
+            raw, source = environ[env_name(spec.name)], f"environment {env_name(spec.name)}"
+        elif spec.name in file_values:
+            raw, source = file_values[spec.name], f"config file {config_path} key {spec.name}"
+        else:
+            raw, source = spec.default, "default"
+        try:
+            values[spec.name] = spec.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"invalid {spec.name} ({source}): {e}") from None
+
+    known = {f.name for f in fields(Settings)}
+    return Settings(
+        **{k: v for k, v in values.items() if k in known},
+        config_file=Path(config_path) if config_path else None,
+    )

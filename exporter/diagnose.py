@@ -1,0 +1,177 @@
+"""`orb8 diagnose`: can `orb8 run` work on this host, and if not, what to do.
+
+Each check returns ok / warn / fail with a detail and, when not ok, a fix.
+Exit status is 0 only when no check failed. Filesystem roots are parameters
+so tests can inject a broken host without monkeypatching.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter import probes
+from exporter.identity.cgroupfs import CgroupError, find_cgroup2_mount
+
+MIN_KERNEL = (5, 8)
+# Capability bits (linux/capability.h).
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def parse_kernel_version(release: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if not match:
+        raise ValueError(f"unrecognised kernel release {release!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_kernel(release: str) -> Check:
+    try:
+        version = parse_kernel_version(release)
+    except ValueError as e:
+        return Check("kernel", "fail", str(e), "run on Linux >= 5.8")
+    if version < MIN_KERNEL:
+        return Check(
+            "kernel", "fail", f"{release} is older than 5.8", "upgrade the node kernel to >= 5.8"
+        )
+    return Check("kernel", "ok", release)
+
+
+def check_btf(btf: Path) -> Check:
+    if btf.exists():
+        return Check("btf", "ok", str(btf))
+    return Check(
+        "btf",
+        "warn",
+        f"{btf} missing",
+        "not needed by the current probes; enable CONFIG_DEBUG_INFO_BTF for future fentry probes",
+    )
+
+
+def check_capabilities(status_file: Path) -> Check:
+    try:
+        text = status_file.read_text()
+    except OSError as e:
+        return Check("capabilities", "fail", f"cannot read {status_file}: {e.strerror}")
+    match = re.search(r"^CapEff:\s*([0-9a-f]+)", text, re.M)
+    if not match:
+        return Check("capabilities", "fail", f"no CapEff in {status_file}")
+    caps = int(match.group(1), 16)
+    has = {bit: bool(caps >> bit & 1) for bit in (CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF)}
+    if has[CAP_SYS_ADMIN] or (has[CAP_BPF] and has[CAP_PERFMON]):
+        return Check("capabilities", "ok", f"CapEff={match.group(1)}")
+    return Check(
+        "capabilities",
+        "fail",
+        f"CapEff={match.group(1)} lacks CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)",
+        "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (DaemonSet: securityContext)",
+    )
+
+
+def check_bcc() -> Check:
+    try:
+        bcc = probes.import_bcc()
+    except probes.ProbeError as e:
+        return Check("bcc", "fail", str(e), "apt-get install python3-bpfcc; make setup")
+    version = getattr(getattr(bcc, "version", None), "__version__", "unknown")
+    return Check("bcc", "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
+
+
+def check_headers(override: Path | None, modules_root: Path) -> Check:
+    try:
+        headers = probes.find_kernel_headers(override, modules_root=modules_root)
+    except probes.ProbeError as e:
+        return Check(
+            "kernel headers",
+            "fail",
+            str(e).split(". ")[0],
+            f"apt-get install linux-headers-{platform.release()}, or make setup "
+            "(links the distribution headers as a fallback), or --kernel-headers DIR",
+        )
+    return Check("kernel headers", "ok", str(headers))
+
+
+def check_tracefs() -> Check:
+    root = probes.tracefs_root()
+    if root is None:
+        return Check(
+            "tracefs",
+            "fail",
+            "tracefs is not mounted",
+            "mount -t tracefs tracefs /sys/kernel/tracing",
+        )
+    return Check("tracefs", "ok", str(root))
+
+
+def check_cgroup2(mountinfo: Path) -> Check:
+    try:
+        mount = find_cgroup2_mount(mountinfo)
+    except CgroupError as e:
+        return Check("cgroup v2", "fail", str(e), "mount cgroup2 (see README, requirements)")
+    return Check("cgroup v2", "ok", str(mount))
+
+
+def check_test_load() -> Check:
+    try:
+        bcc = probes.import_bcc()
+        bpf = bcc.BPF(text=b"int orb8_diagnose(void *ctx) { return 0; }")
+        try:
+            fn = bpf.load_func(b"orb8_diagnose", bcc.BPF.RAW_TRACEPOINT)
+            bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn.name)
+        finally:
+            bpf.cleanup()
+    except Exception as e:
+        return Check(
+            "test load",
+            "fail",
+            f"loading a trivial probe failed: {e}",
+            "fix the failures above; check dmesg for BPF verifier or lockdown messages",
+        )
+    return Check("test load", "ok", "compiled, loaded and attached a trivial raw tracepoint")
+
+
+def run_checks(
+    kernel_headers: Path | None = None,
+    modules_root: Path = Path("/lib/modules"),
+    proc: Path = Path("/proc"),
+    btf: Path = Path("/sys/kernel/btf/vmlinux"),
+    release: str | None = None,
+) -> list[Check]:
+    checks: list[Callable[[], Check]] = [
+        lambda: check_kernel(release or platform.release()),
+        lambda: check_btf(btf),
+        lambda: check_capabilities(proc / "self" / "status"),
+        check_bcc,
+        lambda: check_headers(kernel_headers, modules_root),
+        check_tracefs,
+        lambda: check_cgroup2(proc / "self" / "mountinfo"),
+    ]
+    results = [check() for check in checks]
+    if all(r.status != "fail" for r in results):
+        results.append(check_test_load())
+    else:
+        results.append(Check("test load", "fail", "skipped: fix the failures above first"))
+    return results
+
+
+def format_checks(results: list[Check]) -> str:
+    width = max(len(r.name) for r in results)
+    lines = []
+    for r in results:
+        lines.append(f"{r.status.upper():4}  {r.name:<{width}}  {r.detail}")
+        if r.fix and r.status != "ok":
+            lines.append(f"{'':4}  {'':<{width}}  -> {r.fix}")
+    failed = sum(r.status == "fail" for r in results)
+    lines.append("orb8 run can work on this host" if not failed else f"{failed} check(s) failed")
+    return "\n".join(lines)

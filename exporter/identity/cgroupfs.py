@@ -1,0 +1,119 @@
+"""The cgroup v2 filesystem: find its mount, map cgroup ids to paths.
+
+A cgroup v2 id, as returned by bpf_get_current_cgroup_id(), is the inode
+number of the cgroup's directory. Walking the tree with scandir reads those
+inode numbers from directory entries without a stat() per cgroup, so a full
+walk of a busy node (thousands of cgroups) takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+def _unescape_mount_path(path: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def parse_cgroup2_mounts(mountinfo_text: str) -> list[Path]:
+    """Mount points of cgroup2 filesystems, in mountinfo order."""
+    mounts = []
+    for line in mountinfo_text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        fstype = right.split()[0] if right.split() else ""
+        if fstype == "cgroup2" and len(fields) >= 5:
+            mounts.append(Path(_unescape_mount_path(fields[4])))
+    return mounts
+
+
+def find_cgroup2_mount(mountinfo: Path = MOUNTINFO) -> Path:
+    """The cgroup v2 mount point, found in mountinfo; never hard-coded."""
+    try:
+        text = mountinfo.read_text()
+    except OSError as e:
+        raise CgroupError(f"cannot read {mountinfo}: {e.strerror}") from None
+    mounts = parse_cgroup2_mounts(text)
+    if not mounts:
+        raise CgroupError(
+            "no cgroup2 filesystem is mounted; orb8 needs cgroup v2 (unified or hybrid "
+            "layout), e.g. mount -t cgroup2 none /sys/fs/cgroup/unified"
+        )
+    # The shortest path is the host's own mount when containers add more.
+    return min(mounts, key=lambda p: len(p.parts))
+
+
+def walk_cgroup_ids(root: Path) -> dict[int, str]:
+    """Every cgroup under root: {cgroup id: path relative to root, starting with /}."""
+    ids = {os.stat(root).st_ino: "/"}
+    stack = [(str(root), "")]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue  # removed while walking
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                child = f"{rel}/{entry.name}"
+                ids[entry.inode()] = child
+            except OSError:
+                continue
+            stack.append((entry.path, child))
+    return ids
+
+
+class CgroupTree:
+    """cgroup id -> path, from periodic walks of the v2 mount.
+
+    The table always mirrors the last walk, so it is bounded by the number of
+    cgroups that exist. A lookup miss triggers a new walk, at most once every
+    `min_rescan_interval` seconds; `scanned_at` tells callers how fresh a
+    "not found" answer is (a cgroup counted before that time and still not
+    found has been removed).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        clock: Callable[[], float] = time.monotonic,
+        min_rescan_interval: float = 1.0,
+    ) -> None:
+        self.root = root
+        self.clock = clock
+        self.min_rescan_interval = min_rescan_interval
+        self.paths: dict[int, str] = {}
+        self.scanned_at = float("-inf")
+        self.scans = 0
+
+    def rescan(self) -> None:
+        started = self.clock()
+        self.paths = walk_cgroup_ids(self.root)
+        self.scanned_at = started
+        self.scans += 1
+        log.debug("walked %s: %d cgroups", self.root, len(self.paths))
+
+    def lookup(self, cgroup_id: int) -> str | None:
+        path = self.paths.get(cgroup_id)
+        if path is None and self.clock() - self.scanned_at >= self.min_rescan_interval:
+            self.rescan()
+            path = self.paths.get(cgroup_id)
+        return path

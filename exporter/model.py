@@ -1,0 +1,53 @@
+"""The one internal metric model: what sources produce and every output reads.
+
+A source's collect() returns MetricFamily objects; the Prometheus output
+renders them as exposition text, and the OTLP output will map the same
+families to instruments. Keeping this small and output-agnostic is what lets
+both outputs agree on names, types and labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+MetricType = Literal["counter", "gauge"]
+
+# Identity labels carried by every per-workload series, in this order.
+IDENTITY_LABELS = ("namespace", "pod", "container", "cgroup")
+
+
+class Identity(NamedTuple):
+    """Who a cgroup belongs to. Plain-host cgroups have empty pod fields."""
+
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+    cgroup: str = ""
+
+
+UNRESOLVED = Identity(cgroup="<unresolved>")
+
+
+@dataclass
+class MetricFamily:
+    name: str  # full name, counters included their _total suffix
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    def add(self, label_values: tuple[str, ...], value: float) -> None:
+        if len(label_values) != len(self.labels):
+            raise ValueError(f"{self.name}: expected {len(self.labels)} label values")
+        self.samples.append((label_values, value))
+
+
+def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> MetricFamily:
+    if not name.endswith("_total"):
+        raise ValueError(f"counter {name} must end in _total")
+    return MetricFamily(name, "counter", help, labels)
+
+
+def gauge(name: str, help: str, labels: tuple[str, ...] = ()) -> MetricFamily:
+    return MetricFamily(name, "gauge", help, labels)

@@ -1,0 +1,1 @@
+"""Outputs render the model: Prometheus exposition over HTTP (and OTLP push)."""

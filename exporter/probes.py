@@ -1,0 +1,224 @@
+"""BCC loading: kernel header discovery, feature probes, compile, batch map reads.
+
+Everything that touches BCC directly lives here so sources stay readable and
+so diagnose/check exercise exactly the code `orb8 run` uses.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(os.environ.get("ORB8_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+class ProbeError(RuntimeError):
+    """A probe could not be compiled, loaded or attached; the message says why."""
+
+
+@dataclass(frozen=True)
+class KernelHeaders:
+    path: Path | None  # None: BCC extracts the kernel's own kheaders
+    origin: str  # human-readable: where they came from and whether they match
+    configured: bool = False  # given with --kernel-headers
+
+    def __str__(self) -> str:
+        return f"{self.path or '/sys/kernel/kheaders.tar.xz'} ({self.origin})"
+
+
+def _headers_version(build_dir: Path) -> str:
+    """Best-effort kernel version of a headers tree, from its resolved path."""
+    name = build_dir.resolve().name
+    return name.removeprefix("linux-headers-") if name.startswith("linux-headers-") else name
+
+
+def find_kernel_headers(
+    override: Path | None = None,
+    release: str | None = None,
+    modules_root: Path = Path("/lib/modules"),
+    kheaders: Path = Path("/sys/kernel/kheaders.tar.xz"),
+) -> KernelHeaders:
+    """Find the headers BCC will compile against, or raise ProbeError with a fix.
+
+    Order: an explicit directory; the running kernel's build tree (which may be
+    a distribution fallback linked by scripts/setup-host.sh, reported as
+    such); the kernel's built-in kheaders.
+    """
+    release = release or platform.release()
+    if override is not None:
+        if not (override / "include").is_dir():
+            raise ProbeError(
+                f"kernel headers directory {override} does not exist or has no include/; "
+                "point --kernel-headers at a kernel build tree"
+            )
+        return KernelHeaders(
+            override, f"configured, version {_headers_version(override)}", configured=True
+        )
+    build = modules_root / release / "build"
+    if (build / "include").is_dir():
+        version = _headers_version(build)
+        if version.split("-")[0] == release.split("-")[0]:
+            origin = f"running kernel {release}"
+        else:
+            origin = (
+                f"distribution fallback {version} for running kernel {release}; "
+                "probes use only stable UAPI layouts"
+            )
+        return KernelHeaders(build, origin)
+    if kheaders.exists():
+        return KernelHeaders(None, "kernel built-in kheaders (CONFIG_IKHEADERS)")
+    raise ProbeError(
+        f"no kernel headers for {release}: {build} is missing. Install "
+        f"linux-headers-{release}, or run scripts/setup-host.sh (make setup), which "
+        "links the distribution's linux-headers package as a fallback"
+    )
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as e:
+        raise ProbeError(
+            f"cannot import bcc ({e}): install python3-bpfcc and run scripts/setup-host.sh "
+            "so the virtualenv can see it"
+        ) from None
+    return bcc
+
+
+def tracefs_root() -> Path | None:
+    for root in TRACEFS_CANDIDATES:
+        if (root / "events").is_dir():
+            return root
+    return None
+
+
+def tracepoint_field_offset(category: str, event: str, field_name: str) -> int | None:
+    """Offset of a field in a tracepoint's tracefs format, or None if unknown."""
+    root = tracefs_root()
+    if root is None:
+        return None
+    try:
+        text = (root / "events" / category / event / "format").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("field:"):
+            continue
+        parts = dict(
+            part.strip().split(":", 1) for part in line.split(";") if ":" in part and part.strip()
+        )
+        declaration = parts.get("field", "").split()
+        if declaration and declaration[-1] == field_name:
+            return int(parts["offset"])
+    return None
+
+
+def compile_probe(
+    name: str, defines: dict[str, Any] | None = None, headers: KernelHeaders | None = None
+) -> Any:
+    """Compile bpf/<name>.c with -D options; programs are loaded but not attached."""
+    bcc = import_bcc()
+    source = BPF_DIR / f"{name}.c"
+    if not source.is_file():
+        raise ProbeError(f"probe source {source} not found (set ORB8_BPF_DIR)")
+    cflags = [f"-I{BPF_DIR / 'include'}"]
+    cflags += [f"-D{key}={value}" for key, value in (defines or {}).items()]
+    if headers is not None and headers.configured:
+        # BCC reads this to locate a non-default headers tree. Not set for
+        # /lib/modules/<release>/build: BCC finds that itself, including the
+        # split build/ + source/ layout of Debian's headers packages.
+        os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
+    try:
+        return bcc.BPF(src_file=str(source).encode(), cflags=cflags)
+    except Exception as e:
+        raise ProbeError(f"compiling {source.name} failed: {e}") from e
+
+
+def choose_sys_enter_hook() -> str:
+    """Pick how to hook syscall entry on this kernel: 'raw_tracepoint' or 'tracepoint'."""
+    bcc = import_bcc()
+    if bcc.BPF.support_raw_tracepoint():
+        return "raw_tracepoint"
+    if not bcc.BPF.tracepoint_exists("raw_syscalls", "sys_enter"):
+        raise ProbeError(
+            "neither raw tracepoints nor the raw_syscalls:sys_enter tracepoint are available "
+            "(is tracefs mounted at /sys/kernel/tracing?)"
+        )
+    offset = tracepoint_field_offset("raw_syscalls", "sys_enter", "id")
+    if offset != 8:
+        raise ProbeError(f"raw_syscalls:sys_enter has an unexpected layout (id at offset {offset})")
+    return "tracepoint"
+
+
+def possible_cpus() -> int:
+    from bcc.utils import get_possible_cpus
+
+    return len(get_possible_cpus())
+
+
+def lookup_batch(table: Any, count: int) -> tuple[bytes, bytes, int]:
+    """Read up to `count` entries of a map in as few syscalls as the kernel allows.
+
+    Returns (keys, values, n) as raw bytes, n entries. Per-CPU values are
+    round_up(value_size, 8) * possible CPUs bytes each, as the kernel lays
+    them out. Written against libbcc directly: bcc 0.26's helper reuses one
+    ctypes object for the batch token and the count.
+    """
+    from bcc.libbcc import lib
+
+    key_size = ct.sizeof(table.Key)
+    value_size = ct.sizeof(table.Leaf)
+    keys = ct.create_string_buffer(max(key_size * count, 1))
+    values = ct.create_string_buffer(max(value_size * count, 1))
+    token_in, token_out = ct.c_uint64(0), ct.c_uint64(0)
+    total = 0
+    while total < count:
+        n = ct.c_uint32(count - total)
+        res = lib.bpf_lookup_batch(
+            table.map_fd,
+            ct.cast(ct.byref(token_in), ct.POINTER(ct.c_uint32)) if total else None,
+            ct.cast(ct.byref(token_out), ct.POINTER(ct.c_uint32)),
+            ct.byref(keys, key_size * total),
+            ct.byref(values, value_size * total),
+            ct.byref(n),
+        )
+        err = ct.get_errno()
+        total += n.value
+        if res != 0:
+            if err == errno.ENOENT:
+                break
+            raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {table.name}: {os.strerror(err)}")
+        if n.value == 0:
+            break
+        token_in.value = token_out.value
+    return keys.raw[: key_size * total], values.raw[: value_size * total], total
+
+
+def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
+    """Sum over CPUs of the first `count` u64 slots of a per-CPU array."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, values, n = lookup_batch(table, count)
+    per_slot = np.frombuffer(values, dtype=np.uint64).reshape(n, -1)
+    return per_slot.sum(axis=1, dtype=np.uint64)
+
+
+def delete_keys(table: Any, keys: list[Any]) -> None:
+    """Delete keys one by one; a key already gone is not an error."""
+    for key in keys:
+        try:
+            del table[key]
+        except KeyError:
+            pass
