@@ -82,24 +82,18 @@ def walk_cgroup_ids(root: Path) -> dict[int, str]:
 
 
 class CgroupTree:
-    """cgroup id -> path, from periodic walks of the v2 mount.
+    """cgroup id -> path, from walks of the v2 mount.
 
     The table always mirrors the last walk, so it is bounded by the number of
-    cgroups that exist. A lookup miss triggers a new walk, at most once every
-    `min_rescan_interval` seconds; `scanned_at` tells callers how fresh a
-    "not found" answer is (a cgroup counted before that time and still not
-    found has been removed).
+    cgroups that exist. A lookup of an id that is not in the table walks
+    again, but only if the last walk started before the id was first seen:
+    a cgroup seen before a walk began and missing from it has been removed.
+    So one collect walks at most once, however many new ids it meets.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        clock: Callable[[], float] = time.monotonic,
-        min_rescan_interval: float = 1.0,
-    ) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.clock = clock
-        self.min_rescan_interval = min_rescan_interval
         self.paths: dict[int, str] = {}
         self.scanned_at = float("-inf")
         self.scans = 0
@@ -111,9 +105,15 @@ class CgroupTree:
         self.scans += 1
         log.debug("walked %s: %d cgroups", self.root, len(self.paths))
 
-    def lookup(self, cgroup_id: int) -> str | None:
+    def refresh(self, max_age: float) -> None:
+        """Walk again if the table is older than max_age: this is how removals are seen."""
+        if self.clock() - self.scanned_at > max_age:
+            self.rescan()
+
+    def lookup(self, cgroup_id: int, seen_at: float) -> str | None:
+        """Path of a cgroup id that was known to exist at `seen_at`, or None if gone."""
         path = self.paths.get(cgroup_id)
-        if path is None and self.clock() - self.scanned_at >= self.min_rescan_interval:
+        if path is None and self.scanned_at < seen_at:
             self.rescan()
             path = self.paths.get(cgroup_id)
         return path

@@ -16,32 +16,31 @@ from exporter.model import UNRESOLVED, Identity
 
 @dataclass(frozen=True)
 class Resolution:
-    # None while the id is neither found nor known to be gone (created after
-    # the last walk): callers hold its counts back rather than export them
-    # under a label they would later have to move away from.
-    identity: Identity | None
-    gone: bool  # the cgroup no longer exists (known for sure, not just a miss)
+    identity: Identity
+    gone: bool  # the cgroup no longer exists
 
 
 class Resolver:
-    def __init__(self, tree: CgroupTree) -> None:
+    def __init__(self, tree: CgroupTree, max_age: float = 5.0) -> None:
         self.tree = tree
+        self.max_age = max_age  # how late a removed cgroup may be noticed
         self._known: dict[int, Identity] = {}
 
-    def resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
-        """Identity of a cgroup id that a probe first counted at `first_seen`.
+    def refresh(self) -> None:
+        """Called once per collect, before resolving."""
+        self.tree.refresh(self.max_age)
 
-        If a walk that started after first_seen does not find the id, the
-        cgroup has been removed: it keeps the identity it had, or folds into
-        <unresolved> if it never had one.
+    def resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
+        """Identity of a cgroup id that a probe had counted by `first_seen`.
+
+        A removed cgroup keeps the identity it had, or folds into
+        <unresolved> if it was removed before it was ever resolved.
         """
-        path = self.tree.lookup(cgroup_id)
+        path = self.tree.lookup(cgroup_id, first_seen)
         if path is not None:
             identity = Identity(cgroup=path)
             self._known[cgroup_id] = identity
             return Resolution(identity, gone=False)
-        if self.tree.scanned_at < first_seen:
-            return Resolution(self._known.get(cgroup_id), gone=False)
         return Resolution(self._known.get(cgroup_id, UNRESOLVED), gone=True)
 
     def forget(self, cgroup_id: int) -> None:

@@ -66,8 +66,12 @@ class SyscallSource:
         deleted_grace: float,
         headers: probes.KernelHeaders | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hook: str = "auto",
     ) -> None:
+        """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
+        "tracepoint" forces a variant (tests exercise the fallback this way)."""
         self.resolver = resolver
+        self.requested_hook = hook
         self.capacity = slots
         self.deleted_grace = deleted_grace
         self.headers = headers
@@ -85,13 +89,15 @@ class SyscallSource:
         return f"hook={self.hook or 'none'} slots={self.capacity}"
 
     def start(self) -> None:
-        self.hook = probes.choose_sys_enter_hook()
+        self.hook = (
+            probes.choose_sys_enter_hook() if self.requested_hook == "auto" else self.requested_hook
+        )
         bpf = probes.compile_probe("syscalls", {"SLOT_CAPACITY": self.capacity}, self.headers)
         try:
             # Fill the free-slot stack before attaching so the first event
             # finds slots; pushed in reverse so slot 0 is handed out first and
             # used slots stay a compact prefix.
-            free = bpf["syscall_free_slots"]
+            free = bpf[b"syscall_free_slots"]
             for slot in range(self.capacity - 1, -1, -1):
                 free.push(ct.c_uint32(slot))
             if self.hook == "raw_tracepoint":
@@ -111,27 +117,28 @@ class SyscallSource:
 
     def _read_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cgroup ids, syscall numbers, counts) of every pair in the kernel map."""
-        slots_table = self._bpf[SLOT_MAP]
+        slots_table = self._bpf[SLOT_MAP.encode()]
         keys, values, n = probes.lookup_batch(slots_table, self.capacity)
         pairs = np.frombuffer(keys, dtype=PAIR_DTYPE, count=n)
         slots = np.frombuffer(values, dtype="<u4", count=n)
         used = int(slots.max()) + 1 if n else 0
-        totals = probes.percpu_u64_sums(self._bpf["syscall_counts"], used)
+        totals = probes.percpu_u64_sums(self._bpf[b"syscall_counts"], used)
         return pairs["cgroup_id"], pairs["nr"], totals[slots] if n else slots.astype(np.uint64)
 
     def _failures(self) -> int:
-        return int(sum(self._bpf["syscall_update_failures"][0]))
+        return int(sum(self._bpf[b"syscall_update_failures"][0]))
 
     def collect(self) -> list[MetricFamily]:
         if self._bpf is None:
             raise probes.ProbeError("syscalls probe is not loaded")
         now = self.clock()
         cgroup_ids, nrs, counts = self._read_pairs()
+        self.resolver.refresh()
 
         series: dict[tuple[Identity, int], int] = defaultdict(int)
         for key, value in self._carried.items():
             series[key] += value
-        identities: dict[int, Identity | None] = {}
+        identities: dict[int, Identity] = {}
         retire: list[int] = []
         for cgroup_id in map(int, np.unique(cgroup_ids)):
             first_seen = self._first_seen.setdefault(cgroup_id, now)
@@ -142,9 +149,7 @@ class SyscallSource:
                 if now - gone_since >= self.deleted_grace:
                     retire.append(cgroup_id)
         for cgroup_id, nr, count in zip(cgroup_ids.tolist(), nrs.tolist(), counts.tolist()):
-            identity = identities[cgroup_id]
-            if identity is not None:
-                series[(identity, nr)] += count
+            series[(identities[cgroup_id], nr)] += count
 
         families = self._families(series, len(cgroup_ids))
         if retire:
@@ -176,7 +181,7 @@ class SyscallSource:
     def _retire(
         self,
         retire: list[int],
-        identities: dict[int, Identity | None],
+        identities: dict[int, Identity],
         cgroup_ids: np.ndarray,
         nrs: np.ndarray,
         counts: np.ndarray,
@@ -189,16 +194,16 @@ class SyscallSource:
         """
         retiring = set(retire)
         live_identities = {
-            identity for cid, identity in identities.items() if cid not in retiring and identity
+            identity for cid, identity in identities.items() if cid not in retiring
         }
-        slots_table = self._bpf[SLOT_MAP]
-        counts_table = self._bpf["syscall_counts"]
-        free = self._bpf["syscall_free_slots"]
+        slots_table = self._bpf[SLOT_MAP.encode()]
+        counts_table = self._bpf[b"syscall_counts"]
+        free = self._bpf[b"syscall_free_slots"]
         zero = counts_table.Leaf()
         for cgroup_id, nr, count in zip(cgroup_ids.tolist(), nrs.tolist(), counts.tolist()):
             if cgroup_id not in retiring:
                 continue
-            identity = identities[cgroup_id] or UNRESOLVED
+            identity = identities[cgroup_id]
             if identity == UNRESOLVED or identity in live_identities:
                 self._carried[(identity, nr)] += count
             key = slots_table.Key(cgroup_id, nr, 0)

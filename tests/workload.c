@@ -1,0 +1,40 @@
+// Test workload: joins a cgroup, then makes an exact number of syscalls.
+//
+//   workload CGROUP_DIR NR:COUNT[:ARG0] ...
+//
+// Moves itself into CGROUP_DIR (writes its pid to cgroup.procs) before the
+// first counted call, so every listed syscall is attributed to that cgroup.
+// Raw syscall(2) so libc neither caches nor adds calls. Exits 0 when done.
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s CGROUP_DIR NR:COUNT[:ARG0] ...\n", argv[0]);
+        return 2;
+    }
+    if (strcmp(argv[1], "-") != 0) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/cgroup.procs", argv[1]);
+        FILE *f = fopen(path, "w");
+        if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f) != 0) {
+            perror(path);
+            return 1;
+        }
+    }
+    for (int i = 2; i < argc; i++) {
+        long nr = 0, count = 0, arg0 = 0;
+        if (sscanf(argv[i], "%ld:%ld:%ld", &nr, &count, &arg0) < 2) {
+            fprintf(stderr, "bad spec %s\n", argv[i]);
+            return 2;
+        }
+        for (long n = 0; n < count; n++)
+            syscall(nr, arg0, 0, 0, 0);
+    }
+    return 0;
+}
