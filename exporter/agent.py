@@ -39,7 +39,11 @@ def build_sources(settings: Settings, headers: probes.KernelHeaders | None) -> l
     if "syscalls" in settings.probes:
         sources.append(
             SyscallSource(
-                resolver, settings.syscall_slots, settings.deleted_cgroup_grace, headers=headers
+                resolver,
+                settings.syscall_slots,
+                settings.deleted_cgroup_grace,
+                headers=headers,
+                bpf_dir=settings.bpf_dir,
             )
         )
     return sources

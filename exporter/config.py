@@ -140,6 +140,13 @@ SETTINGS: tuple[Spec, ...] = (
         "DIR",
     ),
     Spec(
+        "bpf_dir",
+        optional_path,
+        None,
+        "directory holding the probe sources (default: bpf/ shipped with orb8)",
+        "DIR",
+    ),
+    Spec(
         "cgroup_root",
         optional_path,
         None,
@@ -158,6 +165,7 @@ class Settings:
     syscall_slots: int
     deleted_cgroup_grace: float
     kernel_headers: Path | None
+    bpf_dir: Path | None
     cgroup_root: Path | None
     log_level: str
     config_file: Path | None = None

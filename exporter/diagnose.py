@@ -75,7 +75,8 @@ def check_capabilities(status_file: Path) -> Check:
         "capabilities",
         "fail",
         f"CapEff={match.group(1)} lacks CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)",
-        "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (DaemonSet: securityContext)",
+        "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE "
+        "(DaemonSet: securityContext.capabilities)",
     )
 
 

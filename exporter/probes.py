@@ -19,7 +19,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(os.environ.get("ORB8_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
@@ -126,14 +126,18 @@ def tracepoint_field_offset(category: str, event: str, field_name: str) -> int |
 
 
 def compile_probe(
-    name: str, defines: dict[str, Any] | None = None, headers: KernelHeaders | None = None
+    name: str,
+    defines: dict[str, Any] | None = None,
+    headers: KernelHeaders | None = None,
+    bpf_dir: Path | None = None,
 ) -> Any:
-    """Compile bpf/<name>.c with -D options; programs are loaded but not attached."""
+    """Compile <bpf_dir>/<name>.c with -D options; programs are loaded, not attached."""
     bcc = import_bcc()
-    source = BPF_DIR / f"{name}.c"
+    bpf_dir = bpf_dir or BPF_DIR
+    source = bpf_dir / f"{name}.c"
     if not source.is_file():
-        raise ProbeError(f"probe source {source} not found (set ORB8_BPF_DIR)")
-    cflags = [f"-I{BPF_DIR / 'include'}"]
+        raise ProbeError(f"probe source {source} not found (see --bpf-dir)")
+    cflags = [f"-I{bpf_dir / 'include'}"]
     cflags += [f"-D{key}={value}" for key, value in (defines or {}).items()]
     if headers is not None and headers.configured:
         # BCC reads this to locate a non-default headers tree. Not set for
@@ -213,12 +217,3 @@ def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
     _, values, n = lookup_batch(table, count)
     per_slot = np.frombuffer(values, dtype=np.uint64).reshape(n, -1)
     return per_slot.sum(axis=1, dtype=np.uint64)
-
-
-def delete_keys(table: Any, keys: list[Any]) -> None:
-    """Delete keys one by one; a key already gone is not an error."""
-    for key in keys:
-        try:
-            del table[key]
-        except KeyError:
-            pass

@@ -107,9 +107,7 @@ def main() -> None:
         common = Path(sorted(glob.glob("/usr/src/linux-headers-*-common"))[-1])
         arch_dir = Path(sorted(glob.glob("/usr/src/linux-headers-*-amd64"))[-1])
     x86 = syscall_table(
-        preprocess_defines(
-            arch_dir / "arch/x86/include/generated/uapi/asm/unistd_64.h", [], []
-        )
+        preprocess_defines(arch_dir / "arch/x86/include/generated/uapi/asm/unistd_64.h", [], [])
     )
     arm = syscall_table(
         preprocess_defines(

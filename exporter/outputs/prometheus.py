@@ -95,7 +95,11 @@ class PrometheusServer:
                 self._send(200, content_type, body, headers)
 
             def _send(
-                self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+                self,
+                code: int,
+                content_type: str,
+                body: bytes,
+                headers: dict[str, str] | None = None,
             ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)

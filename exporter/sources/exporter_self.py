@@ -13,10 +13,10 @@ from exporter import __version__
 from exporter.model import MetricFamily, gauge
 
 
-def self_families(
-    probe_state: dict[str, bool], durations: dict[str, float]
-) -> list[MetricFamily]:
-    build = gauge("orb8_build_info", "orb8 version and running kernel; always 1.", ("version", "kernel"))
+def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> list[MetricFamily]:
+    build = gauge(
+        "orb8_build_info", "orb8 version and running kernel; always 1.", ("version", "kernel")
+    )
     build.add((__version__, platform.release()), 1)
     up = gauge(
         "orb8_probe_up",

@@ -28,6 +28,7 @@ import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,11 +68,13 @@ class SyscallSource:
         headers: probes.KernelHeaders | None = None,
         clock: Callable[[], float] = time.monotonic,
         hook: str = "auto",
+        bpf_dir: Path | None = None,
     ) -> None:
         """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
         "tracepoint" forces a variant (tests exercise the fallback this way)."""
         self.resolver = resolver
         self.requested_hook = hook
+        self.bpf_dir = bpf_dir
         self.capacity = slots
         self.deleted_grace = deleted_grace
         self.headers = headers
@@ -92,7 +95,9 @@ class SyscallSource:
         self.hook = (
             probes.choose_sys_enter_hook() if self.requested_hook == "auto" else self.requested_hook
         )
-        bpf = probes.compile_probe("syscalls", {"SLOT_CAPACITY": self.capacity}, self.headers)
+        bpf = probes.compile_probe(
+            "syscalls", {"SLOT_CAPACITY": self.capacity}, self.headers, self.bpf_dir
+        )
         try:
             # Fill the free-slot stack before attaching so the first event
             # finds slots; pushed in reverse so slot 0 is handed out first and
@@ -148,7 +153,9 @@ class SyscallSource:
                 gone_since = self._gone_since.setdefault(cgroup_id, now)
                 if now - gone_since >= self.deleted_grace:
                     retire.append(cgroup_id)
-        for cgroup_id, nr, count in zip(cgroup_ids.tolist(), nrs.tolist(), counts.tolist()):
+        for cgroup_id, nr, count in zip(
+            cgroup_ids.tolist(), nrs.tolist(), counts.tolist(), strict=True
+        ):
             series[(identities[cgroup_id], nr)] += count
 
         families = self._families(series, len(cgroup_ids))
@@ -156,7 +163,9 @@ class SyscallSource:
             self._retire(retire, identities, cgroup_ids, nrs, counts)
         return families
 
-    def _families(self, series: dict[tuple[Identity, int], int], entries: int) -> list[MetricFamily]:
+    def _families(
+        self, series: dict[tuple[Identity, int], int], entries: int
+    ) -> list[MetricFamily]:
         syscalls = counter(
             "orb8_syscalls_total",
             "System calls entered, per cgroup and syscall, counted in the kernel.",
@@ -168,7 +177,9 @@ class SyscallSource:
             "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
         )
         entries_family.add((SLOT_MAP,), entries)
-        capacity = gauge("orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",))
+        capacity = gauge(
+            "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
+        )
         capacity.add((SLOT_MAP,), self.capacity)
         failures = counter(
             "orb8_bpf_map_update_failures_total",
@@ -193,14 +204,14 @@ class SyscallSource:
         (a restarted service keeps its path but gets a new cgroup id).
         """
         retiring = set(retire)
-        live_identities = {
-            identity for cid, identity in identities.items() if cid not in retiring
-        }
+        live_identities = {identity for cid, identity in identities.items() if cid not in retiring}
         slots_table = self._bpf[SLOT_MAP.encode()]
         counts_table = self._bpf[b"syscall_counts"]
         free = self._bpf[b"syscall_free_slots"]
         zero = counts_table.Leaf()
-        for cgroup_id, nr, count in zip(cgroup_ids.tolist(), nrs.tolist(), counts.tolist()):
+        for cgroup_id, nr, count in zip(
+            cgroup_ids.tolist(), nrs.tolist(), counts.tolist(), strict=True
+        ):
             if cgroup_id not in retiring:
                 continue
             identity = identities[cgroup_id]

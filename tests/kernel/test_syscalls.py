@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_workload, series
+from tests.helpers import run_workload, series
 
 pytestmark = pytest.mark.kernel
 
@@ -51,11 +51,11 @@ def test_nested_cgroups_are_counted_separately(start_exporter, cgroups, cgroup2_
     assert series(samples, "orb8_syscalls_total", cgroup=parent_label, syscall="getppid") == 7
 
 
-def test_cgroup_removed_before_any_scrape_folds_into_unresolved(
-    start_exporter, cgroups, workload
-):
+def test_cgroup_removed_before_any_scrape_folds_into_unresolved(start_exporter, cgroups, workload):
     exporter = start_exporter()
-    before = series(exporter.scrape(), "orb8_syscalls_total", cgroup="<unresolved>", syscall="getppid")
+    before = series(
+        exporter.scrape(), "orb8_syscalls_total", cgroup="<unresolved>", syscall="getppid"
+    )
     cgroup = cgroups.make()
     run_workload(workload, cgroup, f"{GETPPID}:5003")
     cgroups.remove(cgroup)
@@ -63,7 +63,9 @@ def test_cgroup_removed_before_any_scrape_folds_into_unresolved(
     # back; within a rescan interval it is known to be gone and folded.
     deadline = time.monotonic() + 10
     while True:
-        after = series(exporter.scrape(), "orb8_syscalls_total", cgroup="<unresolved>", syscall="getppid")
+        after = series(
+            exporter.scrape(), "orb8_syscalls_total", cgroup="<unresolved>", syscall="getppid"
+        )
         if after - before == 5003 or time.monotonic() > deadline:
             break
         time.sleep(0.3)
@@ -79,7 +81,9 @@ def test_removed_cgroup_is_exported_then_freed(start_exporter, cgroups, cgroup2_
     assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 333
     entries_with = series(samples, "orb8_bpf_map_entries", map="syscall_slots")
     pairs = sum(
-        1 for (name, labels) in samples if name == "orb8_syscalls_total" and ("cgroup", label) in labels
+        1
+        for (name, labels) in samples
+        if name == "orb8_syscalls_total" and ("cgroup", label) in labels
     )
     cgroups.remove(cgroup)
 
@@ -87,7 +91,10 @@ def test_removed_cgroup_is_exported_then_freed(start_exporter, cgroups, cgroup2_
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 333
     deadline = time.monotonic() + 15
-    while series(exporter.scrape(), "orb8_syscalls_total", cgroup=label) and time.monotonic() < deadline:
+    while (
+        series(exporter.scrape(), "orb8_syscalls_total", cgroup=label)
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label) == 0
@@ -102,10 +109,15 @@ def test_slots_are_reused_after_retirement(start_exporter, cgroups, cgroup2_root
         run_workload(workload, cgroup, f"{GETPPID}:{100 + round_}")
         samples = exporter.scrape()
         label = rel(cgroup, cgroup2_root)
-        assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 100 + round_
+        assert (
+            series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 100 + round_
+        )
         cgroups.remove(cgroup)
         deadline = time.monotonic() + 10
-        while series(exporter.scrape(), "orb8_syscalls_total", cgroup=label) and time.monotonic() < deadline:
+        while (
+            series(exporter.scrape(), "orb8_syscalls_total", cgroup=label)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.3)
     # Six short-lived cgroups each using ~30 pairs would exceed nothing here,
     # but without reuse the map would keep growing: it must not.

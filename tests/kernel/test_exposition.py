@@ -1,0 +1,125 @@
+"""The live /metrics output: catalogue, promtool, landing page, CLI checks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import ORB8, ROOT, run_workload
+
+pytestmark = pytest.mark.kernel
+
+
+def catalogue() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """{name: (type, labels)} from the table in docs/metrics.md."""
+    rows = {}
+    for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
+        match = re.match(r"\| `([a-z0-9_]+)` \| (counter|gauge) \|\s*([a-z_, ]*?)\s*\|", line)
+        if match:
+            labels = tuple(sorted(x.strip() for x in match.group(3).split(",") if x.strip()))
+            rows[match.group(1)] = (match.group(2), labels)
+    return rows
+
+
+def live_families(url: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = sorted({k for s in family.samples for k in s.labels})
+        found[name] = (family.type, tuple(labels))
+    return found
+
+
+def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload):
+    exporter = start_exporter()
+    run_workload(workload, cgroups.make(), "110:3")
+    live = live_families(exporter.url)
+    documented = catalogue()
+    assert len(documented) >= 10
+    undocumented = sorted(set(live) - set(documented))
+    missing = sorted(set(documented) - set(live))
+    assert not undocumented, f"exported but not in docs/metrics.md: {undocumented}"
+    assert not missing, f"documented but not exported: {missing}"
+    for name, (kind, labels) in live.items():
+        assert documented[name] == (kind, labels), name
+
+
+def test_promtool_check_metrics_is_clean(start_exporter):
+    exporter = start_exporter()
+    text = urllib.request.urlopen(exporter.url, timeout=10).read()
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def test_landing_page_lists_probes_and_openmetrics_is_served(start_exporter):
+    exporter = start_exporter()
+    base = exporter.url.removesuffix("/metrics")
+    page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
+    assert "syscalls" in page and "hook=raw_tracepoint" in page and "up" in page
+    request = urllib.request.Request(
+        exporter.url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert response.read().decode().rstrip().endswith("# EOF")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(base + "/nope", timeout=10)
+    assert error.value.code == 404
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*ORB8, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_diagnose_passes_on_this_machine():
+    result = run_cli("diagnose")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in (
+        "kernel",
+        "capabilities",
+        "bcc",
+        "kernel headers",
+        "tracefs",
+        "cgroup v2",
+        "test load",
+    ):
+        assert re.search(rf"^OK\s+{check}\b", result.stdout, re.M), check
+    assert "orb8 run can work on this host" in result.stdout
+
+
+def test_diagnose_reports_a_missing_headers_directory(tmp_path):
+    missing = tmp_path / "no-such-headers"
+    result = run_cli("diagnose", "--kernel-headers", str(missing))
+    assert result.returncode == 1
+    assert re.search(rf"^FAIL\s+kernel headers\s+.*{re.escape(str(missing))}", result.stdout, re.M)
+    assert "-> apt-get install linux-headers-" in result.stdout
+
+
+def test_check_loads_every_probe_and_detaches():
+    result = run_cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^OK\s+syscalls: hook=raw_tracepoint", result.stdout, re.M)
+
+
+def test_check_fails_when_a_probe_cannot_compile(tmp_path):
+    bpf = tmp_path / "bpf"
+    (bpf / "include").mkdir(parents=True)
+    (bpf / "syscalls.c").write_text("this is not C;\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "check", "--bpf-dir", str(bpf)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "FAIL  syscalls: compiling syscalls.c failed" in result.stdout
