@@ -1,0 +1,118 @@
+"""Settings: precedence, validation, and the CLI's exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, Listen, load_settings, parse_listen
+from tests.helpers import ORB8, ROOT
+
+
+def test_defaults():
+    settings = load_settings({}, environ={})
+    assert settings.listen == Listen("0.0.0.0", 9091)
+    assert settings.probes == ("syscalls",)
+    assert settings.syscall_slots == 32768
+    assert settings.deleted_cgroup_grace == 60.0
+    assert settings.kernel_headers is None
+    assert settings.log_level == "info"
+
+
+def test_flag_beats_env_beats_file(tmp_path):
+    config = tmp_path / "orb8.yaml"
+    config.write_text("syscall_slots: 100\nlog_level: debug\nlisten: ':9300'\n")
+    env = {"ORB8_CONFIG": str(config), "ORB8_SYSCALL_SLOTS": "200"}
+    settings = load_settings({"listen": "127.0.0.1:9400"}, environ=env)
+    assert settings.listen == Listen("127.0.0.1", 9400)  # flag
+    assert settings.syscall_slots == 200  # env over file
+    assert settings.log_level == "debug"  # file over default
+    assert settings.config_file == config
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (":9091", Listen("0.0.0.0", 9091)),
+        ("127.0.0.1:1", Listen("127.0.0.1", 1)),
+        ("[::1]:65535", Listen("::1", 65535)),
+        ("localhost:8080", Listen("localhost", 8080)),
+    ],
+)
+def test_parse_listen(value, expected):
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file_text", "message"),
+    [
+        ({"listen": ":0"}, {}, None, "invalid listen (flag --listen): port 0 is outside 1-65535"),
+        ({"listen": "9091"}, {}, None, "invalid listen (flag --listen): expected HOST:PORT"),
+        ({"listen": ":http"}, {}, None, "port 'http' is not a number"),
+        ({"syscall_slots": "0"}, {}, None, "invalid syscall_slots (flag --syscall-slots)"),
+        ({}, {"ORB8_SYSCALL_SLOTS": "-5"}, None, "invalid syscall_slots (environment"),
+        ({}, {"ORB8_SYSCALL_SLOTS": "lots"}, None, "'lots' is not an integer"),
+        ({}, {}, "syscall_slots: 1.5\n", "1.5 is not an integer"),
+        ({}, {}, "syscall_slots: true\n", "expected a positive integer"),
+        ({}, {}, "sycall_slots: 10\n", "unknown setting 'sycall_slots'"),
+        ({}, {}, "- just\n- a list\n", "expected a mapping"),
+        ({}, {}, "listen: [unclosed\n", "not valid YAML"),
+        ({"probes": "syscalls,nope"}, {}, None, "unknown probe(s) nope"),
+        ({"log_level": "loud"}, {}, None, "invalid log_level"),
+        ({"deleted_cgroup_grace": "-1"}, {}, None, "invalid deleted_cgroup_grace"),
+        ({}, {"ORB8_LISTN": ":1"}, None, "unknown environment setting ORB8_LISTN"),
+    ],
+)
+def test_invalid_settings_name_the_setting(tmp_path, flags, env, file_text, message):
+    env = dict(env)
+    if file_text is not None:
+        config = tmp_path / "orb8.yaml"
+        config.write_text(file_text)
+        env["ORB8_CONFIG"] = str(config)
+    with pytest.raises(ConfigError) as error:
+        load_settings(flags, environ=env)
+    assert message in str(error.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no-such.yaml: No such file"):
+        load_settings({"config": str(tmp_path / "no-such.yaml")}, environ={})
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    return subprocess.run(
+        [*ORB8, *args], capture_output=True, text=True, cwd=ROOT, env={**base, **(env or {})}
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["run", "--listen", ":99999"], {}, "invalid listen (flag --listen): port 99999"),
+        (["run", "--syscall-slots", "0"], {}, "invalid syscall_slots"),
+        (["check"], {"ORB8_SYSCALL_SLOTS": "x"}, "environment ORB8_SYSCALL_SLOTS"),
+        (["run", "--config", "/nonexistent/orb8.yaml"], {}, "/nonexistent/orb8.yaml"),
+    ],
+)
+def test_cli_exits_2_with_a_clear_message(args, env, message):
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("orb8: configuration error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_help_and_version():
+    help_text = run_cli("run", "--help").stdout
+    for flag in ("--listen", "--syscall-slots", "--config", "--kernel-headers", "ORB8_LISTEN"):
+        assert flag in help_text
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("orb8 ")
+
+
+def test_example_config_file_is_valid():
+    settings = load_settings({"config": str(ROOT / "deploy" / "orb8.example.yaml")}, environ={})
+    assert isinstance(settings.config_file, Path)

@@ -1,0 +1,51 @@
+"""Pure checks of `orb8 diagnose`, with injected files."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.diagnose import check_capabilities, check_kernel, format_checks, run_checks
+
+
+@pytest.mark.parametrize(
+    ("release", "status"),
+    [("6.18.44-fc-v657", "ok"), ("5.8.0", "ok"), ("5.4.0-150-generic", "fail"), ("x", "fail")],
+)
+def test_kernel_version(release, status):
+    assert check_kernel(release).status == status
+
+
+@pytest.mark.parametrize(
+    ("capeff", "status"),
+    [
+        ("000001ffffffffff", "ok"),  # root
+        ("000000c000000000", "ok"),  # CAP_BPF + CAP_PERFMON
+        ("0000008000000000", "fail"),  # CAP_BPF alone
+        ("0000000000000000", "fail"),
+    ],
+)
+def test_capabilities(tmp_path, capeff, status):
+    status_file = tmp_path / "status"
+    status_file.write_text(f"Name:\tpython\nCapEff:\t{capeff}\n")
+    assert check_capabilities(status_file).status == status
+
+
+def test_broken_host_reports_every_problem_with_a_fix(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "status").write_text("CapEff:\t0000000000000000\n")
+    (proc / "self" / "mountinfo").write_text("1 0 0:1 / / rw - ext4 /dev/vda rw\n")
+    results = run_checks(
+        modules_root=tmp_path / "modules",
+        proc=proc,
+        btf=tmp_path / "btf",
+        release="6.18.0-custom",
+    )
+    by_name = {r.name: r for r in results}
+    assert by_name["capabilities"].status == "fail"
+    assert by_name["cgroup v2"].status == "fail"
+    assert by_name["btf"].status == "warn"
+    assert by_name["test load"].status == "fail"
+    text = format_checks(results)
+    assert "-> run as root" in text
+    assert "check(s) failed" in text
