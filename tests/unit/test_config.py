@@ -77,7 +77,7 @@ def test_invalid_settings_name_the_setting(tmp_path, flags, env, file_text, mess
 
 
 def test_missing_config_file_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="no-such.yaml: No such file"):
+    with pytest.raises(ConfigError, match=r"no-such\.yaml: No such file"):
         load_settings({"config": str(tmp_path / "no-such.yaml")}, environ={})
 
 
