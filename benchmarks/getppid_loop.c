@@ -1,5 +1,7 @@
-// Tight getppid loop: prints nanoseconds per syscall. Used by
-// syscall_overhead.py; raw syscall(2) so libc cannot cache or batch.
+// Tight getppid loop for syscall_overhead.py. Reads a count per line on
+// stdin, makes that many getppid calls, answers with ns per call. Staying
+// alive between runs lets the benchmark switch probes between short runs
+// without process start-up noise. Raw syscall(2): libc cannot cache.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,16 +9,22 @@
 #include <time.h>
 #include <unistd.h>
 
-int main(int argc, char **argv)
+int main(void)
 {
-    long n = argc > 1 ? atol(argv[1]) : 5000000;
+    char line[64];
     struct timespec a, b;
 
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (long i = 0; i < n; i++)
-        syscall(SYS_getppid);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    double ns = (b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec);
-    printf("%.2f\n", ns / n);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof(line), stdin)) {
+        long n = atol(line);
+        if (n <= 0)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getppid);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        double ns = (b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec);
+        printf("%.3f\n", ns / n);
+    }
     return 0;
 }
