@@ -6,7 +6,8 @@ Modes:
          hooking every syscall at all;
   naive  the straightforward design (per-CPU hash keyed by (cgroup, nr),
          one hash lookup per event), for reference;
-  orb8   orb8's syscall probe, loaded by the same code as `orb8 run`.
+  orb8   orb8's syscall probe, loaded by the same code as `orb8 run`
+         (with its sched_switch and cgroup_attach_task hooks).
 
 Every program is compiled and loaded once; the benchmark then attaches one
 mode at a time and runs short bursts of getppid calls in a pinned,
@@ -22,6 +23,7 @@ Usage (root): .venv/bin/python benchmarks/syscall_overhead.py [--cycles N]
 from __future__ import annotations
 
 import argparse
+import ctypes as ct
 import datetime
 import os
 import platform
@@ -43,6 +45,11 @@ from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: 
 from exporter.sources.syscalls import SyscallSource  # noqa: E402
 
 MODES = ("none", "floor", "naive", "orb8")
+ORB8_HOOKS = [
+    (b"sched_switch", b"syscalls_switch_raw"),
+    (b"cgroup_attach_task", b"syscalls_attach_raw"),
+    (b"sys_enter", b"syscalls_enter_raw"),
+]
 FLOOR = b"int floor_enter(void *ctx) { return 0; }"
 NAIVE = b"""
 struct key { u64 cgroup_id; u32 nr; u32 pad; };
@@ -72,15 +79,27 @@ class Programs:
         )
         self.source.start()  # attaches: detach until its turn
         self.orb8: Any = self.source._bpf  # the exact object `orb8 run` uses
-        self.orb8.detach_raw_tracepoint(tp=b"sys_enter")
+        for tp, _ in ORB8_HOOKS:
+            self.orb8.detach_raw_tracepoint(tp=tp)
         self.attached: str = "none"
 
+    def hooks(self, mode: str) -> list[tuple[bytes, bytes]]:
+        return {
+            "none": [],
+            "floor": [(b"sys_enter", b"floor_enter")],
+            "naive": [(b"sys_enter", b"naive_enter")],
+            "orb8": ORB8_HOOKS,
+        }[mode]
+
     def switch(self, mode: str) -> None:
-        if self.attached != "none":
-            getattr(self, self.attached).detach_raw_tracepoint(tp=b"sys_enter")
-        fn = {"floor": b"floor_enter", "naive": b"naive_enter", "orb8": b"syscalls_enter_raw"}
-        if mode != "none":
-            getattr(self, mode).attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn[mode])
+        for tp, _ in self.hooks(self.attached):
+            getattr(self, self.attached).detach_raw_tracepoint(tp=tp)
+        if mode == "orb8":
+            # Context switches went unseen while detached: invalidate caches.
+            epoch = self.orb8[b"syscall_epoch"]
+            epoch[ct.c_int(0)] = ct.c_uint64(epoch[ct.c_int(0)].value + 1)
+        for tp, fn in self.hooks(mode):
+            getattr(self, mode).attach_raw_tracepoint(tp=tp, fn_name=fn)
         self.attached = mode
 
     def close(self) -> None:

@@ -1,14 +1,16 @@
 """Syscalls per cgroup, counted exactly in the kernel.
 
-Hook: raw tracepoint sys_enter (classic raw_syscalls:sys_enter as fallback),
-program bpf/syscalls.c.
+Hooks: raw tracepoint sys_enter (classic raw_syscalls:sys_enter as fallback)
+counts; sched_switch and cgroup_attach_task keep the per-CPU cgroup id cache
+honest (see bpf/syscalls.c). Program bpf/syscalls.c.
 
 Metrics: orb8_syscalls_total{namespace,pod,container,cgroup,syscall};
 orb8_bpf_map_entries / orb8_bpf_map_capacity /
 orb8_bpf_map_update_failures_total for map="syscall_slots".
 
-Overhead: one helper call and two inlined per-CPU array lookups per syscall
-on the hot path (see bpf/syscalls.c and benchmarks/RESULTS.md). A collect
+Overhead: no helper call and three inlined array lookups per syscall on the
+hot path, plus one array store per context switch (see bpf/syscalls.c and
+benchmarks/RESULTS.md). A collect
 reads the slot hash and the used prefix of the per-CPU counts array with
 batch operations: a handful of syscalls, whatever the number of series.
 
@@ -105,9 +107,18 @@ class SyscallSource:
             free = bpf[b"syscall_free_slots"]
             for slot in range(self.capacity - 1, -1, -1):
                 free.push(ct.c_uint32(slot))
+            # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
+            bpf[b"syscall_epoch"][ct.c_int(0)] = ct.c_uint64(1)
+            # Cache invalidation hooks first, then the counter itself.
             if self.hook == "raw_tracepoint":
+                bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"syscalls_switch_raw")
+                bpf.attach_raw_tracepoint(tp=b"cgroup_attach_task", fn_name=b"syscalls_attach_raw")
                 bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"syscalls_enter_raw")
             else:
+                bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"syscalls_switch_tp")
+                bpf.attach_tracepoint(
+                    tp=b"cgroup:cgroup_attach_task", fn_name=b"syscalls_attach_tp"
+                )
                 bpf.attach_tracepoint(tp=b"raw_syscalls:sys_enter", fn_name=b"syscalls_enter_tp")
         except Exception as e:
             bpf.cleanup()
