@@ -10,18 +10,23 @@ SIGTERM/SIGINT detach and free every BPF program and map before exit.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from exporter import __version__, probes
 from exporter.config import Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
+from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.sources import Source
-from exporter.sources.exporter_self import self_families
+from exporter.sources.exporter_self import identity_families, self_families
 from exporter.sources.syscalls import SyscallSource
 
 log = logging.getLogger(__name__)
@@ -31,10 +36,51 @@ class StartupError(RuntimeError):
     pass
 
 
-def build_sources(settings: Settings, headers: probes.KernelHeaders | None) -> list[Source]:
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
+    """A CoreV1Api factory from --kubeconfig or the in-cluster service account, or None."""
+    from kubernetes import client, config
+
+    if settings.kubeconfig is not None:
+        path = str(settings.kubeconfig)
+
+        def from_kubeconfig() -> Any:
+            return client.CoreV1Api(config.new_client_from_config(config_file=path))
+
+        return from_kubeconfig
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
+
+        def in_cluster() -> Any:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            return client.CoreV1Api(client.ApiClient(configuration))
+
+        return in_cluster
+    return None
+
+
+def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
     root = settings.cgroup_root or find_cgroup2_mount()
-    resolver = Resolver(CgroupTree(root))
     log.info("cgroup v2 mount: %s", root)
+    factory = kubernetes_api_factory(settings)
+    if factory is None:
+        log.info("no kubeconfig and not in a cluster: plain-host mode, cgroups labelled by path")
+        return Resolver(CgroupTree(root)), None
+    node = settings.node_name or socket.gethostname().lower()
+    try:
+        factory()  # fail fast on an unusable kubeconfig
+    except Exception as e:
+        raise StartupError(f"kubernetes client configuration failed: {e}") from None
+    watcher = PodWatcher(factory, node, deleted_grace=settings.deleted_pod_grace)
+    log.info("watching pods of node %s", node)
+    return Resolver(CgroupTree(root), pods=lambda: watcher.pods), watcher
+
+
+def build_sources(
+    settings: Settings, headers: probes.KernelHeaders | None, resolver: Resolver
+) -> list[Source]:
     sources: list[Source] = []
     if "syscalls" in settings.probes:
         sources.append(
@@ -42,6 +88,7 @@ def build_sources(settings: Settings, headers: probes.KernelHeaders | None) -> l
                 resolver,
                 settings.syscall_slots,
                 settings.deleted_cgroup_grace,
+                deleted_pod_grace=settings.deleted_pod_grace,
                 headers=headers,
                 bpf_dir=settings.bpf_dir,
             )
@@ -57,6 +104,8 @@ class Agent:
         self.errors: dict[str, str] = {}
         self.durations: dict[str, float] = {}
         self.server: PrometheusServer | None = None
+        self.resolver: Resolver | None = None
+        self.watcher: PodWatcher | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -67,7 +116,10 @@ class Agent:
                 log.info("kernel headers: %s", headers)
             except probes.ProbeError as e:
                 raise StartupError(str(e)) from None
-            self.sources = build_sources(self.settings, headers)
+            self.resolver, self.watcher = build_identity(self.settings)
+            self.sources = build_sources(self.settings, headers, self.resolver)
+        if self.watcher is not None:
+            self.watcher.start()
         for source in self.sources:
             try:
                 source.start()
@@ -106,6 +158,7 @@ class Agent:
                     self._mark_down(source.name, f"collect failed: {e}")
                 self.durations[source.name] = time.perf_counter() - started
             families.extend(self_families(self.up, self.durations))
+            families.extend(identity_families(self.resolver, self.watcher))
         return _merge(families)
 
     def landing(self) -> str:
@@ -129,6 +182,8 @@ class Agent:
             self.close()
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.server is not None:
             self.server.close()
             self.server = None

@@ -73,10 +73,12 @@ def cmd_diagnose(settings: Settings) -> int:
 
 def cmd_check(settings: Settings) -> int:
     from exporter.agent import build_sources
+    from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 
     try:
         headers = probes.find_kernel_headers(settings.kernel_headers)
-        sources = build_sources(settings, headers)
+        resolver = Resolver(CgroupTree(settings.cgroup_root or find_cgroup2_mount()))
+        sources = build_sources(settings, headers, resolver)
     except Exception as e:
         print(f"FAIL  setup: {e}")
         return 1

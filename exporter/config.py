@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -98,6 +99,20 @@ def optional_path(value: Any) -> Path | None:
     return Path(str(value)) if value not in (None, "") else None
 
 
+def existing_file(value: Any) -> Path | None:
+    path = optional_path(value)
+    if path is not None and not path.is_file():
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
+def node_name(value: Any) -> str:
+    name = str(value or "").strip()
+    if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
+        raise ValueError(f"{name!r} is not a valid Kubernetes node name")
+    return name
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -105,6 +120,8 @@ class Spec:
     default: Any
     help: str
     metavar: str = ""
+    # Conventional variables also honoured (after ORB8_<NAME>), e.g. KUBECONFIG.
+    other_env: tuple[str, ...] = ()
 
 
 SETTINGS: tuple[Spec, ...] = (
@@ -131,6 +148,30 @@ SETTINGS: tuple[Spec, ...] = (
         "seconds a removed cgroup's series are still exported before its kernel "
         "map entries are freed",
         "SECONDS",
+    ),
+    Spec(
+        "deleted_pod_grace",
+        non_negative_float,
+        60.0,
+        "seconds a deleted pod's series are still exported before its kernel map entries are freed",
+        "SECONDS",
+    ),
+    Spec(
+        "kubeconfig",
+        existing_file,
+        None,
+        "kubeconfig for the pod watch; without it (and outside a cluster) orb8 runs in "
+        "plain-host mode",
+        "FILE",
+        ("KUBECONFIG",),
+    ),
+    Spec(
+        "node_name",
+        node_name,
+        "",
+        "this node's name, to watch only its pods (default: the host name)",
+        "NAME",
+        ("NODE_NAME",),
     ),
     Spec(
         "kernel_headers",
@@ -164,6 +205,9 @@ class Settings:
     probes: tuple[str, ...]
     syscall_slots: int
     deleted_cgroup_grace: float
+    deleted_pod_grace: float
+    kubeconfig: Path | None
+    node_name: str
     kernel_headers: Path | None
     bpf_dir: Path | None
     cgroup_root: Path | None
@@ -192,7 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=spec.name,
             metavar=spec.metavar or None,
             default=None,
-            help=f"{spec.help} [env {env_name(spec.name)}; default {spec.default}]",
+            help=f"{spec.help} [env {'/'.join((env_name(spec.name), *spec.other_env))}; "
+            f"default {spec.default}]",
         )
 
 
@@ -246,6 +291,9 @@ def load_settings(
             raw, source = flags[spec.name], f"flag {flag_name(spec.name)}"
         elif env_name(spec.name) in environ:
             raw, source = environ[env_name(spec.name)], f"environment {env_name(spec.name)}"
+        elif any(environ.get(var) for var in spec.other_env):
+            var = next(var for var in spec.other_env if environ.get(var))
+            raw, source = environ[var], f"environment {var}"
         elif spec.name in file_values:
             raw, source = file_values[spec.name], f"config file {config_path} key {spec.name}"
         else:

@@ -1,50 +1,112 @@
-"""Resolver: cgroup id -> Identity, remembering answers for ids still counted.
+"""Resolver: cgroup id -> Identity (namespace, pod, container, cgroup).
 
-Plain-host mode: a cgroup's identity is its path under the v2 mount. A
-cgroup that vanished before it was ever resolved folds into
-cgroup="<unresolved>". Kubernetes identity plugs in here later by mapping
-paths to pods.
+cgroup id -> path (cgroupfs.CgroupTree) -> pod UID + container id
+(kubelet.parse_kubelet_cgroup) -> names (kubernetes.PodWatcher's snapshot).
+
+- A cgroup that is not a pod's is labelled by its path: `cgroup="/system.slice/x"`.
+- A pod's cgroup gets namespace/pod/container and an empty `cgroup`. The
+  pod's infrastructure (sandbox/pause container, CRI-O conmon, the pod-level
+  cgroup) is `container="POD"`, the cAdvisor convention.
+- A pod cgroup whose pod (or container) is not known yet is "pending": it is
+  labelled by its path for now and resolved again on every collect, so it
+  moves to its pod's labels, with its complete count, as soon as the pod
+  arrives. Final answers are cached per cgroup id.
+- A cgroup removed before it was ever resolved folds into <unresolved>.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from exporter.identity.cgroupfs import CgroupTree
+from exporter.identity.kubelet import KubeletCgroup, parse_kubelet_cgroup
+from exporter.identity.kubernetes import POD_INFRA_CONTAINER, PodInfo
 from exporter.model import UNRESOLVED, Identity
 
 
 @dataclass(frozen=True)
 class Resolution:
     identity: Identity
-    gone: bool  # the cgroup no longer exists
+    gone: bool  # the cgroup no longer exists, or its pod was deleted
+    pending: bool = False  # pod-shaped, but its pod or container is not known yet
+
+
+def _no_pods() -> Mapping[str, PodInfo]:
+    return {}
 
 
 class Resolver:
-    def __init__(self, tree: CgroupTree, max_age: float = 5.0) -> None:
+    def __init__(
+        self,
+        tree: CgroupTree,
+        pods: Callable[[], Mapping[str, PodInfo]] = _no_pods,
+        max_age: float = 5.0,
+    ) -> None:
         self.tree = tree
+        self.pods = pods  # returns the watcher's current snapshot
         self.max_age = max_age  # how late a removed cgroup may be noticed
-        self._known: dict[int, Identity] = {}
+        self._known: dict[int, Identity] = {}  # final answers
+        self._decoded: dict[int, KubeletCgroup | None] = {}
+        self._last_path: dict[int, str] = {}
+        self.pending: set[int] = set()
 
     def refresh(self) -> None:
         """Called once per collect, before resolving."""
         self.tree.refresh(self.max_age)
 
     def resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
-        """Identity of a cgroup id that a probe had counted by `first_seen`.
-
-        A removed cgroup keeps the identity it had, or folds into
-        <unresolved> if it was removed before it was ever resolved.
-        """
+        """Identity of a cgroup id that a probe had counted by `first_seen`."""
         path = self.tree.lookup(cgroup_id, first_seen)
-        if path is not None:
+        if path is None:
+            self.pending.discard(cgroup_id)
+            known = self._known.get(cgroup_id)
+            if known is None and cgroup_id in self._last_path:
+                known = Identity(cgroup=self._last_path[cgroup_id])
+            return Resolution(known or UNRESOLVED, gone=True)
+        self._last_path[cgroup_id] = path
+
+        known = self._known.get(cgroup_id)
+        if known is not None and not known.pod:
+            return Resolution(known, gone=False)
+        if cgroup_id not in self._decoded:
+            self._decoded[cgroup_id] = parse_kubelet_cgroup(path)
+        decoded = self._decoded[cgroup_id]
+        if decoded is None:
             identity = Identity(cgroup=path)
             self._known[cgroup_id] = identity
             return Resolution(identity, gone=False)
-        return Resolution(self._known.get(cgroup_id, UNRESOLVED), gone=True)
+
+        pod = self.pods().get(decoded.pod_uid)
+        if pod is None:
+            if known is not None:  # resolved before, pod since deleted and expired
+                return Resolution(known, gone=True)
+            self.pending.add(cgroup_id)
+            return Resolution(Identity(cgroup=path), gone=False, pending=True)
+        container = self._container_name(decoded, pod)
+        if container is None:
+            self.pending.add(cgroup_id)
+            return Resolution(Identity(cgroup=path), gone=False, pending=True)
+        self.pending.discard(cgroup_id)
+        identity = Identity(pod.namespace, pod.name, container, "")
+        self._known[cgroup_id] = identity
+        return Resolution(identity, gone=pod.deleted_at is not None)
+
+    @staticmethod
+    def _container_name(decoded: KubeletCgroup, pod: PodInfo) -> str | None:
+        if not decoded.container_id or decoded.conmon:
+            return POD_INFRA_CONTAINER
+        name = pod.containers.get(decoded.container_id)
+        if name is not None:
+            return name
+        # Not one of the pod's containers: once every container has reported
+        # its id, this is the sandbox; until then it may be a new container.
+        return POD_INFRA_CONTAINER if pod.all_started else None
 
     def forget(self, cgroup_id: int) -> None:
-        self._known.pop(cgroup_id, None)
+        for table in (self._known, self._decoded, self._last_path):
+            table.pop(cgroup_id, None)
+        self.pending.discard(cgroup_id)
 
     @property
     def known(self) -> int:

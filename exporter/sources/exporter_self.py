@@ -1,16 +1,24 @@
-"""The exporter's own health: build info, per-probe state and collect time.
+"""The exporter's own health: build info, probes, identity resolution, pod watch.
 
 No kernel hook. Metrics: orb8_build_info{version,kernel},
-orb8_probe_up{probe}, orb8_collect_duration_seconds{probe}. The process_*
+orb8_probe_up{probe}, orb8_collect_duration_seconds{probe},
+orb8_cgroups_unresolved, and with Kubernetes: orb8_k8s_watch_connected,
+orb8_k8s_watch_reconnections_total, orb8_k8s_last_sync_timestamp,
+orb8_k8s_pods_tracked, orb8_k8s_watch_malformed_events_total. The process_*
 metrics come from prometheus_client's ProcessCollector in the output.
 """
 
 from __future__ import annotations
 
 import platform
+from typing import TYPE_CHECKING
 
 from exporter import __version__
-from exporter.model import MetricFamily, gauge
+from exporter.model import MetricFamily, counter, gauge
+
+if TYPE_CHECKING:
+    from exporter.identity import Resolver
+    from exporter.identity.kubernetes import PodWatcher
 
 
 def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> list[MetricFamily]:
@@ -33,3 +41,40 @@ def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> 
     for name, seconds in sorted(durations.items()):
         duration.add((name,), seconds)
     return [build, up, duration]
+
+
+def identity_families(resolver: Resolver | None, watcher: PodWatcher | None) -> list[MetricFamily]:
+    families = []
+    if resolver is not None:
+        unresolved = gauge(
+            "orb8_cgroups_unresolved",
+            "Pod cgroups being counted whose pod or container is not known yet "
+            "(labelled by cgroup path meanwhile).",
+        )
+        unresolved.add((), len(resolver.pending))
+        families.append(unresolved)
+    if watcher is None:
+        return families
+    health = watcher.health
+    connected = gauge(
+        "orb8_k8s_watch_connected", "1 while the pod list/watch is connected and synced, else 0."
+    )
+    connected.add((), 1 if health.connected else 0)
+    reconnections = counter(
+        "orb8_k8s_watch_reconnections_total",
+        "Times the pod watch failed and reconnected (each reconnect relists).",
+    )
+    reconnections.add((), health.reconnections)
+    last_sync = gauge(
+        "orb8_k8s_last_sync_timestamp",
+        "Unix time of the last complete list of this node's pods (0 before the first).",
+    )
+    last_sync.add((), health.last_sync)
+    tracked = gauge("orb8_k8s_pods_tracked", "Pods of this node currently known (not deleted).")
+    tracked.add((), sum(1 for pod in watcher.pods.values() if pod.deleted_at is None))
+    malformed = counter(
+        "orb8_k8s_watch_malformed_events_total",
+        "Pod list items and watch events that could not be parsed and were skipped.",
+    )
+    malformed.add((), health.malformed_events)
+    return [*families, connected, reconnections, last_sync, tracked, malformed]

@@ -71,6 +71,7 @@ class SyscallSource:
         clock: Callable[[], float] = time.monotonic,
         hook: str = "auto",
         bpf_dir: Path | None = None,
+        deleted_pod_grace: float | None = None,
     ) -> None:
         """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
         "tracepoint" forces a variant (tests exercise the fallback this way)."""
@@ -79,6 +80,7 @@ class SyscallSource:
         self.bpf_dir = bpf_dir
         self.capacity = slots
         self.deleted_grace = deleted_grace
+        self.deleted_pod_grace = deleted_grace if deleted_pod_grace is None else deleted_pod_grace
         self.headers = headers
         self.clock = clock
         self.syscall_name = syscall_namer()
@@ -162,7 +164,8 @@ class SyscallSource:
             identities[cgroup_id] = resolution.identity
             if resolution.gone:
                 gone_since = self._gone_since.setdefault(cgroup_id, now)
-                if now - gone_since >= self.deleted_grace:
+                pod = bool(resolution.identity.pod)
+                if now - gone_since >= (self.deleted_pod_grace if pod else self.deleted_grace):
                     retire.append(cgroup_id)
         for cgroup_id, nr, count in zip(
             cgroup_ids.tolist(), nrs.tolist(), counts.tolist(), strict=True
