@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -154,8 +155,7 @@ class PodWatcher:
         self._stop.set()
         response = self._response
         if response is not None:
-            with contextlib.suppress(Exception):
-                response.close()  # unblocks a read in the watch thread
+            _abort(response)
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -264,6 +264,9 @@ class PodWatcher:
                 for line in _lines(response):
                     resource_version = self._apply(line, resource_version)
             finally:
+                # A watch connection is never reused: an unread remainder
+                # would be the next request's response.
+                response.close()
                 response.release_conn()
                 self._response = None
             # The server ended the watch (timeoutSeconds): resume, no relist.
@@ -303,6 +306,17 @@ class PodWatcher:
     def _malformed(self, what: str) -> None:
         self.health.malformed_events += 1
         log.warning("skipping malformed pod watch event: %s", what)
+
+
+def _abort(response: Any) -> None:
+    """Unblock a read in progress on another thread: shut the socket down."""
+    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    with contextlib.suppress(OSError):
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        response.close()
 
 
 def _lines(response: Any) -> Iterator[bytes]:
