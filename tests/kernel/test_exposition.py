@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ORB8, ROOT, run_workload
+from tests.k8s_apiserver import ApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.kernel
 
@@ -36,8 +37,11 @@ def live_families(url: str) -> dict[str, tuple[str, tuple[str, ...]]]:
     return found
 
 
-def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload):
-    exporter = start_exporter()
+def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload, tmp_path):
+    server = ApiServer()
+    server.start()
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+    exporter = start_exporter("--kubeconfig", str(kubeconfig), "--node-name", "node-a")
     run_workload(workload, cgroups.make(), "110:3")
     live = live_families(exporter.url)
     documented = catalogue()
@@ -48,6 +52,7 @@ def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload):
     assert not missing, f"documented but not exported: {missing}"
     for name, (kind, labels) in live.items():
         assert documented[name] == (kind, labels), name
+    server.stop()
 
 
 def test_promtool_check_metrics_is_clean(start_exporter):
