@@ -22,9 +22,16 @@
 // by the kernel, so an entry can never send a live cgroup's events to a slot
 // that was recycled: only pairs of removed cgroups are retired.
 //
+// Dangerous syscalls (ptrace, mount, bpf, init_module, ...) are flagged in the
+// cache entry itself (top bit of the slot), so recognising them costs nothing
+// on the hot path. A flagged call is also counted exactly in its own map,
+// except when the caller is orb8 itself, and emits one evidence event into a
+// ring buffer. Every event is accounted for: written, or dropped (buffer
+// full, or sampled away while the buffer is over 90% full).
+//
 // Only stable interfaces are used: the sys_enter raw tracepoint arguments
 // (args[1] = syscall number), the classic tracepoint's `id` field (its offset
-// is checked against tracefs by the loader), bpf_get_current_cgroup_id().
+// is checked against tracefs by the loader), helpers.
 
 #include "orb8.h"
 
@@ -34,6 +41,20 @@
 
 // Power of two; syscall numbers are dense below ~470 on x86_64 and arm64.
 #define CACHE_WAYS 512
+// Syscall numbers that can be marked dangerous.
+#define DANGER_TABLE 1024
+#define DANGER_BIT 0x80000000u
+
+#ifndef DANGEROUS_CAPACITY
+#define DANGEROUS_CAPACITY 4096
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+#ifndef RINGBUF_SAMPLE_EVERY
+#define RINGBUF_SAMPLE_EVERY 10
+#endif
+#define RINGBUF_BYTES (RINGBUF_PAGES * 4096ull)
 
 struct syscall_pair {
     u64 cgroup_id;
@@ -53,6 +74,30 @@ struct cpu_cache {
     struct cache_entry way[CACHE_WAYS];
 };
 
+// One evidence record; user space turns it into a JSON log line.
+struct dangerous_event {
+    u64 time_ns;  // CLOCK_MONOTONIC
+    u64 cgroup_id;
+    u32 pid;      // thread id
+    u32 tgid;     // process id
+    u32 uid;
+    u32 nr;
+    char comm[16];
+};
+
+// Ring buffer accounting, per CPU: written + dropped = every flagged call.
+enum ringbuf_stat {
+    RB_WRITTEN,
+    RB_DROPPED,   // not written for any reason (includes RB_SAMPLED)
+    RB_SAMPLED,   // dropped on purpose while the buffer was over 90% full
+    RB_PEAK,      // highest backlog seen, bytes (user space resets it)
+    RB_TICK,      // sampling counter
+    RB_STATS,
+};
+
+// Bytes a record takes in the ring buffer: 8-byte header, 8-byte aligned.
+#define RINGBUF_RECORD ((sizeof(struct dangerous_event) + 8 + 7) & ~7ull)
+
 // Layout of raw_syscalls:sys_enter in tracefs: 8 bytes of common fields, then
 // `long id`. The loader verifies the offset before choosing this variant.
 struct sys_enter_args {
@@ -69,12 +114,89 @@ BPF_ARRAY(syscall_epoch, u64, 1);
 // Events that could not be counted because every slot was taken.
 BPF_PERCPU_ARRAY(syscall_update_failures, u64, 1);
 
+// 1 for the syscall numbers user space marked dangerous.
+BPF_ARRAY(dangerous_syscalls, u8, DANGER_TABLE);
+// [0]: orb8's own tgid, whose dangerous calls (it loads BPF) are not counted.
+BPF_ARRAY(dangerous_config, u32, 1);
+BPF_PERCPU_HASH(dangerous_counts, struct syscall_pair, u64, DANGEROUS_CAPACITY);
+BPF_PERCPU_ARRAY(dangerous_update_failures, u64, 1);
+BPF_RINGBUF_OUTPUT(dangerous_events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(ringbuf_stats, u64, RB_STATS);
+// [0]: records written (all CPUs), [1]: records user space has consumed.
+BPF_ARRAY(ringbuf_progress, u64, 2);
+
 static __always_inline void count_failure(void)
 {
     u32 zero = 0;
     u64 *failures = syscall_update_failures.lookup(&zero);
     if (failures)
         (*failures)++;
+}
+
+static __always_inline void ringbuf_stat_add(u32 stat, u64 value)
+{
+    u64 *counter = ringbuf_stats.lookup(&stat);
+    if (counter)
+        *counter += value;
+}
+
+// Called for every flagged syscall: exact count, then evidence if possible.
+static __always_inline void count_dangerous(u64 cgroup_id, u32 nr)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 zero = 0, one = 1;
+    u32 *self = dangerous_config.lookup(&zero);
+    if (self && *self == (u32)(pid_tgid >> 32))
+        return;
+
+    struct syscall_pair key = {.cgroup_id = cgroup_id, .nr = nr};
+    u64 init = 0;
+    u64 *count = dangerous_counts.lookup_or_try_init(&key, &init);
+    if (count) {
+        (*count)++;
+    } else {
+        u64 *failures = dangerous_update_failures.lookup(&zero);
+        if (failures)
+            (*failures)++;
+    }
+
+    // Backlog estimate: records written minus records user space consumed.
+    u64 *written = ringbuf_progress.lookup(&zero);
+    u64 *consumed = ringbuf_progress.lookup(&one);
+    if (!written || !consumed)
+        return;
+    u64 backlog = (*written - *consumed) * RINGBUF_RECORD;
+    u32 peak_stat = RB_PEAK;
+    u64 *peak = ringbuf_stats.lookup(&peak_stat);
+    if (peak && backlog > *peak)
+        *peak = backlog;
+    if (backlog * 10 > RINGBUF_BYTES * 9) {
+        // Over 90% full: keep 1 event in RINGBUF_SAMPLE_EVERY so evidence of
+        // other workloads still gets through a flood.
+        u32 tick_stat = RB_TICK;
+        u64 *tick = ringbuf_stats.lookup(&tick_stat);
+        if (tick && (*tick)++ % RINGBUF_SAMPLE_EVERY != 0) {
+            ringbuf_stat_add(RB_SAMPLED, 1);
+            ringbuf_stat_add(RB_DROPPED, 1);
+            return;
+        }
+    }
+
+    struct dangerous_event *event = dangerous_events.ringbuf_reserve(sizeof(*event));
+    if (!event) {
+        ringbuf_stat_add(RB_DROPPED, 1);
+        return;
+    }
+    event->time_ns = bpf_ktime_get_ns();
+    event->cgroup_id = cgroup_id;
+    event->pid = (u32)pid_tgid;
+    event->tgid = (u32)(pid_tgid >> 32);
+    event->uid = (u32)bpf_get_current_uid_gid();
+    event->nr = nr;
+    bpf_get_current_comm(&event->comm, sizeof(event->comm));
+    dangerous_events.ringbuf_submit(event, 0);
+    __sync_fetch_and_add(written, 1);
+    ringbuf_stat_add(RB_WRITTEN, 1);
 }
 
 static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u32 nr)
@@ -103,13 +225,17 @@ static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u3
         }
     }
 
+    u32 index = nr;
+    u8 *dangerous = index < DANGER_TABLE ? dangerous_syscalls.lookup(&index) : 0;
     way->cgroup_id = cgroup_id;
     way->nr = nr;
-    way->slot = slot;
+    way->slot = slot | (dangerous && *dangerous ? DANGER_BIT : 0);
 
     u64 *count = syscall_counts.lookup(&slot);
     if (count)
         (*count)++;
+    if (dangerous && *dangerous)
+        count_dangerous(cgroup_id, nr);
     return 0;
 }
 
@@ -132,6 +258,10 @@ static __always_inline int count_syscall(u32 nr)
     struct cache_entry *way = &cache->way[nr & (CACHE_WAYS - 1)];
     if (way->cgroup_id == cgroup_id && way->nr == nr) {
         u32 slot = way->slot;
+        if (slot & DANGER_BIT) {
+            slot &= ~DANGER_BIT;
+            count_dangerous(cgroup_id, nr);
+        }
         u64 *count = syscall_counts.lookup(&slot);
         if (count) {
             (*count)++;

@@ -27,7 +27,7 @@ from exporter.model import MetricFamily
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.sources import Source
 from exporter.sources.exporter_self import identity_families, self_families
-from exporter.sources.syscalls import SyscallSource
+from exporter.sources.syscalls import SecurityOptions, SyscallSource
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,21 @@ def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
     return Resolver(CgroupTree(root), pods=lambda: watcher.pods), watcher
 
 
+def security_options(settings: Settings) -> SecurityOptions:
+    return SecurityOptions(
+        dangerous=tuple(
+            dict.fromkeys(settings.dangerous_syscalls + settings.extra_dangerous_syscalls)
+        ),
+        allowlist=settings.dangerous_allowlist,
+        exclude_self=settings.dangerous_exclude_self,
+        ring_buffer_size=settings.ring_buffer_size,
+        sample_every=settings.ring_buffer_sample_every,
+        log_per_minute=settings.evidence_log_per_minute,
+        baseline_window=settings.baseline_window,
+        state_dir=settings.state_dir,
+    )
+
+
 def build_sources(
     settings: Settings, headers: probes.KernelHeaders | None, resolver: Resolver
 ) -> list[Source]:
@@ -89,6 +104,7 @@ def build_sources(
                 settings.syscall_slots,
                 settings.deleted_cgroup_grace,
                 deleted_pod_grace=settings.deleted_pod_grace,
+                security=security_options(settings),
                 headers=headers,
                 bpf_dir=settings.bpf_dir,
             )

@@ -45,6 +45,12 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Evidence lines are bare JSON objects, one per line, for log shippers.
+    evidence = logging.getLogger("orb8.evidence")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    evidence.addHandler(handler)
+    evidence.propagate = False
 
 
 def cmd_run(settings: Settings) -> int:

@@ -24,6 +24,18 @@ ENV_PREFIX = "ORB8_"
 ENV_RESERVED = {"ORB8_CONFIG"}
 
 KNOWN_PROBES = ("syscalls",)
+
+# Informed by Falco's and Tetragon's default rules: module loading, kexec,
+# BPF, tracing other processes, namespace and mount manipulation, raw I/O,
+# clock and boot control.
+DEFAULT_DANGEROUS_SYSCALLS = (
+    "ptrace", "process_vm_writev", "process_vm_readv", "mount", "umount2", "pivot_root",
+    "chroot", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "bpf", "perf_event_open", "setns", "unshare", "open_by_handle_at",
+    "userfaultfd", "keyctl", "add_key", "request_key", "syslog", "personality", "iopl",
+    "ioperm", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime",
+)  # fmt: skip
+MIB = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -86,6 +98,51 @@ def probe_list(value: Any) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROBES)}")
     return probes
+
+
+def name_list(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def syscall_names(value: Any) -> tuple[str, ...]:
+    from exporter.sources.syscalls import native_syscall_numbers
+
+    names = name_list(value)
+    known = native_syscall_numbers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown syscall(s) on this architecture: {', '.join(unknown)}")
+    return names
+
+
+def allowlist(value: Any) -> tuple[str, ...]:
+    """Selectors: namespace/pod/container (fnmatch globs) or cgroup:<glob>."""
+    selectors = name_list(value)
+    for selector in selectors:
+        if not selector.startswith("cgroup:") and selector.count("/") != 2:
+            raise ValueError(
+                f"{selector!r} is neither namespace/pod/container nor cgroup:<path glob>"
+            )
+    return selectors
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def ring_buffer_size(value: Any) -> int:
+    size = positive_int(value)
+    if size & (size - 1) or not 4096 <= size <= 32 * MIB:
+        raise ValueError(f"{size} must be a power of two between 4096 and {32 * MIB} bytes")
+    return size
 
 
 def log_level(value: Any) -> str:
@@ -174,6 +231,72 @@ SETTINGS: tuple[Spec, ...] = (
         ("NODE_NAME",),
     ),
     Spec(
+        "dangerous_syscalls",
+        syscall_names,
+        ",".join(DEFAULT_DANGEROUS_SYSCALLS),
+        "syscalls counted in orb8_dangerous_syscalls_total and logged as evidence "
+        "(replaces the built-in set)",
+        "LIST",
+    ),
+    Spec(
+        "extra_dangerous_syscalls",
+        syscall_names,
+        "",
+        "syscalls added to dangerous_syscalls",
+        "LIST",
+    ),
+    Spec(
+        "dangerous_allowlist",
+        allowlist,
+        "",
+        "workloads whose dangerous syscalls are expected: namespace/pod/container globs "
+        "(e.g. kube-system/*/*) or cgroup:<path glob>; still counted in orb8_syscalls_total",
+        "LIST",
+    ),
+    Spec(
+        "dangerous_exclude_self",
+        boolean,
+        True,
+        "do not count orb8's own dangerous syscalls (it calls bpf and perf_event_open)",
+        "BOOL",
+    ),
+    Spec(
+        "ring_buffer_size",
+        ring_buffer_size,
+        MIB,
+        "bytes of the evidence ring buffer: a power of two, 4096 to 32 MiB",
+        "BYTES",
+    ),
+    Spec(
+        "ring_buffer_sample_every",
+        positive_int,
+        10,
+        "when the ring buffer is over 90% full, keep 1 evidence event in N",
+        "N",
+    ),
+    Spec(
+        "evidence_log_per_minute",
+        positive_int,
+        6,
+        "evidence log lines per minute per workload and syscall; the rest are summarised",
+        "N",
+    ),
+    Spec(
+        "baseline_window",
+        non_negative_float,
+        600.0,
+        "seconds from a workload's first appearance during which its syscalls are learned; "
+        "later syscalls outside that set count in orb8_syscall_novel_total",
+        "SECONDS",
+    ),
+    Spec(
+        "state_dir",
+        optional_path,
+        None,
+        "directory where learned baselines survive restarts (default: not kept)",
+        "DIR",
+    ),
+    Spec(
         "kernel_headers",
         optional_path,
         None,
@@ -208,6 +331,15 @@ class Settings:
     deleted_pod_grace: float
     kubeconfig: Path | None
     node_name: str
+    dangerous_syscalls: tuple[str, ...]
+    extra_dangerous_syscalls: tuple[str, ...]
+    dangerous_allowlist: tuple[str, ...]
+    dangerous_exclude_self: bool
+    ring_buffer_size: int
+    ring_buffer_sample_every: int
+    evidence_log_per_minute: int
+    baseline_window: float
+    state_dir: Path | None
     kernel_headers: Path | None
     bpf_dir: Path | None
     cgroup_root: Path | None
@@ -236,8 +368,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=spec.name,
             metavar=spec.metavar or None,
             default=None,
-            help=f"{spec.help} [env {'/'.join((env_name(spec.name), *spec.other_env))}; "
-            f"default {spec.default}]",
+            help=(
+                f"{spec.help} [env {'/'.join((env_name(spec.name), *spec.other_env))}; "
+                f"default {spec.default}]"
+            ).replace("%", "%%"),
         )
 
 

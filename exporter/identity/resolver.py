@@ -50,6 +50,8 @@ class Resolver:
         self._decoded: dict[int, KubeletCgroup | None] = {}
         self._last_path: dict[int, str] = {}
         self.pending: set[int] = set()
+        self._owners: dict[tuple[str, str], str] = {}
+        self._owners_of: Mapping[str, PodInfo] | None = None
 
     def refresh(self) -> None:
         """Called once per collect, before resolving."""
@@ -102,6 +104,14 @@ class Resolver:
         # Not one of the pod's containers: once every container has reported
         # its id, this is the sandbox; until then it may be a new container.
         return POD_INFRA_CONTAINER if pod.all_started else None
+
+    def owners(self) -> dict[tuple[str, str], str]:
+        """(namespace, pod name) -> owner name, for the pods known now."""
+        pods = self.pods()
+        if pods is not self._owners_of:
+            self._owners = {(p.namespace, p.name): p.owner_name for p in pods.values()}
+            self._owners_of = pods
+        return self._owners
 
     def forget(self, cgroup_id: int) -> None:
         for table in (self._known, self._decoded, self._last_path):

@@ -1,12 +1,17 @@
-"""Syscalls per cgroup, counted exactly in the kernel.
+"""Syscalls per cgroup, counted exactly in the kernel; dangerous ones also as evidence.
 
 Hooks: raw tracepoint sys_enter (classic raw_syscalls:sys_enter as fallback)
 counts; sched_switch and cgroup_attach_task keep the per-CPU cgroup id cache
 honest (see bpf/syscalls.c). Program bpf/syscalls.c.
 
 Metrics: orb8_syscalls_total{namespace,pod,container,cgroup,syscall};
-orb8_bpf_map_entries / orb8_bpf_map_capacity /
-orb8_bpf_map_update_failures_total for map="syscall_slots".
+orb8_dangerous_syscalls_total{...,syscall} (attempts, exact, orb8 itself and
+allowlisted workloads excluded); orb8_syscall_novel_total{...,syscall}
+(outside the workload's learned baseline, see exporter/baseline.py);
+orb8_ring_buffer_{events,drops,sampled}_total, _utilization, _size_bytes
+for probe="syscalls"; orb8_bpf_map_entries / _capacity / _update_failures_total
+for map="syscall_slots" and map="dangerous_counts". Each dangerous call is
+also one JSON evidence line (exporter/evidence.py).
 
 Overhead: no helper call and three inlined array lookups per syscall on the
 hot path, plus one array store per context switch (see bpf/syscalls.c and
@@ -26,17 +31,30 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
+import os
 import platform
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from exporter import probes
+from exporter.baseline import Baselines
+from exporter.config import DEFAULT_DANGEROUS_SYSCALLS, MIB
+from exporter.evidence import (
+    Allowlist,
+    RateLimiter,
+    evidence_line,
+    monotonic_to_wall_offset,
+    parse_event,
+)
 from exporter.identity import Resolver
+from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.syscall_names import SYSCALLS
 
@@ -44,14 +62,45 @@ log = logging.getLogger(__name__)
 
 PAIR_DTYPE = np.dtype([("cgroup_id", "<u8"), ("nr", "<u4"), ("pad", "<u4")])
 SLOT_MAP = "syscall_slots"
+DANGEROUS_MAP = "dangerous_counts"
+DANGEROUS_CAPACITY = 4096
+DANGER_TABLE = 1024  # syscall numbers below this can be flagged (bpf/syscalls.c)
+# ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
+RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
+RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
+evidence_log = logging.getLogger("orb8.evidence")
+
+Series = dict[tuple[Identity, int], int]
 
 
-def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
-    """Name lookup for this architecture; unknown numbers become unknown_<nr>."""
+@dataclass(frozen=True)
+class SecurityOptions:
+    dangerous: tuple[str, ...] = DEFAULT_DANGEROUS_SYSCALLS
+    allowlist: tuple[str, ...] = ()
+    exclude_self: bool = True
+    ring_buffer_size: int = MIB
+    sample_every: int = 10
+    log_per_minute: int = 6
+    baseline_window: float = 600.0
+    state_dir: Path | None = None
+
+
+def syscall_table(machine: str | None = None) -> dict[int, str]:
     machine = machine or platform.machine()
     table = SYSCALLS.get({"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine))
     if table is None:
         raise probes.ProbeError(f"no syscall table for architecture {machine}")
+    return table
+
+
+def native_syscall_numbers(machine: str | None = None) -> dict[str, int]:
+    """name -> number on this architecture."""
+    return {name: nr for nr, name in syscall_table(machine).items()}
+
+
+def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
+    """Name lookup for this architecture; unknown numbers become unknown_<nr>."""
+    table = syscall_table(machine)
 
     def name(nr: int) -> str:
         return table.get(nr) or f"unknown_{nr}"
@@ -72,6 +121,7 @@ class SyscallSource:
         hook: str = "auto",
         bpf_dir: Path | None = None,
         deleted_pod_grace: float | None = None,
+        security: SecurityOptions | None = None,
     ) -> None:
         """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
         "tracepoint" forces a variant (tests exercise the fallback this way)."""
@@ -83,34 +133,48 @@ class SyscallSource:
         self.deleted_pod_grace = deleted_grace if deleted_pod_grace is None else deleted_pod_grace
         self.headers = headers
         self.clock = clock
+        self.security = security or SecurityOptions()
         self.syscall_name = syscall_namer()
+        numbers = native_syscall_numbers()
+        self.dangerous_numbers = sorted({numbers[name] for name in self.security.dangerous})
+        self.allowlist = Allowlist(self.security.allowlist)
+        self.rate_limiter = RateLimiter(self.security.log_per_minute)
+        self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
         self.hook = ""
         self._bpf: Any = None
+        self._lock = threading.Lock()  # collect vs. the evidence thread
+        self._stop = threading.Event()
+        self._evidence_thread: threading.Thread | None = None
+        self._consumed = 0
+        self._boot_offset = monotonic_to_wall_offset()
         self._first_seen: dict[int, float] = {}
         self._gone_since: dict[int, float] = {}
         # Final counts of retired cgroups whose series must stay monotonic:
-        # {(identity, nr): count}.
-        self._carried: dict[tuple[Identity, int], int] = defaultdict(int)
+        # {(identity, nr): count}, for all syscalls and for dangerous ones.
+        self._carried: Series = defaultdict(int)
+        self._carried_dangerous: Series = defaultdict(int)
+        self._last_counts: Series = {}
+        self._novel: Series = defaultdict(int)
 
     def describe(self) -> str:
-        return f"hook={self.hook or 'none'} slots={self.capacity}"
+        return (
+            f"hook={self.hook or 'none'} slots={self.capacity} "
+            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size}"
+        )
 
     def start(self) -> None:
         self.hook = (
             probes.choose_sys_enter_hook() if self.requested_hook == "auto" else self.requested_hook
         )
-        bpf = probes.compile_probe(
-            "syscalls", {"SLOT_CAPACITY": self.capacity}, self.headers, self.bpf_dir
-        )
+        defines = {
+            "SLOT_CAPACITY": self.capacity,
+            "DANGEROUS_CAPACITY": DANGEROUS_CAPACITY,
+            "RINGBUF_PAGES": self.security.ring_buffer_size // 4096,
+            "RINGBUF_SAMPLE_EVERY": self.security.sample_every,
+        }
+        bpf = probes.compile_probe("syscalls", defines, self.headers, self.bpf_dir)
         try:
-            # Fill the free-slot stack before attaching so the first event
-            # finds slots; pushed in reverse so slot 0 is handed out first and
-            # used slots stay a compact prefix.
-            free = bpf[b"syscall_free_slots"]
-            for slot in range(self.capacity - 1, -1, -1):
-                free.push(ct.c_uint32(slot))
-            # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
-            bpf[b"syscall_epoch"][ct.c_int(0)] = ct.c_uint64(1)
+            self._configure(bpf)
             # Cache invalidation hooks first, then the counter itself.
             if self.hook == "raw_tracepoint":
                 bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"syscalls_switch_raw")
@@ -122,16 +186,78 @@ class SyscallSource:
                     tp=b"cgroup:cgroup_attach_task", fn_name=b"syscalls_attach_tp"
                 )
                 bpf.attach_tracepoint(tp=b"raw_syscalls:sys_enter", fn_name=b"syscalls_enter_tp")
+            bpf[b"dangerous_events"].open_ring_buffer(self._on_event)
         except Exception as e:
             bpf.cleanup()
             raise probes.ProbeError(f"attaching syscalls probe ({self.hook}) failed: {e}") from e
         self._bpf = bpf
+        self._stop.clear()
+        self._evidence_thread = threading.Thread(
+            target=self._poll_evidence, name="evidence", daemon=True
+        )
+        self._evidence_thread.start()
         log.info("syscalls probe attached: %s", self.describe())
 
+    def _configure(self, bpf: Any) -> None:
+        """Fill the maps the programs read before they are attached."""
+        # Free slots, pushed in reverse so slot 0 is handed out first and the
+        # used slots stay a compact prefix.
+        free = bpf[b"syscall_free_slots"]
+        for slot in range(self.capacity - 1, -1, -1):
+            free.push(ct.c_uint32(slot))
+        # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
+        bpf[b"syscall_epoch"][ct.c_int(0)] = ct.c_uint64(1)
+        flags = bpf[b"dangerous_syscalls"]
+        for nr in self.dangerous_numbers:
+            if nr >= DANGER_TABLE:
+                raise probes.ProbeError(f"syscall {nr} is beyond the dangerous table")
+            flags[ct.c_int(nr)] = ct.c_uint8(1)
+        if self.security.exclude_self:
+            bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint32(os.getpid())
+
     def close(self) -> None:
+        self._stop.set()
+        if self._evidence_thread is not None:
+            self._evidence_thread.join(timeout=5)
+            self._evidence_thread = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+        self.baselines.save()
+
+    # -- evidence --------------------------------------------------------------
+
+    def _poll_evidence(self) -> None:
+        progress = self._bpf[b"ringbuf_progress"]
+        while not self._stop.is_set():
+            try:
+                self._bpf.ring_buffer_poll(100)
+                progress[ct.c_int(1)] = ct.c_uint64(self._consumed)
+            except Exception:
+                if self._stop.is_set():
+                    break
+                log.exception("reading the evidence ring buffer failed")
+                self._stop.wait(1)
+
+    def _on_event(self, ctx: Any, data: Any, size: int) -> int:
+        self._consumed += 1
+        try:
+            event = parse_event(data, size)
+            with self._lock:
+                identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
+            if self.allowlist.allows(identity):
+                return 0
+            syscall = self.syscall_name(event.nr)
+            admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
+            if admitted:
+                evidence_log.warning(
+                    evidence_line(event, identity, syscall, suppressed, self._boot_offset)
+                )
+        except Exception:
+            log.exception("bad evidence record")
+        return 0
+
+    # -- collect ---------------------------------------------------------------
 
     def _read_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(cgroup ids, syscall numbers, counts) of every pair in the kernel map."""
@@ -143,22 +269,33 @@ class SyscallSource:
         totals = probes.percpu_u64_sums(self._bpf[b"syscall_counts"], used)
         return pairs["cgroup_id"], pairs["nr"], totals[slots] if n else slots.astype(np.uint64)
 
-    def _failures(self) -> int:
-        return int(sum(self._bpf[b"syscall_update_failures"][0]))
+    def _read_dangerous(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        table = self._bpf[DANGEROUS_MAP.encode()]
+        keys, values, n = probes.lookup_batch(table, DANGEROUS_CAPACITY)
+        pairs = np.frombuffer(keys, dtype=PAIR_DTYPE, count=n)
+        if n == 0:
+            return pairs["cgroup_id"], pairs["nr"], np.zeros(0, dtype=np.uint64)
+        counts = np.frombuffer(values, dtype=np.uint64).reshape(n, -1).sum(axis=1)
+        return pairs["cgroup_id"], pairs["nr"], counts
+
+    def _percpu_sum(self, table: bytes, index: int = 0) -> int:
+        return int(sum(self._bpf[table][ct.c_int(index)]))
 
     def collect(self) -> list[MetricFamily]:
         if self._bpf is None:
             raise probes.ProbeError("syscalls probe is not loaded")
+        with self._lock:
+            return self._collect()
+
+    def _collect(self) -> list[MetricFamily]:
         now = self.clock()
         cgroup_ids, nrs, counts = self._read_pairs()
+        d_cgroup_ids, d_nrs, d_counts = self._read_dangerous()
         self.resolver.refresh()
 
-        series: dict[tuple[Identity, int], int] = defaultdict(int)
-        for key, value in self._carried.items():
-            series[key] += value
         identities: dict[int, Identity] = {}
         retire: list[int] = []
-        for cgroup_id in map(int, np.unique(cgroup_ids)):
+        for cgroup_id in map(int, np.unique(np.concatenate([cgroup_ids, d_cgroup_ids]))):
             first_seen = self._first_seen.setdefault(cgroup_id, now)
             resolution = self.resolver.resolve(cgroup_id, first_seen)
             identities[cgroup_id] = resolution.identity
@@ -167,49 +304,128 @@ class SyscallSource:
                 pod = bool(resolution.identity.pod)
                 if now - gone_since >= (self.deleted_pod_grace if pod else self.deleted_grace):
                     retire.append(cgroup_id)
-        for cgroup_id, nr, count in zip(
-            cgroup_ids.tolist(), nrs.tolist(), counts.tolist(), strict=True
-        ):
-            series[(identities[cgroup_id], nr)] += count
+        series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried)
+        dangerous = _aggregate(identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous)
+        self._observe_baselines(series)
 
-        families = self._families(series, len(cgroup_ids))
+        families = [
+            *self._families(series, dangerous, len(cgroup_ids), len(d_cgroup_ids)),
+            *self._ring_buffer_families(),
+        ]
         if retire:
-            self._retire(retire, identities, cgroup_ids, nrs, counts)
+            self._retire(
+                retire, identities, (cgroup_ids, nrs, counts), (d_cgroup_ids, d_nrs, d_counts)
+            )
         return families
 
+    def _observe_baselines(self, series: Series) -> None:
+        owners = self.resolver.owners()
+        for key, value in series.items():
+            identity, nr = key
+            delta = value - self._last_counts.get(key, 0)
+            self._last_counts[key] = value
+            if delta <= 0 or identity == UNRESOLVED:
+                continue
+            if identity.pod:
+                owner = owners.get((identity.namespace, identity.pod)) or identity.pod
+                workload = f"{identity.namespace}/{owner}/{identity.container}"
+            elif parse_kubelet_cgroup(identity.cgroup) is not None:
+                continue  # a pod's cgroup whose pod is not known yet
+            else:
+                workload = f"cgroup:{identity.cgroup}"
+            if self.baselines.observe(workload, self.syscall_name(nr)):
+                self._novel[key] += delta
+        self.baselines.save()
+
     def _families(
-        self, series: dict[tuple[Identity, int], int], entries: int
+        self, series: Series, dangerous: Series, entries: int, dangerous_entries: int
     ) -> list[MetricFamily]:
+        labels = (*IDENTITY_LABELS, "syscall")
         syscalls = counter(
             "orb8_syscalls_total",
             "System calls entered, per cgroup and syscall, counted in the kernel.",
-            (*IDENTITY_LABELS, "syscall"),
+            labels,
         )
         for (identity, nr), value in series.items():
             syscalls.add((*identity, self.syscall_name(nr)), value)
+        dangerous_family = counter(
+            "orb8_dangerous_syscalls_total",
+            "Attempts of dangerous syscalls (successful or not), counted in the kernel; "
+            "orb8 itself and allowlisted workloads excluded.",
+            labels,
+        )
+        for (identity, nr), value in dangerous.items():
+            if not self.allowlist.allows(identity):
+                dangerous_family.add((*identity, self.syscall_name(nr)), value)
+        novel = counter(
+            "orb8_syscall_novel_total",
+            "Syscalls made outside the workload's learned baseline.",
+            labels,
+        )
+        for (identity, nr), value in self._novel.items():
+            novel.add((*identity, self.syscall_name(nr)), value)
         entries_family = gauge(
             "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
         )
         entries_family.add((SLOT_MAP,), entries)
+        entries_family.add((DANGEROUS_MAP,), dangerous_entries)
         capacity = gauge(
             "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
         )
         capacity.add((SLOT_MAP,), self.capacity)
+        capacity.add((DANGEROUS_MAP,), DANGEROUS_CAPACITY)
         failures = counter(
             "orb8_bpf_map_update_failures_total",
             "Kernel map updates that failed (map full); the events were not counted.",
             ("map",),
         )
-        failures.add((SLOT_MAP,), self._failures())
-        return [syscalls, entries_family, capacity, failures]
+        failures.add((SLOT_MAP,), self._percpu_sum(b"syscall_update_failures"))
+        failures.add((DANGEROUS_MAP,), self._percpu_sum(b"dangerous_update_failures"))
+        return [syscalls, dangerous_family, novel, entries_family, capacity, failures]
+
+    def _ring_buffer_families(self) -> list[MetricFamily]:
+        probe = (self.name,)
+        stats = self._bpf[b"ringbuf_stats"]
+        values = {
+            i: list(stats[ct.c_int(i)]) for i in (RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK)
+        }
+        # Peak since the last scrape: read, then restart from zero.
+        stats[ct.c_int(RB_PEAK)] = stats.Leaf()
+        size = self.security.ring_buffer_size
+        families = []
+        for name, help_text, stat in (
+            ("events_total", "Evidence records written to the ring buffer.", RB_WRITTEN),
+            (
+                "drops_total",
+                "Evidence records not written (buffer full, or sampled away); "
+                "events_total + drops_total = dangerous calls.",
+                RB_DROPPED,
+            ),
+            (
+                "sampled_total",
+                "Of the drops, records left out on purpose while the buffer was over 90% full.",
+                RB_SAMPLED,
+            ),
+        ):
+            family = counter(f"orb8_ring_buffer_{name}", help_text, ("probe",))
+            family.add(probe, sum(values[stat]))
+            families.append(family)
+        utilization = gauge(
+            "orb8_ring_buffer_utilization",
+            "Highest fill of the ring buffer since the previous scrape, 0 to 1.",
+            ("probe",),
+        )
+        utilization.add(probe, min(1.0, max(values[RB_PEAK]) / size))
+        size_family = gauge("orb8_ring_buffer_size_bytes", "Size of the ring buffer.", ("probe",))
+        size_family.add(probe, size)
+        return [*families, utilization, size_family]
 
     def _retire(
         self,
         retire: list[int],
         identities: dict[int, Identity],
-        cgroup_ids: np.ndarray,
-        nrs: np.ndarray,
-        counts: np.ndarray,
+        pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+        dangerous: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> None:
         """Free the kernel entries of removed cgroups once their grace is over.
 
@@ -218,19 +434,15 @@ class SyscallSource:
         (a restarted service keeps its path but gets a new cgroup id).
         """
         retiring = set(retire)
-        live_identities = {identity for cid, identity in identities.items() if cid not in retiring}
+        live = {identity for cid, identity in identities.items() if cid not in retiring}
         slots_table = self._bpf[SLOT_MAP.encode()]
         counts_table = self._bpf[b"syscall_counts"]
         free = self._bpf[b"syscall_free_slots"]
         zero = counts_table.Leaf()
-        for cgroup_id, nr, count in zip(
-            cgroup_ids.tolist(), nrs.tolist(), counts.tolist(), strict=True
-        ):
+        for cgroup_id, nr, count in _rows(*pairs):
             if cgroup_id not in retiring:
                 continue
-            identity = identities[cgroup_id]
-            if identity == UNRESOLVED or identity in live_identities:
-                self._carried[(identity, nr)] += count
+            self._carry(self._carried, identities[cgroup_id], nr, count, live)
             key = slots_table.Key(cgroup_id, nr, 0)
             slot = slots_table.get(key)
             if slot is None:
@@ -238,10 +450,41 @@ class SyscallSource:
             del slots_table[key]
             counts_table[ct.c_uint32(slot.value)] = zero
             free.push(ct.c_uint32(slot.value))
+        dangerous_table = self._bpf[DANGEROUS_MAP.encode()]
+        for cgroup_id, nr, count in _rows(*dangerous):
+            if cgroup_id in retiring:
+                self._carry(self._carried_dangerous, identities[cgroup_id], nr, count, live)
+                dangerous_table.pop(dangerous_table.Key(cgroup_id, nr, 0), None)
         for cgroup_id in retire:
             self._first_seen.pop(cgroup_id, None)
             self._gone_since.pop(cgroup_id, None)
             self.resolver.forget(cgroup_id)
-        for key in [k for k in self._carried if k[0] != UNRESOLVED and k[0] not in live_identities]:
-            del self._carried[key]
-        log.info("retired %d removed cgroup(s) from the syscall map", len(retire))
+        for table in (self._carried, self._carried_dangerous, self._novel, self._last_counts):
+            for key in [k for k in table if k[0] != UNRESOLVED and k[0] not in live]:
+                del table[key]
+        log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
+
+    @staticmethod
+    def _carry(
+        carried: Series, identity: Identity, nr: int, count: int, live: set[Identity]
+    ) -> None:
+        if identity == UNRESOLVED or identity in live:
+            carried[(identity, nr)] += count
+
+
+def _rows(cgroup_ids: np.ndarray, nrs: np.ndarray, counts: np.ndarray):
+    return zip(cgroup_ids.tolist(), nrs.tolist(), counts.tolist(), strict=True)
+
+
+def _aggregate(
+    identities: dict[int, Identity],
+    cgroup_ids: np.ndarray,
+    nrs: np.ndarray,
+    counts: np.ndarray,
+    carried: Series,
+) -> Series:
+    """Sum kernel counts (plus carried ones) per (identity, syscall number)."""
+    series: Series = defaultdict(int, carried)
+    for cgroup_id, nr, count in _rows(cgroup_ids, nrs, counts):
+        series[(identities[cgroup_id], nr)] += count
+    return series

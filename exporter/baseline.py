@@ -1,0 +1,122 @@
+"""Per-workload syscall baselines and the novel syscalls that fall outside them.
+
+A workload is (namespace, owner name or pod name, container) for pods, or
+the cgroup path elsewhere, so all replicas of a Deployment share one
+baseline. During `window` seconds from the workload's first appearance every
+syscall it makes joins its baseline; afterwards a syscall outside the
+baseline is novel, and every such call counts in orb8_syscall_novel_total.
+Novel calls do not extend the baseline: the series keeps rising while the
+behaviour continues, which is what an alert on it should see.
+
+Expected false positives: rare but legitimate code paths first taken after
+the window (log rotation, DNS fallbacks, crash handlers, a new release of
+the same workload). Lengthen the window, or allowlist the workload.
+
+With a state directory, baselines are written atomically (temp file +
+rename) and loaded at start, so a restart neither relearns nor resets the
+window. A corrupt or unreadable file is reported once and learning starts
+over; nothing else fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "baselines.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Baseline:
+    first_seen: float  # Unix time
+    syscalls: set[str] = field(default_factory=set)
+
+
+class Baselines:
+    def __init__(
+        self,
+        window: float,
+        state_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.window = window
+        self.clock = clock
+        self.path = state_dir / STATE_FILE if state_dir else None
+        self.workloads: dict[str, Baseline] = {}
+        self._dirty = False
+        if self.path is not None:
+            self._load()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("cannot read baselines %s (%s): learning from scratch", self.path, e)
+            return
+        try:
+            data = json.loads(text)
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {data.get('version')!r}")
+            self.workloads = {
+                key: Baseline(float(value["first_seen"]), set(value["syscalls"]))
+                for key, value in data["workloads"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("baselines file %s is corrupt (%s): learning from scratch", self.path, e)
+            self.workloads = {}
+            return
+        log.info("loaded syscall baselines of %d workloads from %s", len(self.workloads), self.path)
+
+    def observe(self, workload: str, syscall: str) -> bool:
+        """Record that `workload` made `syscall`; True if that call is novel."""
+        now = self.clock()
+        baseline = self.workloads.get(workload)
+        if baseline is None:
+            baseline = self.workloads[workload] = Baseline(now)
+            self._dirty = True
+        if syscall in baseline.syscalls:
+            return False
+        if now - baseline.first_seen < self.window:
+            baseline.syscalls.add(syscall)
+            self._dirty = True
+            return False
+        return True
+
+    def learning(self, workload: str) -> bool:
+        baseline = self.workloads.get(workload)
+        return baseline is None or self.clock() - baseline.first_seen < self.window
+
+    def save(self) -> None:
+        """Write the state file if anything changed; atomic, never partial."""
+        if self.path is None or not self._dirty:
+            return
+        data = {
+            "version": FORMAT_VERSION,
+            "workloads": {
+                key: {"first_seen": b.first_seen, "syscalls": sorted(b.syscalls)}
+                for key, b in self.workloads.items()
+            },
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".baselines-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self._dirty = False
+        except OSError as e:
+            log.warning("cannot save baselines to %s: %s", self.path, e)
