@@ -42,9 +42,10 @@ from bcc import BPF  # noqa: E402
 
 from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.sources.syscalls import SyscallSource  # noqa: E402
+from exporter.sources.syscalls import SyscallSource, native_syscall_numbers  # noqa: E402
 
 MODES = ("none", "floor", "naive", "orb8")
+GETPPID = native_syscall_numbers()["getppid"]
 ORB8_HOOKS = [
     (b"sched_switch", b"syscalls_switch_raw"),
     (b"cgroup_attach_task", b"syscalls_attach_raw"),
@@ -110,9 +111,11 @@ class Programs:
 
 
 class Loop:
+    """A pinned, long-lived syscall_loop.c process."""
+
     def __init__(self, cpu: int) -> None:
-        binary = Path(tempfile.mkdtemp(prefix="orb8-bench-")) / "getppid_loop"
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "getppid_loop.c")], check=True)
+        binary = Path(tempfile.mkdtemp(prefix="orb8-bench-")) / "syscall_loop"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "syscall_loop.c")], check=True)
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(cpu), str(binary)],
             stdin=subprocess.PIPE,
@@ -120,9 +123,10 @@ class Loop:
             text=True,
         )
 
-    def run(self, calls: int) -> float:
+    def run(self, calls: int, nr: int = GETPPID, arg0: int = 0, rate: float = 0) -> float:
+        """ns per call of `calls` syscall(nr, arg0), at most `rate` per second."""
         assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(f"{calls}\n")
+        self.proc.stdin.write(f"{calls} {nr} {arg0} {rate}\n")
         self.proc.stdin.flush()
         return float(self.proc.stdout.readline())
 
