@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -130,3 +131,11 @@ class CgroupFactory:
 
 def run_workload(binary: Path, cgroup: Path | str, *specs: str) -> None:
     subprocess.run([str(binary), str(cgroup), *specs], check=True, timeout=120)
+
+
+def kernel_pairs_of(cgroup_id: int) -> int:
+    """Entries for a cgroup id in every loaded syscall_slots map (bpftool's view)."""
+    dump = json.loads(
+        subprocess.check_output(["bpftool", "-j", "map", "dump", "name", "syscall_slots"])
+    )
+    return sum(1 for entry in dump if entry["formatted"]["key"]["cgroup_id"] == cgroup_id)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import run_workload, series
+from tests.helpers import kernel_pairs_of, run_workload, series
 
 pytestmark = pytest.mark.kernel
 
@@ -79,12 +79,8 @@ def test_removed_cgroup_is_exported_then_freed(start_exporter, cgroups, cgroup2_
     run_workload(workload, cgroup, f"{GETPPID}:333")
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 333
-    entries_with = series(samples, "orb8_bpf_map_entries", map="syscall_slots")
-    pairs = sum(
-        1
-        for (name, labels) in samples
-        if name == "orb8_syscalls_total" and ("cgroup", label) in labels
-    )
+    cgroup_id = cgroup.stat().st_ino
+    assert kernel_pairs_of(cgroup_id) > 0
     cgroups.remove(cgroup)
 
     # Gone but within grace: still exported under its path.
@@ -98,8 +94,7 @@ def test_removed_cgroup_is_exported_then_freed(start_exporter, cgroups, cgroup2_
         time.sleep(0.5)
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label) == 0
-    # Its kernel entries were freed (other cgroups may add a few meanwhile).
-    assert series(samples, "orb8_bpf_map_entries", map="syscall_slots") <= entries_with - pairs + 20
+    assert kernel_pairs_of(cgroup_id) == 0, "its kernel entries were freed"
 
 
 def test_slots_are_reused_after_retirement(start_exporter, cgroups, cgroup2_root, workload):
