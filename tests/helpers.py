@@ -139,3 +139,13 @@ def kernel_pairs_of(cgroup_id: int) -> int:
         subprocess.check_output(["bpftool", "-j", "map", "dump", "name", "syscall_slots"])
     )
     return sum(1 for entry in dump if entry["formatted"]["key"]["cgroup_id"] == cgroup_id)
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.2):
+    """Poll until predicate() is truthy and return its value; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+    return value

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import kernel_pairs_of, run_workload, series
+from tests.helpers import kernel_pairs_of, run_workload, series, wait_for
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 
 pytestmark = pytest.mark.kernel
@@ -51,17 +51,6 @@ def k8s_exporter(start_exporter, apiserver, tmp_path):
         return start_exporter("--kubeconfig", str(kubeconfig), "--node-name", "node-a", *args)
 
     return start
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_exact_counts_land_on_the_right_pod_for_every_layout(

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from exporter.sources.syscalls import native_syscall_numbers
-from tests.helpers import run_workload, series
+from tests.helpers import run_workload, series, wait_for
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 
 pytestmark = pytest.mark.kernel
@@ -53,15 +53,6 @@ def add_pod(apiserver, namespace: str, name: str) -> tuple[str, str]:
         make_pod(name, namespace=namespace, uid=uid, containers=(("app", container_id),))
     )
     return uid, container_id
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def test_exact_dangerous_counts_and_one_evidence_line_per_call(

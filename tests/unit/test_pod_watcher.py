@@ -9,19 +9,12 @@ import pytest
 from kubernetes import client, config
 
 from exporter.identity.kubernetes import PodWatcher, parse_pod
+from tests.helpers import wait_for
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 
 CID = "c" * 64
 INIT = "1" * 64
 EPH = "e" * 64
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
