@@ -17,6 +17,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check exporter tests benchmarks tools
 	$(VENV)/bin/ruff format --check exporter tests benchmarks tools
+	$(VENV)/bin/mypy exporter
 
 bench: setup
 	$(VENV)/bin/python benchmarks/syscall_overhead.py
