@@ -16,6 +16,7 @@ cgroup id -> path (cgroupfs.CgroupTree) -> pod UID + container id
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -50,15 +51,22 @@ class Resolver:
         self._decoded: dict[int, KubeletCgroup | None] = {}
         self._last_path: dict[int, str] = {}
         self.pending: set[int] = set()
+        # Scrapes and the evidence thread resolve concurrently.
+        self._lock = threading.RLock()
         self._owners: dict[tuple[str, str], str] = {}
         self._owners_of: Mapping[str, PodInfo] | None = None
 
     def refresh(self) -> None:
         """Called once per collect, before resolving."""
-        self.tree.refresh(self.max_age)
+        with self._lock:
+            self.tree.refresh(self.max_age)
 
     def resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
         """Identity of a cgroup id that a probe had counted by `first_seen`."""
+        with self._lock:
+            return self._resolve(cgroup_id, first_seen)
+
+    def _resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
         path = self.tree.lookup(cgroup_id, first_seen)
         if path is None:
             self.pending.discard(cgroup_id)
@@ -114,9 +122,10 @@ class Resolver:
         return self._owners
 
     def forget(self, cgroup_id: int) -> None:
-        for table in (self._known, self._decoded, self._last_path):
-            table.pop(cgroup_id, None)
-        self.pending.discard(cgroup_id)
+        with self._lock:
+            for table in (self._known, self._decoded, self._last_path):
+                table.pop(cgroup_id, None)
+            self.pending.discard(cgroup_id)
 
     @property
     def known(self) -> int:

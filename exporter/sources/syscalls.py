@@ -142,7 +142,6 @@ class SyscallSource:
         self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
         self.hook = ""
         self._bpf: Any = None
-        self._lock = threading.Lock()  # collect vs. the evidence thread
         self._stop = threading.Event()
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
@@ -243,8 +242,7 @@ class SyscallSource:
         self._consumed += 1
         try:
             event = parse_event(data, size)
-            with self._lock:
-                identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
+            identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
             if self.allowlist.allows(identity):
                 return 0
             syscall = self.syscall_name(event.nr)
@@ -284,10 +282,6 @@ class SyscallSource:
     def collect(self) -> list[MetricFamily]:
         if self._bpf is None:
             raise probes.ProbeError("syscalls probe is not loaded")
-        with self._lock:
-            return self._collect()
-
-    def _collect(self) -> list[MetricFamily]:
         now = self.clock()
         cgroup_ids, nrs, counts = self._read_pairs()
         d_cgroup_ids, d_nrs, d_counts = self._read_dangerous()
