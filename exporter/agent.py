@@ -27,6 +27,7 @@ from exporter.model import MetricFamily
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.sources import Source
 from exporter.sources.exporter_self import identity_families, self_families
+from exporter.sources.network import NetworkSource
 from exporter.sources.syscalls import SecurityOptions, SyscallSource
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,23 @@ def build_sources(
                 security=security_options(settings),
                 headers=headers,
                 bpf_dir=settings.bpf_dir,
+            )
+        )
+    if "network" in settings.probes:
+        sources.append(
+            NetworkSource(
+                resolver,
+                traffic_entries=settings.network_traffic_entries,
+                tcp_entries=settings.network_tcp_entries,
+                flow_entries=settings.network_flow_entries,
+                peer_limit=settings.network_peer_limit,
+                flow_idle_timeout=settings.network_flow_idle_timeout,
+                cluster_cidrs=settings.network_cluster_cidrs,
+                deleted_grace=settings.deleted_cgroup_grace,
+                deleted_pod_grace=settings.deleted_pod_grace,
+                headers=headers,
+                bpf_dir=settings.bpf_dir,
+                cgroup_root=settings.cgroup_root,
             )
         )
     return sources

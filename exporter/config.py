@@ -23,7 +23,7 @@ ENV_PREFIX = "ORB8_"
 # Environment variables that are not settings themselves.
 ENV_RESERVED = {"ORB8_CONFIG"}
 
-KNOWN_PROBES = ("syscalls",)
+KNOWN_PROBES = ("syscalls", "network")
 
 # Informed by Falco's and Tetragon's default rules: module loading, kexec,
 # BPF, tracing other processes, namespace and mount manipulation, raw I/O,
@@ -81,6 +81,12 @@ def positive_int(value: Any) -> int:
     return number
 
 
+def non_negative_int(value: Any) -> int:
+    if str(value).strip() == "0":
+        return 0
+    return positive_int(value)
+
+
 def non_negative_float(value: Any) -> float:
     try:
         number = float(value)
@@ -125,6 +131,18 @@ def allowlist(value: Any) -> tuple[str, ...]:
                 f"{selector!r} is neither namespace/pod/container nor cgroup:<path glob>"
             )
     return selectors
+
+
+def cidr_list(value: Any) -> tuple[str, ...]:
+    import ipaddress
+
+    cidrs = name_list(value)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not a CIDR (e.g. 10.244.0.0/16)") from None
+    return cidrs
 
 
 def boolean(value: Any) -> bool:
@@ -197,6 +215,52 @@ SETTINGS: tuple[Spec, ...] = (
         "capacity of the kernel syscall map in (cgroup, syscall) pairs; when full, "
         "new pairs are not counted and orb8_bpf_map_update_failures_total rises",
         "N",
+    ),
+    Spec(
+        "network_traffic_entries",
+        positive_int,
+        16384,
+        "capacity of the kernel traffic map, in (cgroup, direction, protocol, family) "
+        "tuples (at most 16 per cgroup)",
+        "N",
+    ),
+    Spec(
+        "network_tcp_entries",
+        positive_int,
+        8192,
+        "capacity of the kernel TCP event map, in (cgroup, event) pairs (5 per cgroup)",
+        "N",
+    ),
+    Spec(
+        "network_flow_entries",
+        positive_int,
+        16384,
+        "capacity of the kernel flow map (LRU, per cgroup and peer); when full the least "
+        "recently used flow is evicted and counted in orb8_bpf_map_evictions_total",
+        "N",
+    ),
+    Spec(
+        "network_peer_limit",
+        non_negative_int,
+        16,
+        "peer pods per workload exported by name; traffic with further peer pods is "
+        'summed in peer_class="other"',
+        "N",
+    ),
+    Spec(
+        "network_flow_idle_timeout",
+        non_negative_float,
+        300.0,
+        "seconds without traffic after which a flow leaves the kernel map",
+        "SECONDS",
+    ),
+    Spec(
+        "network_cluster_cidrs",
+        cidr_list,
+        "",
+        "pod and service CIDRs: peers in them that are not known pods are "
+        'peer_class="cluster" (else "external")',
+        "LIST",
     ),
     Spec(
         "deleted_cgroup_grace",
@@ -327,6 +391,12 @@ class Settings:
     listen: Listen
     probes: tuple[str, ...]
     syscall_slots: int
+    network_traffic_entries: int
+    network_tcp_entries: int
+    network_flow_entries: int
+    network_peer_limit: int
+    network_flow_idle_timeout: float
+    network_cluster_cidrs: tuple[str, ...]
     deleted_cgroup_grace: float
     deleted_pod_grace: float
     kubeconfig: Path | None

@@ -92,7 +92,10 @@ def test_exact_counts_land_on_the_right_pod_for_every_layout(
         assert series(samples, "orb8_syscalls_total", syscall="getpgid", **labels) == pgid, pod
     assert series(samples, "orb8_k8s_watch_connected") == 1
     assert series(samples, "orb8_k8s_pods_tracked") == len(layouts)
-    assert series(samples, "orb8_cgroups_unresolved") == 0
+    wait_for(
+        lambda: series(exporter.scrape(), "orb8_cgroups_unresolved") == 0,
+        what="no pod cgroup left unresolved",
+    )
 
 
 def test_sandbox_cgroup_is_counted_as_container_POD(apiserver, k8s_exporter, cgroups, workload):
