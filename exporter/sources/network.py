@@ -1,0 +1,732 @@
+"""Network traffic, flows and TCP health per cgroup, counted in the kernel.
+
+Hook: cgroup_skb ingress + egress programs and a sock_ops program, all
+attached to the cgroup v2 root (bpf/network.c), so they see every socket of
+every cgroup, in every network namespace. Packets are attributed with
+bpf_skb_cgroup_id(): the cgroup of the *socket* (set when it was created),
+which is right in both directions; bpf_get_current_cgroup_id() is not
+(receive processing and TCP ACKs run in softirq on behalf of whichever task
+is on the CPU, on a veth usually the peer). sock_ops callbacks run in
+softirq/timer context and may use neither bpf_skb_cgroup_id nor
+bpf_sk_cgroup_id, so the cgroup_skb programs record each TCP socket's
+cgroup in socket storage when its SYN passes (egress SYN: the connecting
+socket; ingress SYN: the listener, whose record accepted sockets inherit
+through BPF_F_CLONE) and sock_ops reads it from there. Programs are
+attached with BPF links where the kernel has them (5.7+; the kernel detaches
+them when orb8's file descriptors close, even if orb8 is killed), else with
+BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI and detached in close(). Both coexist
+with other programs on the root cgroup. describe() reports the variant.
+
+Metrics: orb8_network_bytes_total / orb8_network_packets_total
+{namespace,pod,container,cgroup,direction,protocol,family} (exact: a per-CPU
+hash per (cgroup, direction, protocol, family)); orb8_tcp_connections_opened_total
+{...,role}, orb8_tcp_resets_total{...,direction},
+orb8_tcp_retransmits_total{...}; orb8_flow_bytes_total /
+orb8_flow_packets_total {...,direction,protocol,peer_namespace,peer_pod,
+peer_class} and orb8_active_flows{...} from an LRU flow map; and
+orb8_bpf_map_entries / _capacity / _update_failures_total /
+_evictions_total for map=network_traffic, network_tcp, network_flows.
+
+Overhead: per packet two 20-40 byte header loads (plus 2 bytes of a TCP
+header, plus one per IPv6 extension header), one per-CPU hash update and one
+LRU hash update with two atomic adds; a GSO/GRO super-packet is one program
+run for up to 64 KiB. See benchmarks/RESULTS.md (network_overhead). A
+collect batch-reads three maps and walks the flow entries in Python: about
+a millisecond per thousand flows.
+
+Caveats:
+  - Bytes are IP-layer bytes (IP header included, link layer excluded).
+    A GSO/GRO super-packet counts as its gso_segs wire packets and the bytes
+    they carry (its length plus the repeated IP + L4 headers). A datagram
+    the kernel fragments counts as one packet of its full length (the hooks
+    run before fragmentation and after reassembly).
+  - Only traffic of sockets is seen: forwarded/bridged traffic and packets
+    a socket never sees (dropped before socket lookup, or sent by the
+    kernel without a socket of the workload) are not counted. Ingress is
+    counted when the packet reaches the socket's cgroup filter, before TCP
+    or UDP accept it (so a datagram later dropped for a full receive buffer
+    is counted).
+  - Resets: counted from the RST flag of segments a workload's socket sends
+    or receives. A RST the kernel sends on its own (closed port, TIME-WAIT)
+    leaves from a kernel control socket, not the workload's: on IPv4 that
+    is a per-CPU socket of the root cgroup, so it counts under cgroup="/"
+    (checked on 6.18 with the network namespace created from another
+    cgroup); on IPv6 the reply carries no socket and no cgroup program sees
+    it. Either way the refused client counts a received reset and the
+    server pod no sent reset.
+  - Connections opened and retransmits are seen for sockets whose
+    handshake completes after orb8 attached (sock_ops callbacks are
+    switched on per socket at that point); a handshake that straddles the
+    attach has no cgroup recorded and counts under cgroup="<unresolved>".
+    SYN-ACK retransmits of a listener have no sock_ops callback and are not
+    counted. Retransmits count segments like TcpRetransSegs does (a
+    retransmission the device then refused included).
+  - Flows are best effort: when network_flows is full the LRU evicts the
+    least recently used entry and the traffic it counted since the previous
+    collect is lost to the flow metrics (never to orb8_network_*).
+    orb8_bpf_map_evictions_total counts those evictions exactly (inserts
+    minus entries minus entries orb8 deleted itself).
+  - A flow entry without traffic for `flow_idle_timeout` seconds is deleted
+    (its counts carried in user space), so orb8_active_flows counts the
+    (peer address, protocol, direction) entries with traffic in that window.
+  - Peers (exporter/netflows.py): a peer address is, in this order,
+    `loopback`, `node` (an address of this node, which hostNetwork pods
+    share), `pod` (exactly one known pod has it, from PodInfo.ips),
+    `cluster` (inside `cluster_cidrs`) or `external`; never a raw IP. At
+    most `peer_limit` peer pods per workload get their own series (a slot
+    goes to a new peer pod when one is free, the most bytes first, and is
+    kept while that pod exists); the rest count under peer_class="other".
+    A peer pod that is gone (deleted and expired from the pod watcher)
+    frees its slot and its series is removed.
+  - Counters never go backwards: counts of evicted, expired or relabelled
+    flow entries and of retired cgroups are carried in user space, as in
+    the syscalls source.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import ipaddress
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter import probes
+from exporter.identity import Resolver
+from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
+from exporter.netflows import (
+    FLOW_KEY,
+    FlowLedger,
+    FlowRow,
+    IPAddress,
+    Peer,
+    PodName,
+    classify_peer,
+    local_addresses,
+    parse_cidrs,
+    pod_ip_index,
+)
+
+log = logging.getLogger(__name__)
+
+# Must match bpf/include/network.h.
+DIRECTIONS = ("ingress", "egress")
+PROTOCOLS = ("tcp", "udp", "icmp", "other")
+FAMILIES = ("ipv4", "ipv6")
+TCP_OPENED_CLIENT, TCP_OPENED_SERVER, TCP_RST_SENT, TCP_RST_RECEIVED, TCP_RETRANSMIT = range(5)
+STAT_TRAFFIC_FAILURES, STAT_TCP_FAILURES, STAT_FLOW_INSERTS, STAT_FLOW_FAILURES = range(4)
+
+TRAFFIC_KEY = np.dtype(
+    [
+        ("cgroup_id", "<u8"),
+        ("direction", "u1"),
+        ("protocol", "u1"),
+        ("family", "u1"),
+        ("pad", "u1", (5,)),
+    ]
+)
+TCP_KEY = np.dtype([("cgroup_id", "<u8"), ("event", "<u4"), ("pad", "<u4")])
+
+TRAFFIC_MAP, TCP_MAP, FLOW_MAP = "network_traffic", "network_tcp", "network_flows"
+BPF_F_ALLOW_MULTI = 1 << 1
+ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = 0, 1, 3  # enum bpf_attach_type
+NODE_IPS_MAX_AGE = 60.0
+PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
+
+# --- attaching --------------------------------------------------------------
+
+
+def _libbcc() -> Any:
+    from bcc.libbcc import lib
+
+    return lib
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """BPF_LINK_CREATE (libbpf's bpf_link_create, which libbcc links); -errno on failure."""
+    fn = _libbcc().bpf_link_create
+    fn.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]
+    fn.restype = ct.c_int
+    fd = fn(prog_fd, target_fd, attach_type, None)
+    if fd < 0:
+        # libbpf returns -errno itself (libbpf 1.x) or -1 with errno set.
+        return fd if fd != -1 else -(ct.get_errno() or errno.EINVAL)
+    return fd
+
+
+@dataclass
+class _Attachment:
+    fn: Any
+    attach_type: int
+    link_fd: int | None  # None: attached with BPF_PROG_ATTACH
+
+
+class NetworkSource:
+    name = "network"
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        traffic_entries: int = 16384,
+        flow_entries: int = 16384,
+        tcp_entries: int = 8192,
+        peer_limit: int = 16,
+        flow_idle_timeout: float = 300.0,
+        deleted_grace: float = 60.0,
+        deleted_pod_grace: float | None = None,
+        node_ips: Iterable[str] | None = None,
+        cluster_cidrs: Iterable[str] = (),
+        headers: probes.KernelHeaders | None = None,
+        bpf_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cgroup_root: Path | None = None,
+        tcp_hook: str = "auto",
+        attach: str = "auto",
+        proc_net: Path = Path("/proc/net"),
+    ) -> None:
+        """tcp_hook: "auto" | "sock_ops" | "none" (RSTs only); attach: "auto" |
+        "link" | "prog_attach". Forcing a variant is for tests; "auto" probes."""
+        for label, value in (
+            ("traffic_entries", traffic_entries),
+            ("flow_entries", flow_entries),
+            ("tcp_entries", tcp_entries),
+        ):
+            if value < 1:
+                raise ValueError(f"{label} must be at least 1, got {value}")
+        if peer_limit < 0:
+            raise ValueError(f"peer_limit must be >= 0, got {peer_limit}")
+        if flow_idle_timeout <= 0:
+            raise ValueError(f"flow_idle_timeout must be > 0, got {flow_idle_timeout}")
+        if tcp_hook not in ("auto", "sock_ops", "none"):
+            raise ValueError(f"tcp_hook must be auto, sock_ops or none, got {tcp_hook!r}")
+        if attach not in ("auto", "link", "prog_attach"):
+            raise ValueError(f"attach must be auto, link or prog_attach, got {attach!r}")
+        self.resolver = resolver
+        self.traffic_entries = traffic_entries
+        self.flow_entries = flow_entries
+        self.tcp_entries = tcp_entries
+        self.peer_limit = peer_limit
+        self.flow_idle_timeout = flow_idle_timeout
+        self.deleted_grace = deleted_grace
+        self.deleted_pod_grace = deleted_grace if deleted_pod_grace is None else deleted_pod_grace
+        self.cluster = parse_cidrs(cluster_cidrs)
+        self._fixed_node_ips = None if node_ips is None else _parse_ips(node_ips)
+        self.headers = headers
+        self.bpf_dir = bpf_dir
+        self.clock = clock
+        self.cgroup_root = cgroup_root
+        self.requested_tcp_hook = tcp_hook
+        self.requested_attach = attach
+        self.proc_net = proc_net
+        self.tcp_hook = ""
+        self.attach_mode = ""
+        self._bpf: Any = None
+        self._attachments: list[_Attachment] = []
+        self._cgroup_fd: int | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._first_seen: dict[int, float] = {}
+        self._gone_since: dict[int, float] = {}
+        # Exact counters of retired cgroups, where their series continues.
+        self._traffic_carried: dict[tuple[Identity, int, int, int], list[int]] = {}
+        self._tcp_carried: dict[tuple[Identity, int], int] = defaultdict(int)
+        self._ledger = FlowLedger(self.peer_limit, self.flow_idle_timeout)
+        self._evictions = 0
+        self._node_ips: set[IPAddress] = set()
+        self._node_ips_at = float("-inf")
+        self._pods_snapshot: Any = None
+        self._pod_index: dict[IPAddress, PodName] = {}
+        self._pod_names: set[PodName] = set()
+        self._peer_cache: dict[IPAddress, Peer] = {}
+        self._peer_generation = 0  # bumped when the cache is cleared
+
+    def describe(self) -> str:
+        return (
+            f"hook=cgroup_skb tcp={self.tcp_hook or 'none'} attach={self.attach_mode or 'none'} "
+            f"traffic_entries={self.traffic_entries} flow_entries={self.flow_entries} "
+            f"tcp_entries={self.tcp_entries} peer_limit={self.peer_limit}"
+        )
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def _compile(self, sock_ops: bool) -> Any:
+        return probes.compile_probe(
+            "network",
+            {
+                "TRAFFIC_CAPACITY": self.traffic_entries,
+                "TCP_CAPACITY": self.tcp_entries,
+                "FLOW_CAPACITY": self.flow_entries,
+                "TCP_SOCK_OPS": int(sock_ops),
+            },
+            self.headers,
+            self.bpf_dir,
+        )
+
+    def _load(self) -> tuple[Any, list[tuple[Any, int]]]:
+        """Compile and load; falls back to RSTs only without sock_ops/socket storage."""
+        bcc = probes.import_bcc()
+        BPF = bcc.BPF
+        errors = []
+        if self.requested_tcp_hook == "auto":
+            variants = [True, False]
+        else:
+            variants = [self.requested_tcp_hook == "sock_ops"]
+        for sock_ops in variants:
+            bpf = None
+            try:
+                bpf = self._compile(sock_ops)
+                programs = [
+                    (bpf.load_func(b"network_ingress", BPF.CGROUP_SKB), ATTACH_INGRESS),
+                    (bpf.load_func(b"network_egress", BPF.CGROUP_SKB), ATTACH_EGRESS),
+                ]
+                if sock_ops:
+                    programs.append(
+                        (bpf.load_func(b"network_sockops", BPF.SOCK_OPS), ATTACH_SOCK_OPS)
+                    )
+            except Exception as e:
+                if bpf is not None:
+                    bpf.cleanup()
+                errors.append(f"{'sock_ops' if sock_ops else 'resets only'}: {e}")
+                continue
+            self.tcp_hook = "sock_ops" if sock_ops else "none"
+            if errors:
+                log.warning("network probe without sock_ops (%s)", errors[0])
+            return bpf, programs
+        raise probes.ProbeError("loading network probe failed: " + "; ".join(errors))
+
+    def start(self) -> None:
+        if self._bpf is not None:
+            return
+        self._reset_state()  # fresh kernel maps: counters restart from zero
+        root = self.cgroup_root or self.resolver.tree.root
+        bpf, programs = self._load()
+        try:
+            self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            for fn, attach_type in programs:
+                self._attach(fn, attach_type)
+        except Exception as e:
+            self._bpf = bpf
+            self.close()
+            raise probes.ProbeError(f"attaching network probe to {root} failed: {e}") from e
+        self._bpf = bpf
+        log.info("network probe attached to %s: %s", root, self.describe())
+
+    def _attach(self, fn: Any, attach_type: int) -> None:
+        assert self._cgroup_fd is not None
+        if self.requested_attach in ("auto", "link") and self.attach_mode != "prog_attach":
+            fd = link_create(fn.fd, self._cgroup_fd, attach_type)
+            if fd >= 0:
+                self.attach_mode = "link"
+                self._attachments.append(_Attachment(fn, attach_type, fd))
+                return
+            if self.requested_attach == "link" or self.attach_mode == "link":
+                raise OSError(-fd, f"BPF_LINK_CREATE: {os.strerror(-fd)}")
+        # Kernels before 5.7: a plain attachment the kernel keeps until
+        # detached, so close() must run (the agent does on SIGTERM/SIGINT).
+        probes.import_bcc().BPF.attach_func(fn, self._cgroup_fd, attach_type, BPF_F_ALLOW_MULTI)
+        self.attach_mode = "prog_attach"
+        self._attachments.append(_Attachment(fn, attach_type, None))
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call twice."""
+        attachments, self._attachments = self._attachments, []
+        for attachment in reversed(attachments):
+            try:
+                if attachment.link_fd is not None:
+                    os.close(attachment.link_fd)
+                elif self._cgroup_fd is not None:
+                    probes.import_bcc().BPF.detach_func(
+                        attachment.fn, self._cgroup_fd, attachment.attach_type
+                    )
+            except Exception as e:
+                log.warning("detaching network program failed: %s", e)
+        if self._cgroup_fd is not None:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    # --- reading the kernel -------------------------------------------------
+
+    def _read_percpu(self, name: str, key_dtype: np.dtype, capacity: int, width: int):
+        """(keys, per-key sums of `width` u64 values) of a per-CPU hash."""
+        table = self._bpf[name.encode()]
+        keys, values, n = probes.lookup_batch(table, capacity)
+        decoded = np.frombuffer(keys, dtype=key_dtype, count=n)
+        if n == 0:
+            return decoded, np.zeros((0, width), dtype=np.uint64)
+        sums = np.frombuffer(values, dtype=np.uint64).reshape(n, -1, width).sum(axis=1)
+        return decoded, sums
+
+    def _read_flows(self) -> tuple[list[FlowRow], set[int]]:
+        """Every entry of the flow map, and the cgroup ids among them."""
+        table = self._bpf[FLOW_MAP.encode()]
+        keys, values, n = probes.lookup_batch(table, self.flow_entries)
+        decoded = np.frombuffer(keys, dtype=FLOW_KEY, count=n)
+        counts = np.frombuffer(values, dtype=np.uint64, count=2 * n).reshape(n, 2)
+        size = FLOW_KEY.itemsize
+        cgroup_ids = decoded["cgroup_id"].tolist()
+        rows = list(
+            zip(
+                [keys[i * size : (i + 1) * size] for i in range(n)],
+                cgroup_ids,
+                decoded["family"].tolist(),
+                decoded["protocol"].tolist(),
+                decoded["direction"].tolist(),
+                counts[:, 0].tolist(),
+                counts[:, 1].tolist(),
+                strict=True,
+            )
+        )
+        return rows, set(cgroup_ids)
+
+    def _delete_flow(self, raw: bytes) -> tuple[int, int] | None:
+        """Delete a flow entry; its final counts (one atomic step), None if already gone."""
+        table = self._bpf[FLOW_MAP.encode()]
+        fn = _libbcc().bpf_map_lookup_and_delete_elem
+        fn.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        fn.restype = ct.c_int
+        value = table.Leaf()
+        key = ct.create_string_buffer(raw, len(raw))
+        if fn(table.map_fd, key, ct.addressof(value)) != 0:
+            return None
+        return int(value.bytes), int(value.packets)
+
+    def _stats(self) -> list[int]:
+        table = self._bpf[b"network_stats"]
+        return [int(sum(table[ct.c_int(i)])) for i in range(4)]
+
+    # --- identity and peers -------------------------------------------------
+
+    def _refresh_peers(self, now: float) -> None:
+        pods = self.resolver.pods()
+        if pods is not self._pods_snapshot:
+            # A new snapshot comes with any pod event; classifications only
+            # change with pod addresses or the set of pods.
+            self._pods_snapshot = pods
+            index = pod_ip_index(pods)
+            names = {(p.namespace, p.name) for p in pods.values()}
+            if index != self._pod_index or names != self._pod_names:
+                self._pod_index, self._pod_names = index, names
+                self._clear_peers()
+        if self._fixed_node_ips is not None:
+            if self._node_ips is not self._fixed_node_ips:
+                self._node_ips = self._fixed_node_ips  # type: ignore[assignment]
+                self._clear_peers()
+        elif now - self._node_ips_at >= NODE_IPS_MAX_AGE:
+            self._node_ips_at = now
+            addresses = local_addresses(self.proc_net)
+            if addresses != self._node_ips:
+                self._node_ips = addresses
+                self._clear_peers()
+
+    def _clear_peers(self) -> None:
+        self._peer_cache.clear()
+        self._peer_generation += 1
+
+    def _classify(self, address: IPAddress) -> Peer:
+        peer = self._peer_cache.get(address)
+        if peer is None:
+            peer = classify_peer(address, self._pod_index, self._node_ips, self.cluster)
+            self._peer_cache[address] = peer
+        return peer
+
+    # --- collect ------------------------------------------------------------
+
+    def collect(self) -> list[MetricFamily]:
+        if self._bpf is None:
+            raise probes.ProbeError("network probe is not loaded")
+        now = self.clock()
+        inserts_before = self._stats()[STAT_FLOW_INSERTS]
+        traffic_keys, traffic = self._read_percpu(TRAFFIC_MAP, TRAFFIC_KEY, self.traffic_entries, 2)
+        tcp_keys, tcp = self._read_percpu(TCP_MAP, TCP_KEY, self.tcp_entries, 1)
+        flow_rows, flow_cgroups = self._read_flows()
+        n_flows = len(flow_rows)
+        stats = self._stats()
+        self.resolver.refresh()
+        self._refresh_peers(now)
+
+        cgroup_ids = (
+            set(traffic_keys["cgroup_id"].tolist())
+            | set(tcp_keys["cgroup_id"].tolist())
+            | flow_cgroups
+            | self._ledger.cgroups()
+        )
+        identities: dict[int, Identity] = {}
+        retire: list[int] = []
+        for cgroup_id in cgroup_ids:
+            first_seen = self._first_seen.setdefault(cgroup_id, now)
+            resolution = self.resolver.resolve(cgroup_id, first_seen)
+            identities[cgroup_id] = resolution.identity
+            if resolution.gone:
+                gone_since = self._gone_since.setdefault(cgroup_id, now)
+                pod = bool(resolution.identity.pod)
+                if now - gone_since >= (self.deleted_pod_grace if pod else self.deleted_grace):
+                    retire.append(cgroup_id)
+
+        # Entries gone that orb8 did not delete were evicted by the LRU.
+        # Inserts are read before the entries: a concurrent insert can only
+        # make this low for one collect, never overshoot.
+        self._evictions = max(self._evictions, inserts_before - n_flows - self._ledger.deleted)
+        self._ledger.update(
+            flow_rows,
+            now,
+            identities,
+            self._classify,
+            self._pod_names,
+            self._delete_flow,
+            self._peer_generation,
+        )
+
+        families = self._families(identities, traffic_keys, traffic, tcp_keys, tcp, n_flows, stats)
+        if retire:
+            self._retire(retire, identities, traffic_keys, traffic, tcp_keys, tcp)
+        return families
+
+    # --- exposition ---------------------------------------------------------
+
+    def _families(
+        self,
+        identities: dict[int, Identity],
+        traffic_keys: np.ndarray,
+        traffic: np.ndarray,
+        tcp_keys: np.ndarray,
+        tcp: np.ndarray,
+        n_flows: int,
+        stats: list[int],
+    ) -> list[MetricFamily]:
+        return [
+            *self._traffic_families(identities, traffic_keys, traffic),
+            *self._tcp_families(identities, tcp_keys, tcp),
+            *self._flow_families(identities),
+            *self._map_families(len(traffic_keys), len(tcp_keys), n_flows, stats),
+        ]
+
+    def _traffic_families(
+        self, identities: dict[int, Identity], keys: np.ndarray, values: np.ndarray
+    ) -> list[MetricFamily]:
+        series: dict[tuple[Identity, int, int, int], list[int]] = {}
+        for key, (nbytes, npackets) in self._traffic_carried.items():
+            _add(series, key, nbytes, npackets)
+        for cgroup_id, direction, protocol, family, nbytes, npackets in zip(
+            keys["cgroup_id"].tolist(),
+            keys["direction"].tolist(),
+            keys["protocol"].tolist(),
+            keys["family"].tolist(),
+            values[:, 0].tolist(),
+            values[:, 1].tolist(),
+            strict=True,
+        ):
+            _add(series, (identities[cgroup_id], direction, protocol, family), nbytes, npackets)
+        labels = (*IDENTITY_LABELS, "direction", "protocol", "family")
+        net_bytes = counter(
+            "orb8_network_bytes_total",
+            "IP-layer bytes sent (egress) or received (ingress) by sockets of the cgroup.",
+            labels,
+        )
+        net_packets = counter(
+            "orb8_network_packets_total",
+            "IP packets sent (egress) or received (ingress) by sockets of the cgroup.",
+            labels,
+        )
+        for (identity, direction, protocol, family), (nbytes, npackets) in series.items():
+            row = (
+                *identity,
+                _name(DIRECTIONS, direction),
+                _name(PROTOCOLS, protocol),
+                _name(FAMILIES, family),
+            )
+            net_bytes.add(row, nbytes)
+            net_packets.add(row, npackets)
+        return [net_bytes, net_packets]
+
+    def _tcp_families(
+        self, identities: dict[int, Identity], keys: np.ndarray, values: np.ndarray
+    ) -> list[MetricFamily]:
+        series: dict[tuple[Identity, int], int] = defaultdict(int)
+        for key, count in self._tcp_carried.items():
+            series[key] += count
+        for cgroup_id, event, count in zip(
+            keys["cgroup_id"].tolist(), keys["event"].tolist(), values[:, 0].tolist(), strict=True
+        ):
+            series[(identities[cgroup_id], event)] += count
+        opened = counter(
+            "orb8_tcp_connections_opened_total",
+            "TCP connections of the cgroup's sockets that reached ESTABLISHED, by role.",
+            (*IDENTITY_LABELS, "role"),
+        )
+        resets = counter(
+            "orb8_tcp_resets_total",
+            "TCP segments with RST sent (egress) or received (ingress) by the cgroup's sockets.",
+            (*IDENTITY_LABELS, "direction"),
+        )
+        retransmits = counter(
+            "orb8_tcp_retransmits_total",
+            "TCP segments retransmitted by the cgroup's sockets.",
+            IDENTITY_LABELS,
+        )
+        for (identity, event), count in series.items():
+            if event == TCP_OPENED_CLIENT:
+                opened.add((*identity, "client"), count)
+            elif event == TCP_OPENED_SERVER:
+                opened.add((*identity, "server"), count)
+            elif event == TCP_RST_SENT:
+                resets.add((*identity, "egress"), count)
+            elif event == TCP_RST_RECEIVED:
+                resets.add((*identity, "ingress"), count)
+            elif event == TCP_RETRANSMIT:
+                retransmits.add(identity, count)
+        return [opened, resets, retransmits]
+
+    def _flow_families(self, identities: dict[int, Identity]) -> list[MetricFamily]:
+        series, active = self._ledger.series(identities)
+        labels = (*IDENTITY_LABELS, "direction", "protocol", *PEER_LABELS)
+        flow_bytes = counter(
+            "orb8_flow_bytes_total",
+            "IP-layer bytes between the cgroup's sockets and a peer, by peer (best effort).",
+            labels,
+        )
+        flow_packets = counter(
+            "orb8_flow_packets_total",
+            "IP packets between the cgroup's sockets and a peer, by peer (best effort).",
+            labels,
+        )
+        for (identity, (direction, protocol, peer)), (nbytes, npackets) in series.items():
+            values = (
+                *identity,
+                _name(DIRECTIONS, direction),
+                _name(PROTOCOLS, protocol),
+                peer.namespace,
+                peer.pod,
+                peer.peer_class,
+            )
+            flow_bytes.add(values, nbytes)
+            flow_packets.add(values, npackets)
+        active_flows = gauge(
+            "orb8_active_flows",
+            "Flow entries (peer address, protocol, direction) of the cgroup with recent traffic.",
+            IDENTITY_LABELS,
+        )
+        for identity, count in active.items():
+            active_flows.add(identity, count)
+        return [flow_bytes, flow_packets, active_flows]
+
+    def _map_families(
+        self, traffic: int, tcp: int, flows: int, stats: list[int]
+    ) -> list[MetricFamily]:
+        entries = gauge(
+            "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
+        )
+        capacity = gauge(
+            "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
+        )
+        failures = counter(
+            "orb8_bpf_map_update_failures_total",
+            "Kernel map updates that failed (map full); the events were not counted.",
+            ("map",),
+        )
+        evictions = counter(
+            "orb8_bpf_map_evictions_total",
+            "Entries an LRU kernel map evicted to make room for new ones.",
+            ("map",),
+        )
+        for name, n, cap, failed in (
+            (TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
+            (TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
+            (FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES]),
+        ):
+            entries.add((name,), n)
+            capacity.add((name,), cap)
+            failures.add((name,), failed)
+        evictions.add((FLOW_MAP,), self._evictions)
+        return [entries, capacity, failures, evictions]
+
+    # --- retirement ---------------------------------------------------------
+
+    def _retire(
+        self,
+        retire: list[int],
+        identities: dict[int, Identity],
+        traffic_keys: np.ndarray,
+        traffic: np.ndarray,
+        tcp_keys: np.ndarray,
+        tcp: np.ndarray,
+    ) -> None:
+        """Free the kernel entries of removed cgroups once their grace is over.
+
+        As in the syscalls source, final counts are carried where the series
+        continues: under <unresolved>, or under an identity a live cgroup
+        still has (a restarted service keeps its path, not its cgroup id).
+        """
+        retiring = set(retire)
+        live = {identity for cid, identity in identities.items() if cid not in retiring}
+
+        def continues(identity: Identity) -> bool:
+            return identity == UNRESOLVED or identity in live
+
+        table = self._bpf[TRAFFIC_MAP.encode()]
+        for row, (nbytes, npackets) in zip(traffic_keys, traffic.tolist(), strict=True):
+            cgroup_id = int(row["cgroup_id"])
+            if cgroup_id not in retiring:
+                continue
+            identity = identities[cgroup_id]
+            key = (identity, int(row["direction"]), int(row["protocol"]), int(row["family"]))
+            if continues(identity):
+                _add(self._traffic_carried, key, nbytes, npackets)
+            _delete(table, row.tobytes())
+        table = self._bpf[TCP_MAP.encode()]
+        for row, (count,) in zip(tcp_keys, tcp.tolist(), strict=True):
+            cgroup_id = int(row["cgroup_id"])
+            if cgroup_id not in retiring:
+                continue
+            identity = identities[cgroup_id]
+            if continues(identity):
+                self._tcp_carried[(identity, int(row["event"]))] += count
+            _delete(table, row.tobytes())
+
+        self._ledger.retire(retiring, identities, continues, self._delete_flow)
+        for cgroup_id in retire:
+            self._first_seen.pop(cgroup_id, None)
+            self._gone_since.pop(cgroup_id, None)
+            self.resolver.forget(cgroup_id)
+        stores: list[dict[Any, Any]] = [self._traffic_carried, self._tcp_carried]
+        for store in stores:
+            for stale in [key for key in store if key[0] != UNRESOLVED and key[0] not in live]:
+                del store[stale]
+        log.info("retired %d removed cgroup(s) from the network maps", len(retire))
+
+
+def _parse_ips(ips: Iterable[str]) -> set[IPAddress]:
+    addresses: set[IPAddress] = set()
+    for text in ips:
+        try:
+            addresses.add(ipaddress.ip_address(text.strip()))
+        except ValueError:
+            raise ValueError(f"invalid node IP {text!r}") from None
+    return addresses
+
+
+def _add(store: dict, key: Any, nbytes: int, npackets: int) -> None:
+    entry = store.setdefault(key, [0, 0])
+    entry[0] += nbytes
+    entry[1] += npackets
+
+
+def _name(names: tuple[str, ...], index: int) -> str:
+    return names[index] if 0 <= index < len(names) else "other"
+
+
+def _delete(table: Any, raw_key: bytes) -> bool:
+    lib = _libbcc()
+    key = ct.create_string_buffer(raw_key, len(raw_key))
+    return lib.bpf_delete_elem(table.map_fd, key) == 0
