@@ -126,9 +126,9 @@ def check_cgroup2(mountinfo: Path) -> Check:
 def check_test_load() -> Check:
     try:
         bcc = probes.import_bcc()
-        bpf = bcc.BPF(text=b"int orb8_diagnose(void *ctx) { return 0; }")
+        bpf = bcc.BPF(text=b"int diagnose_probe(void *ctx) { return 0; }")
         try:
-            fn = bpf.load_func(b"orb8_diagnose", bcc.BPF.RAW_TRACEPOINT)
+            fn = bpf.load_func(b"diagnose_probe", bcc.BPF.RAW_TRACEPOINT)
             bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=fn.name)
         finally:
             bpf.cleanup()

@@ -12,11 +12,17 @@ cgroup id -> path (cgroupfs.CgroupTree) -> pod UID + container id
   moves to its pod's labels, with its complete count, as soon as the pod
   arrives. Final answers are cached per cgroup id.
 - A cgroup removed before it was ever resolved folds into <unresolved>.
+
+Several sources share one resolver, and each retires a removed cgroup on its
+own schedule, so no source may make the resolver forget: it forgets an id by
+itself once no source has asked about it for `forget_after` seconds. Its
+tables are thus bounded by the cgroups counted in that time.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -43,10 +49,15 @@ class Resolver:
         tree: CgroupTree,
         pods: Callable[[], Mapping[str, PodInfo]] = _no_pods,
         max_age: float = 5.0,
+        forget_after: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tree = tree
         self.pods = pods  # returns the watcher's current snapshot
         self.max_age = max_age  # how late a removed cgroup may be noticed
+        self.forget_after = forget_after
+        self.clock = clock
+        self._asked: dict[int, float] = {}  # cgroup id -> last time a source asked
         self._known: dict[int, Identity] = {}  # final answers
         self._decoded: dict[int, KubeletCgroup | None] = {}
         self._last_path: dict[int, str] = {}
@@ -60,10 +71,14 @@ class Resolver:
         """Called once per collect, before resolving."""
         with self._lock:
             self.tree.refresh(self.max_age)
+            horizon = self.clock() - self.forget_after
+            for cgroup_id in [c for c, asked in self._asked.items() if asked < horizon]:
+                self._forget(cgroup_id)
 
     def resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
         """Identity of a cgroup id that a probe had counted by `first_seen`."""
         with self._lock:
+            self._asked[cgroup_id] = self.clock()
             return self._resolve(cgroup_id, first_seen)
 
     def _resolve(self, cgroup_id: int, first_seen: float) -> Resolution:
@@ -121,11 +136,10 @@ class Resolver:
             self._owners_of = pods
         return self._owners
 
-    def forget(self, cgroup_id: int) -> None:
-        with self._lock:
-            for table in (self._known, self._decoded, self._last_path):
-                table.pop(cgroup_id, None)
-            self.pending.discard(cgroup_id)
+    def _forget(self, cgroup_id: int) -> None:
+        for table in (self._known, self._decoded, self._last_path, self._asked):
+            table.pop(cgroup_id, None)
+        self.pending.discard(cgroup_id)
 
     @property
     def known(self) -> int:

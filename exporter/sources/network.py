@@ -114,6 +114,7 @@ from exporter.netflows import (
     parse_cidrs,
     pod_ip_index,
 )
+from exporter.sources.lifecycle import CgroupLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,11 @@ class NetworkSource:
         self.tcp_entries = tcp_entries
         self.peer_limit = peer_limit
         self.flow_idle_timeout = flow_idle_timeout
-        self.deleted_grace = deleted_grace
-        self.deleted_pod_grace = deleted_grace if deleted_pod_grace is None else deleted_pod_grace
+        self.lifecycle = CgroupLifecycle(
+            resolver,
+            deleted_grace,
+            deleted_grace if deleted_pod_grace is None else deleted_pod_grace,
+        )
         self.cluster = parse_cidrs(cluster_cidrs)
         self._fixed_node_ips = None if node_ips is None else _parse_ips(node_ips)
         self.headers = headers
@@ -234,8 +238,6 @@ class NetworkSource:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._first_seen: dict[int, float] = {}
-        self._gone_since: dict[int, float] = {}
         # Exact counters of retired cgroups, where their series continues.
         self._traffic_carried: dict[tuple[Identity, int, int, int], list[int]] = {}
         self._tcp_carried: dict[tuple[Identity, int], int] = defaultdict(int)
@@ -462,17 +464,7 @@ class NetworkSource:
             | flow_cgroups
             | self._ledger.cgroups()
         )
-        identities: dict[int, Identity] = {}
-        retire: list[int] = []
-        for cgroup_id in cgroup_ids:
-            first_seen = self._first_seen.setdefault(cgroup_id, now)
-            resolution = self.resolver.resolve(cgroup_id, first_seen)
-            identities[cgroup_id] = resolution.identity
-            if resolution.gone:
-                gone_since = self._gone_since.setdefault(cgroup_id, now)
-                pod = bool(resolution.identity.pod)
-                if now - gone_since >= (self.deleted_pod_grace if pod else self.deleted_grace):
-                    retire.append(cgroup_id)
+        identities, retire = self.lifecycle.resolve(cgroup_ids, now)
 
         # Entries gone that orb8 did not delete were evicted by the LRU.
         # Inserts are read before the entries: a concurrent insert can only
@@ -695,10 +687,7 @@ class NetworkSource:
             _delete(table, row.tobytes())
 
         self._ledger.retire(retiring, identities, continues, self._delete_flow)
-        for cgroup_id in retire:
-            self._first_seen.pop(cgroup_id, None)
-            self._gone_since.pop(cgroup_id, None)
-            self.resolver.forget(cgroup_id)
+        self.lifecycle.retired(retire)
         stores: list[dict[Any, Any]] = [self._traffic_carried, self._tcp_carried]
         for store in stores:
             for stale in [key for key in store if key[0] != UNRESOLVED and key[0] not in live]:

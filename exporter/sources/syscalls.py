@@ -56,6 +56,7 @@ from exporter.evidence import (
 from exporter.identity import Resolver
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
+from exporter.sources.lifecycle import CgroupLifecycle
 from exporter.syscall_names import SYSCALLS
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,11 @@ class SyscallSource:
         self.requested_hook = hook
         self.bpf_dir = bpf_dir
         self.capacity = slots
-        self.deleted_grace = deleted_grace
-        self.deleted_pod_grace = deleted_grace if deleted_pod_grace is None else deleted_pod_grace
+        self.lifecycle = CgroupLifecycle(
+            resolver,
+            deleted_grace,
+            deleted_grace if deleted_pod_grace is None else deleted_pod_grace,
+        )
         self.headers = headers
         self.clock = clock
         self.security = security or SecurityOptions()
@@ -146,8 +150,6 @@ class SyscallSource:
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
         self._boot_offset = monotonic_to_wall_offset()
-        self._first_seen: dict[int, float] = {}
-        self._gone_since: dict[int, float] = {}
         # Final counts of retired cgroups whose series must stay monotonic:
         # {(identity, nr): count}, for all syscalls and for dangerous ones.
         self._carried: Series = defaultdict(int)
@@ -287,17 +289,9 @@ class SyscallSource:
         d_cgroup_ids, d_nrs, d_counts = self._read_dangerous()
         self.resolver.refresh()
 
-        identities: dict[int, Identity] = {}
-        retire: list[int] = []
-        for cgroup_id in map(int, np.unique(np.concatenate([cgroup_ids, d_cgroup_ids]))):
-            first_seen = self._first_seen.setdefault(cgroup_id, now)
-            resolution = self.resolver.resolve(cgroup_id, first_seen)
-            identities[cgroup_id] = resolution.identity
-            if resolution.gone:
-                gone_since = self._gone_since.setdefault(cgroup_id, now)
-                pod = bool(resolution.identity.pod)
-                if now - gone_since >= (self.deleted_pod_grace if pod else self.deleted_grace):
-                    retire.append(cgroup_id)
+        identities, retire = self.lifecycle.resolve(
+            map(int, np.unique(np.concatenate([cgroup_ids, d_cgroup_ids]))), now
+        )
         series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried)
         dangerous = _aggregate(identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous)
         self._observe_baselines(series)
@@ -449,10 +443,7 @@ class SyscallSource:
             if cgroup_id in retiring:
                 self._carry(self._carried_dangerous, identities[cgroup_id], nr, count, live)
                 dangerous_table.pop(dangerous_table.Key(cgroup_id, nr, 0), None)
-        for cgroup_id in retire:
-            self._first_seen.pop(cgroup_id, None)
-            self._gone_since.pop(cgroup_id, None)
-            self.resolver.forget(cgroup_id)
+        self.lifecycle.retired(retire)
         for table in (self._carried, self._carried_dangerous, self._novel, self._last_counts):
             for key in [k for k in table if k[0] != UNRESOLVED and k[0] not in live]:
                 del table[key]

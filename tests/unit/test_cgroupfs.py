@@ -106,7 +106,7 @@ def test_tree_walks_again_only_for_ids_newer_than_the_last_walk(tmp_path):
 
 def test_resolver_keeps_identity_of_removed_cgroups_and_folds_unknown_ones(tmp_path):
     clock = FakeClock()
-    resolver = Resolver(CgroupTree(tmp_path, clock=clock), max_age=5)
+    resolver = Resolver(CgroupTree(tmp_path, clock=clock), max_age=5, forget_after=60, clock=clock)
     service = tmp_path / "svc.service"
     service.mkdir()
     service_id = os.stat(service).st_ino
@@ -124,5 +124,10 @@ def test_resolver_keeps_identity_of_removed_cgroups_and_folds_unknown_ones(tmp_p
     assert removed.identity == Identity(cgroup="/svc.service") and removed.gone
     folded = resolver.resolve(short_id, first_seen=clock.now - 1)
     assert folded.identity == UNRESOLVED and folded.gone
-    resolver.forget(service_id)
+    # Forgotten once no source has asked for forget_after seconds.
+    clock.now += 59
+    resolver.refresh()
+    assert resolver.known == 1
+    clock.now += 2
+    resolver.refresh()
     assert resolver.known == 0
