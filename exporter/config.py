@@ -87,6 +87,13 @@ def non_negative_int(value: Any) -> int:
     return positive_int(value)
 
 
+def positive_float(value: Any) -> float:
+    number = non_negative_float(value)
+    if number == 0:
+        raise ValueError("must be more than zero")
+    return number
+
+
 def non_negative_float(value: Any) -> float:
     try:
         number = float(value)
@@ -249,7 +256,7 @@ SETTINGS: tuple[Spec, ...] = (
     ),
     Spec(
         "network_flow_idle_timeout",
-        non_negative_float,
+        positive_float,
         300.0,
         "seconds without traffic after which a flow leaves the kernel map",
         "SECONDS",

@@ -110,19 +110,7 @@ class CgroupFactory:
         return path
 
     def remove(self, path: Path) -> None:
-        for attempt in range(50):
-            try:
-                path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                # Processes may still be exiting; move stragglers out.
-                for pid in (path / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-                time.sleep(0.05 * (attempt + 1))
-        path.rmdir()
+        remove_cgroup(path)
 
     def cleanup(self) -> None:
         for path in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
@@ -149,3 +137,20 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
     return value
+
+
+def remove_cgroup(path: Path) -> None:
+    """rmdir a cgroup, killing stragglers that are still exiting; gone is fine."""
+    for attempt in range(50):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                for pid in (path / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.02 * (attempt + 1))
+    path.rmdir()

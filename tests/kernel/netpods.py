@@ -30,7 +30,6 @@ import json
 import os
 import random
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -373,6 +372,10 @@ class PodPair:
         return added
 
     def cleanup(self) -> None:
+        # Imported here: this module also runs as a script inside network
+        # namespaces, where the tests package is not on the path.
+        from tests.helpers import remove_cgroup
+
         errors = []
         for workload in self.workloads:
             workload.kill()
@@ -415,22 +418,6 @@ class PodPair:
         ]
         header, values = lines[0], lines[1]
         return int(values[header.index(key)])
-
-
-def remove_cgroup(path: Path) -> None:
-    for attempt in range(50):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            with contextlib.suppress(OSError):
-                for pid in (path / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.02 * (attempt + 1))
-    path.rmdir()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import pytest
 from exporter.identity import CgroupTree, Resolver
 from exporter.model import MetricFamily
 from exporter.sources.network import NetworkSource, link_create
-from tests.kernel.netpods import IPV6_EXTENSION_BYTES, Pod, PodPair, remove_cgroup
+from tests.helpers import remove_cgroup
+from tests.kernel.netpods import IPV6_EXTENSION_BYTES, Pod, PodPair
 
 pytestmark = pytest.mark.kernel
 
@@ -385,7 +386,7 @@ def test_dropped_segments_are_counted_as_retransmits_of_the_sender(pods, make_so
 
 
 def test_short_lived_cgroup_is_counted_once(pods, make_source):
-    skew = [0.0]  # lets the test skip the grace period
+    skew = [0.0]  # moves the source's clock past the grace period
     source = make_source(
         pods.pods, deleted_grace=10, deleted_pod_grace=10, clock=lambda: time.monotonic() + skew[0]
     )

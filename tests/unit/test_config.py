@@ -62,6 +62,8 @@ def test_parse_listen(value, expected):
         ({"probes": "syscalls,nope"}, {}, None, "unknown probe(s) nope"),
         ({"log_level": "loud"}, {}, None, "invalid log_level"),
         ({"deleted_cgroup_grace": "-1"}, {}, None, "invalid deleted_cgroup_grace"),
+        ({"network_flow_idle_timeout": "0"}, {}, None, "must be more than zero"),
+        ({"network_cluster_cidrs": "10.0.0.0/33"}, {}, None, "is not a CIDR"),
         ({}, {"ORB8_LISTN": ":1"}, None, "unknown environment setting ORB8_LISTN"),
     ],
 )
