@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9091
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench dashboards clean
 
 setup:
 	@bash scripts/setup-host.sh
@@ -15,9 +15,13 @@ test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check exporter tests benchmarks tools
-	$(VENV)/bin/ruff format --check exporter tests benchmarks tools
+	$(VENV)/bin/ruff check exporter tests benchmarks tools dashboards
+	$(VENV)/bin/ruff format --check exporter tests benchmarks tools dashboards
 	$(VENV)/bin/mypy exporter
+
+# Regenerate dashboards/*.json from dashboards/*.py (commit the result).
+dashboards: setup
+	$(VENV)/bin/python -m dashboards
 
 bench: setup
 	$(VENV)/bin/python benchmarks/syscall_overhead.py

@@ -1,0 +1,24 @@
+"""orb8's Grafana dashboards, generated from code.
+
+Each module here describes one dashboard as data (see builder.py); this
+registry lists them. Regenerate the JSON next to them with
+`python -m dashboards` (or `make dashboards`); `python -m dashboards --check`
+fails when a committed file differs from what the code generates.
+
+Adding a dashboard (the GPU one is next) is one new module defining
+`DASHBOARD = DashboardSpec(...)` and one line below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dashboards import health, network, security
+from dashboards.builder import DashboardSpec
+
+DIRECTORY = Path(__file__).resolve().parent
+DASHBOARDS: tuple[DashboardSpec, ...] = (
+    network.DASHBOARD,
+    security.DASHBOARD,
+    health.DASHBOARD,
+)
