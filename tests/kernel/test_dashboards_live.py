@@ -1,0 +1,293 @@
+"""Every panel of every dashboard returns data from a real Prometheus
+scraping a real `orb8 run`.
+
+Two "pods" (network namespaces + kubelet-shaped cgroups, known to a test
+API server) exchange UDP and TCP traffic, including a dropped segment
+(retransmits) and an aborted connection (resets); pod A then makes syscalls
+outside its learned baseline and a dangerous one (ptrace), which fires
+Orb8DangerousSyscall in that Prometheus (alerts/orb8-rules.yml loaded).
+The template variables are resolved the way Grafana resolves them (their own
+label_values queries against the same Prometheus), substituted with
+Grafana's escaping, and each panel query must return a non-empty, finite
+result. A failure names the dashboard and panel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+import yaml
+
+from exporter.sources.network import link_create
+from exporter.sources.syscalls import native_syscall_numbers
+from tests.dashboard_queries import dashboard_files, load, substitute, targets
+from tests.helpers import ROOT, free_port, run_workload
+from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
+from tests.kernel.netpods import PodPair
+from tests.kernel.test_alerting import start_service, wait_http
+from tests.kernel.test_network import DROPPER
+
+pytestmark = pytest.mark.kernel
+
+# Grafana's $__rate_interval is max(4 x scrape interval, step + scrape
+# interval); with the 1 s scrapes here any window of a few scrapes works.
+BUILTINS = {"__rate_interval": "20s", "__range": "5m", "__interval": "5s"}
+RANGE_SECONDS = 30
+BASELINE_WINDOW = 3.0
+# Legend labels a series may lack: a pod's series have no cgroup label.
+OPTIONAL_LEGEND_LABELS = {"cgroup"}
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str, **params: str | list[str]) -> dict:
+        query = urllib.parse.urlencode(params, doseq=True)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=20) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            body = json.loads(e.read())
+        if body.get("status") != "success":
+            raise AssertionError(f"{path} {params}: {body.get('error', body)}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.get("/api/v1/query", query=expr)["result"]
+
+    def label_values(self, selector: str, label: str) -> set[str]:
+        """What Grafana's label_values(selector, label) lists (series API, last 5 minutes)."""
+        now = time.time()
+        series = self.get(
+            "/api/v1/series", **{"match[]": [selector]}, start=str(now - 300), end=str(now)
+        )
+        return {s[label] for s in series if s.get(label)}
+
+
+def wait_until(predicate, what: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+@pytest.fixture
+def stack(tmp_path, start_exporter, cgroup2_root):
+    """Test API server with pods A and B, orb8, and Prometheus with the orb8 rules."""
+    api = ApiServer()
+    api.start()
+    pods = PodPair(cgroup2_root, namespace=f"dash-{uuid.uuid4().hex[:6]}")
+    prometheus = None
+    try:
+        pods.setup()
+        for pod in (pods.a, pods.b):
+            api.add_pod(
+                make_pod(
+                    pod.name,
+                    namespace=pod.namespace,
+                    uid=pod.uid,
+                    containers=(("app", pod.container_id),),
+                    pod_ips=(pod.ipv4, pod.ipv6),
+                )
+            )
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        exporter = start_exporter(
+            "--kubeconfig",
+            str(kubeconfig),
+            "--node-name",
+            "node-a",
+            "--baseline-window",
+            str(BASELINE_WINDOW),
+        )
+        port = free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ROOT / "alerts" / "orb8-rules.yml")],
+            "scrape_configs": [
+                {
+                    "job_name": "orb8",
+                    "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+                }
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        log = tmp_path / "prometheus.log"
+        prometheus = start_service(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            log,
+        )
+        wait_http(f"http://127.0.0.1:{port}/-/ready", prometheus, log)
+        yield {
+            "pods": pods,
+            "exporter": exporter,
+            "prometheus": Prometheus(f"http://127.0.0.1:{port}"),
+        }
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(timeout=20)
+        pods.cleanup()
+        api.stop()
+
+
+def run_traffic(pods: PodPair) -> None:
+    """UDP both families, TCP with dropped segments (retransmits), an abort (reset)."""
+    from bcc import BPF
+
+    for family, b_addr in (("ipv4", pods.b.ipv4), ("ipv6", pods.b.ipv6)):
+        receiver = pods.spawn(pods.b, "udp-recv", b_addr, 5100, 200)
+        receiver.wait_ready()
+        assert pods.spawn(pods.a, "udp-send", 5100, 200, 256, b_addr).result()["sent"] == 200
+        assert receiver.result()["received"] == 200, family
+
+    port = 6100
+    dropper = BPF(text=DROPPER.encode(), cflags=[f"-DPORT={port}", "-DDROPS=2"])
+    cgroup_fd = os.open(pods.b.cgroup, os.O_RDONLY)
+    link = -1
+    try:
+        link = link_create(dropper.load_func(b"drop_data", BPF.CGROUP_SKB).fd, cgroup_fd, 0)
+        assert link >= 0
+        server = pods.spawn(pods.b, "tcp-serve", pods.b.ipv4, port)
+        server.wait_ready()
+        pods.spawn(pods.a, "tcp-send", pods.b.ipv4, port, 100_000).result()
+        assert server.result()["received"] == 100_000
+    finally:
+        if link >= 0:
+            os.close(link)
+        os.close(cgroup_fd)
+        dropper.cleanup()
+
+    server = pods.spawn(pods.b, "tcp-serve", pods.b.ipv4, port + 1)
+    server.wait_ready()
+    pods.spawn(pods.a, "tcp-abort", pods.b.ipv4, port + 1).result()
+    server.result()
+
+
+def resolve_variables(dashboard: dict, prometheus: Prometheus, wanted: dict[str, str]) -> dict:
+    """Each variable's value, chosen from what its own query lists (as in Grafana)."""
+    values: dict[str, str] = dict(BUILTINS)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    label_values = re.compile(r"label_values\((.*),\s*(\w+)\)$")
+    for variable in dashboard["templating"]["list"]:
+        name = variable["name"]
+        if variable["type"] == "datasource":
+            values[name] = "prometheus"
+            continue
+        assert variable["type"] == "query", f"{dashboard['title']}: ${name} is {variable['type']}"
+        match = label_values.match(variable["query"])
+        assert match, f"{dashboard['title']}: ${name} query {variable['query']!r}"
+        selector = substitute(match.group(1), values, variables)
+        listed = prometheus.label_values(selector, match.group(2))
+        if name == "cluster":  # no cluster label on a single-cluster Prometheus
+            assert listed == set(), listed
+            values[name] = ""
+            continue
+        assert wanted[name] in listed, (
+            f"{dashboard['title']}: ${name} lists {sorted(listed)}, not {wanted[name]!r}"
+        )
+        values[name] = wanted[name]
+    return values
+
+
+def evaluate(prometheus: Prometheus, expr: str, instant: bool) -> list[dict]:
+    if instant:
+        return prometheus.query(expr)
+    now = time.time()
+    return prometheus.get(
+        "/api/v1/query_range",
+        query=expr,
+        start=str(now - RANGE_SECONDS),
+        end=str(now),
+        step="5",
+    )["result"]
+
+
+def problems_of(result: list[dict], legend: str, links: list[str]) -> list[str]:
+    if not result:
+        return ["no series"]
+    problems = []
+    points = [s["value"] for s in result if "value" in s] + [
+        p for s in result for p in s.get("values", [])
+    ]
+    bad = [value for _, value in points if not math.isfinite(float(value))]
+    if bad:
+        problems.append(f"non-finite values {bad[:3]}")
+    labels = set().union(*(s["metric"].keys() for s in result))
+    for name in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend):
+        if name not in labels and name not in OPTIONAL_LEGEND_LABELS:
+            problems.append(f"legend label {name!r} not in {sorted(labels)}")
+    for column in links:
+        if column not in labels:
+            problems.append(f"link column {column!r} not in {sorted(labels)}")
+    return problems
+
+
+def test_every_panel_of_every_dashboard_returns_data(stack, workload):
+    pods, prometheus, exporter = stack["pods"], stack["prometheus"], stack["exporter"]
+    wait_until(lambda: prometheus.query('up{job="orb8"} == 1'), "the first scrape of orb8")
+
+    started = time.monotonic()
+    run_traffic(pods)  # pod A appears: its baseline learning starts
+    time.sleep(max(0.0, BASELINE_WINDOW + 1.5 - (time.monotonic() - started)))
+    numbers = native_syscall_numbers()
+    # Outside A's baseline (novel), and dangerous: ptrace fires Orb8DangerousSyscall.
+    run_workload(workload, pods.a.cgroup, f"{numbers['getsid']}:4", f"{numbers['ptrace']}:3:0")
+
+    a = f'pod="{pods.a.name}"'
+    for what, expr in (
+        ("the ptrace alert", f'ALERTS{{alertstate="firing", {a}, syscall="ptrace"}}'),
+        ("novel syscalls of pod A", f"orb8_syscall_novel_total{{{a}}}"),
+        ("retransmits of pod A", f"orb8_tcp_retransmits_total{{{a}}}"),
+        ("pod-to-pod flows of pod A", f'orb8_flow_bytes_total{{{a}, peer_pod="{pods.b.name}"}}'),
+    ):
+        wait_until(lambda expr=expr: prometheus.query(expr), what)
+    time.sleep(3)  # a few more scrapes: every rate() window holds several samples
+
+    wanted = {
+        "job": "orb8",
+        "instance": f"127.0.0.1:{exporter.port}",
+        "namespace": pods.a.namespace,
+        "pod": pods.a.name,
+    }
+    checked, failures = 0, []
+    for path in dashboard_files():
+        dashboard = load(path)
+        values = resolve_variables(dashboard, prometheus, wanted)
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        for target in targets():
+            if target.dashboard != dashboard["title"]:
+                continue
+            expr = substitute(target.expr, values, variables)
+            links = [
+                o["matcher"]["options"]
+                for o in target.panel_json.get("fieldConfig", {}).get("overrides", [])
+                if any(p["id"] == "links" for p in o["properties"])
+            ]
+            try:
+                result = evaluate(prometheus, expr, target.instant)
+                problems = problems_of(result, target.legend, links)
+            except AssertionError as e:
+                problems = [str(e)]
+            checked += 1
+            if problems:
+                failures.append(f"{target.name}: {'; '.join(problems)}\n    {expr}")
+    assert not failures, f"{len(failures)} of {checked} panel queries failed:\n" + "\n".join(
+        failures
+    )
+    assert checked == len(targets())
+    print(f"{checked} panel queries of {len(dashboard_files())} dashboards returned data")
