@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dashboards import DASHBOARDS, DIRECTORY
 from dashboards.builder import render
@@ -14,20 +15,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="fail if a committed file is not what the code makes"
     )
+    parser.add_argument(
+        "--directory", type=Path, default=DIRECTORY, help="where the JSON files are (default: here)"
+    )
     args = parser.parse_args(argv)
     stale = []
     for spec in DASHBOARDS:
-        path = DIRECTORY / spec.file
+        path = args.directory / spec.file
         content = render(spec)
         if args.check:
-            if not path.is_file() or path.read_text() != content:
-                stale.append(spec.file)
+            if not path.is_file():
+                stale.append(f"{spec.file} (missing)")
+            elif path.read_text() != content:
+                stale.append(f"{spec.file} (differs)")
         else:
             path.write_text(content)
             print(f"wrote {path}")
     if stale:
         print(
-            f"stale: {', '.join(stale)}; run `make dashboards` and commit the result",
+            f"not what the code generates: {', '.join(stale)}; "
+            "run `make dashboards` and commit the result",
             file=sys.stderr,
         )
         return 1

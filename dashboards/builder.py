@@ -37,6 +37,7 @@ from grafana_foundation_sdk.builders import (
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog import plugins
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
@@ -324,7 +325,18 @@ def build(spec: DashboardSpec) -> dict[str, Any]:
     # Panel ids: stable, in layout order (Grafana needs them unique per dashboard).
     for number, panel in enumerate(built.panels or [], start=1):
         panel.id_val = number
-    return json.loads(json.dumps(built, cls=JSONEncoder))
+    return canonical(json.loads(json.dumps(built, cls=JSONEncoder)))
+
+
+def canonical(data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON decoded into the SDK's typed models and encoded again.
+
+    Panel options and field config are decoded by panel type (the SDK's
+    plugin registry), which fills in the defaults Grafana would; a committed
+    file must come back unchanged (tests/unit/test_dashboards.py).
+    """
+    plugins.register_default_plugins()
+    return json.loads(json.dumps(model.Dashboard.from_json(data), cls=JSONEncoder))
 
 
 def render(spec: DashboardSpec) -> str:
