@@ -60,6 +60,7 @@ WORKLOAD_METRIC = "orb8_syscalls_total"
 PANEL_KINDS = ("timeseries", "bargauge", "table", "piechart", "stat", "state-timeline")
 # Panels show an instant value (the current one) instead of a time series.
 INSTANT_KINDS = ("bargauge", "table", "piechart", "stat")
+REFS = "ABCDEFGHIJ"
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def variables(spec: DashboardSpec) -> list[Any]:
 
 def _target(query: Query, ref: str, instant: bool, table_format: bool) -> prom.Dataquery:
     target = prom.Dataquery().expr(query.expr).ref_id(ref).datasource(DATASOURCE)
-    if query.legend:
+    if query.legend and not table_format:
         target = target.legend_format(query.legend)
     target = target.instant() if instant else target.range()
     if table_format:
@@ -243,15 +244,27 @@ def build_panel(panel: Panel) -> Any:
             .reduce_options(_reduce_last())
         )
     elif kind == "table":
-        builder = table.Panel().with_transformation(
-            model.DataTransformerConfig(
-                id_val="organize", options={"excludeByName": {"Time": True}}
-            )
+        # A table's value columns are named after their query's legend
+        # ("Value" for one query, "Value #A", "Value #B" for several).
+        values = (
+            {"Value": panel.queries[0].legend}
+            if len(panel.queries) == 1
+            else {f"Value #{REFS[i]}": q.legend for i, q in enumerate(panel.queries)}
         )
+        builder = table.Panel()
         if len(panel.queries) > 1:
             builder = builder.with_transformation(
                 model.DataTransformerConfig(id_val="merge", options={})
             )
+        builder = builder.with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "renameByName": {k: v for k, v in values.items() if v},
+                },
+            )
+        )
         for link in panel.links:
             builder = builder.override_by_name(
                 link.column,
@@ -296,9 +309,8 @@ def build_panel(panel: Panel) -> Any:
         builder = builder.min(0).max(panel.max_value)
     if panel.mappings:
         builder = builder.mappings(_mappings(panel))
-    refs = "ABCDEFGHIJ"
     targets = [
-        _target(query, refs[i], instant, kind == "table") for i, query in enumerate(panel.queries)
+        _target(query, REFS[i], instant, kind == "table") for i, query in enumerate(panel.queries)
     ]
     return builder.targets(targets)
 

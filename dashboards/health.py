@@ -46,7 +46,12 @@ DASHBOARD = DashboardSpec(
                     "Versions",
                     "orb8 version and kernel release per node.",
                     "none",
-                    (Query(f"sum by (instance, version, kernel) (orb8_build_info{{{T}}})"),),
+                    (
+                        Query(
+                            f"sum by (instance, version, kernel) (orb8_build_info{{{T}}})",
+                            "processes",
+                        ),
+                    ),
                     width=8,
                 ),
             ),
@@ -75,11 +80,11 @@ DASHBOARD = DashboardSpec(
                 Panel(
                     "table",
                     "Map entries and capacity",
-                    "Entries now (A) and capacity (B) of each kernel map.",
+                    "Entries now and capacity of each kernel map.",
                     "short",
                     (
-                        Query(f"max by (instance, map) (orb8_bpf_map_entries{{{T}}})"),
-                        Query(f"max by (instance, map) (orb8_bpf_map_capacity{{{T}}})"),
+                        Query(f"max by (instance, map) (orb8_bpf_map_entries{{{T}}})", "entries"),
+                        Query(f"max by (instance, map) (orb8_bpf_map_capacity{{{T}}})", "capacity"),
                     ),
                     width=8,
                 ),

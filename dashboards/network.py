@@ -93,7 +93,8 @@ DASHBOARD = DashboardSpec(
                     (
                         Query(
                             "sum by (namespace, pod, cgroup, direction, protocol, peer_class, "
-                            f"peer_namespace, peer_pod) ({rate('orb8_flow_bytes_total')})"
+                            f"peer_namespace, peer_pod) ({rate('orb8_flow_bytes_total')})",
+                            "bytes/s",
                         ),
                     ),
                     width=16,

@@ -130,7 +130,8 @@ DASHBOARD = DashboardSpec(
                             _with_runbook(
                                 f"sum by ({IDENTITY}, syscall) "
                                 f"(orb8_dangerous_syscalls_total{{{SELECTOR}}})"
-                            )
+                            ),
+                            "calls",
                         ),
                     ),
                     width=16,
@@ -164,7 +165,9 @@ DASHBOARD = DashboardSpec(
                     "short",
                     (
                         Query(
-                            f"sum by ({IDENTITY}, syscall) (orb8_syscall_novel_total{{{SELECTOR}}})"
+                            f"sum by ({IDENTITY}, syscall) "
+                            f"(orb8_syscall_novel_total{{{SELECTOR}}})",
+                            "calls",
                         ),
                     ),
                     width=12,
@@ -180,7 +183,8 @@ DASHBOARD = DashboardSpec(
                         Query(
                             "sum by (alertname, severity, instance, namespace, pod, container, "
                             'cgroup, syscall) (ALERTS{alertname=~"Orb8.*", alertstate="firing", '
-                            'instance=~"$instance", namespace=~"$namespace", pod=~"$pod"})'
+                            'instance=~"$instance", namespace=~"$namespace", pod=~"$pod"})',
+                            "alerts",
                         ),
                     ),
                     width=12,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +94,22 @@ def interpolate(value: str, variable: Mapping) -> str:
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
-def substitute(expr: str, values: Mapping[str, str], variables: Mapping[str, Mapping]) -> str:
-    """Replace $name / ${name}; built-ins ($__rate_interval...) must be in `values`."""
+def substitute(
+    expr: str,
+    values: Mapping[str, str],
+    variables: Mapping[str, Mapping],
+    all_selected: Collection[str] = (),
+) -> str:
+    """Replace $name / ${name}; built-ins ($__rate_interval...) must be in `values`.
+
+    A variable in `all_selected` has "All" selected: Grafana then inserts its
+    allValue as it is.
+    """
 
     def replace(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
+        if name in all_selected:
+            return variables[name]["allValue"]
         if name not in values:
             raise KeyError(f"no value for ${name} in {expr!r}")
         if name.startswith("__"):

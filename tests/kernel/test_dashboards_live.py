@@ -14,6 +14,7 @@ result. A failure names the dashboard and panel.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -269,10 +270,13 @@ def test_every_panel_of_every_dashboard_returns_data(stack, workload):
         dashboard = load(path)
         values = resolve_variables(dashboard, prometheus, wanted)
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-        for target in targets():
+        # Once with one node, namespace and pod chosen, once with "All" for
+        # every variable that offers it (the dashboards' default view).
+        every = {name for name, v in variables.items() if v.get("includeAll")}
+        for target, all_selected in itertools.product(targets(), (set(), every)):
             if target.dashboard != dashboard["title"]:
                 continue
-            expr = substitute(target.expr, values, variables)
+            expr = substitute(target.expr, values, variables, all_selected)
             links = [
                 o["matcher"]["options"]
                 for o in target.panel_json.get("fieldConfig", {}).get("overrides", [])
@@ -285,9 +289,10 @@ def test_every_panel_of_every_dashboard_returns_data(stack, workload):
                 problems = [str(e)]
             checked += 1
             if problems:
-                failures.append(f"{target.name}: {'; '.join(problems)}\n    {expr}")
+                view = "All" if all_selected else "one pod"
+                failures.append(f"{target.name} ({view}): {'; '.join(problems)}\n    {expr}")
     assert not failures, f"{len(failures)} of {checked} panel queries failed:\n" + "\n".join(
         failures
     )
-    assert checked == len(targets())
-    print(f"{checked} panel queries of {len(dashboard_files())} dashboards returned data")
+    assert checked == 2 * len(targets())
+    print(f"{checked} panel queries ({len(targets())} x 2 selections) returned data")
