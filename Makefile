@@ -17,7 +17,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check exporter tests benchmarks tools dashboards
 	$(VENV)/bin/ruff format --check exporter tests benchmarks tools dashboards
-	$(VENV)/bin/mypy exporter
+	$(VENV)/bin/mypy exporter dashboards
 
 # Regenerate dashboards/*.json from dashboards/*.py (commit the result).
 dashboards: setup

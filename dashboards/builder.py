@@ -335,8 +335,8 @@ def build(spec: DashboardSpec) -> dict[str, Any]:
             builder = builder.with_panel(build_panel(panel))
     built = builder.build()
     # Panel ids: stable, in layout order (Grafana needs them unique per dashboard).
-    for number, panel in enumerate(built.panels or [], start=1):
-        panel.id_val = number
+    for number, grafana_panel in enumerate(built.panels or [], start=1):
+        grafana_panel.id_val = number
     return canonical(json.loads(json.dumps(built, cls=JSONEncoder)))
 
 

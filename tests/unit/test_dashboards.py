@@ -206,6 +206,10 @@ def test_every_panel_has_a_description_a_unit_and_the_datasource_variable():
 
 
 def test_queries_select_by_variables_and_use_the_rate_interval():
+    variables_of = {
+        load(path)["title"]: {v["name"] for v in load(path)["templating"]["list"]}
+        for path in dashboard_files()
+    }
     for target in targets():
         for window in re.findall(r"\[([^\]]*)\]", target.expr):
             assert window == "$__rate_interval", f"{target.name}: window [{window}]"
@@ -217,7 +221,8 @@ def test_queries_select_by_variables_and_use_the_rate_interval():
             if metric == "ALERTS":
                 continue
             required = dict(TARGET_VARIABLES)
-            if target.dashboard != "orb8 / Health" and "namespace" in catalogue().get(metric, ()):
+            per_workload = "namespace" in variables_of[target.dashboard]
+            if per_workload and "namespace" in catalogue().get(metric, ()):
                 required |= WORKLOAD_VARIABLES
             missing = required.keys() - by_label.keys()
             assert not missing, f"{target.name}: {metric} not filtered by {sorted(missing)}"
