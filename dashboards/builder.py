@@ -109,6 +109,17 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Variable:
+    """A further multi-select variable, listing `label` of `metric` under the
+    common selectors (e.g. the GPU dashboard's `gpu` from a GPU metric's uuid)."""
+
+    name: str
+    title: str
+    metric: str
+    label: str
+
+
+@dataclass(frozen=True)
 class DashboardSpec:
     uid: str
     title: str
@@ -117,6 +128,8 @@ class DashboardSpec:
     rows: tuple[Row, ...]
     # Whether the dashboard is per workload (namespace and pod variables).
     workloads: bool = True
+    # Selected with `<label>=~"$<name>"` in the dashboard's own queries.
+    extra_variables: tuple[Variable, ...] = ()
     tags: tuple[str, ...] = field(default=("orb8",))
 
     def panels(self) -> list[Panel]:
@@ -171,6 +184,10 @@ def variables(spec: DashboardSpec) -> list[Any]:
                 multi=True,
             ),
         ]
+    selector = SELECTOR if spec.workloads else TARGET_SELECTOR
+    for extra in spec.extra_variables:
+        query = f"label_values({extra.metric}{{{selector}}}, {extra.label})"
+        found.append(_query_variable(extra.name, extra.title, query, multi=True))
     return found
 
 

@@ -182,7 +182,8 @@ DASHBOARD = DashboardSpec(
                     (
                         Query(
                             "sum by (alertname, severity, instance, namespace, pod, container, "
-                            'cgroup, syscall) (ALERTS{alertname=~"Orb8.*", alertstate="firing", '
+                            "cgroup, syscall, probe, map) "
+                            '(ALERTS{alertname=~"Orb8.*", alertstate="firing", '
                             'instance=~"$instance", namespace=~"$namespace", pod=~"$pod"})',
                             "alerts",
                         ),

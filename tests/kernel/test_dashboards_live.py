@@ -198,6 +198,7 @@ def resolve_variables(dashboard: dict, prometheus: Prometheus, wanted: dict[str,
             assert listed == set(), listed
             values[name] = ""
             continue
+        assert name in wanted, f"{dashboard['title']}: which value of ${name} has the data?"
         assert wanted[name] in listed, (
             f"{dashboard['title']}: ${name} lists {sorted(listed)}, not {wanted[name]!r}"
         )
