@@ -187,6 +187,22 @@ def test_uids_are_stable_and_unique():
         assert len(ids) == len(set(ids)), path.name
 
 
+def test_panels_fit_the_grid_without_overlapping_and_have_unique_titles():
+    for path in dashboard_files():
+        cells: dict[tuple[int, int], str] = {}
+        titles = [p["title"] for p in panels(load(path)) if p["type"] != "row"]
+        assert len(titles) == len(set(titles)), path.name
+        for panel in panels(load(path)):
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+            for x in range(pos["x"], pos["x"] + pos["w"]):
+                for y in range(pos["y"], pos["y"] + pos["h"]):
+                    other = cells.setdefault((x, y), panel["title"])
+                    assert other == panel["title"], (
+                        f"{path.name}: {panel['title']} overlaps {other}"
+                    )
+
+
 def test_every_panel_has_a_description_a_unit_and_the_datasource_variable():
     for path in dashboard_files():
         dashboard = load(path)
