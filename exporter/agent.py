@@ -222,7 +222,7 @@ class Agent:
         return _merge(families)
 
     def landing(self) -> str:
-        rows = []
+        rows: list[tuple[str, bool | str, str]] = []
         for source in self.sources or []:
             if source.name in self.absent:
                 rows.append((source.name, "absent", self.absent[source.name]))

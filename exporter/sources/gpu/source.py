@@ -56,9 +56,10 @@ class GpuSource:
         nvml = self._nvml
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml
             except ImportError:
                 raise SourceAbsent("pynvml (nvidia-ml-py) is not installed") from None
+            nvml = pynvml
         poller = NvmlPoller(nvml, self.proc_root, self.resolver.tree.root, clock=self.clock)
         try:
             poller.open()
@@ -128,6 +129,7 @@ class GpuSource:
         self.resolver.refresh()
         mem_sum: dict[tuple[str, ...], int] = {}
         sm_sum: dict[tuple[str, ...], float] = {}
+        key: tuple[str, ...]
         for use in snapshot.processes:
             identity: Identity = UNRESOLVED
             if use.cgroup is not None:
