@@ -4,7 +4,6 @@ captures whose pids are rewritten to those live processes."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import uuid
@@ -14,45 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, CgroupFactory
+from tests.gpu.nvml_fixtures import build_fake_nvml
+from tests.helpers import CgroupFactory
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 
-CAPTURE = ROOT / "tests" / "fixtures" / "nvml-h200-two-cgroups.json"
-UUID = "GPU-52fa1291-3c93-388b-271d-37fd65c7c5f6"
 # The capture's two load processes: pid -> (namespace, pod, container) in tests.
 CAPTURED_PIDS = {437: ("ml", "trainer-a", "train"), 438: ("ml", "trainer-b", "train")}
 
 
 @pytest.fixture(scope="session")
 def fake_nvml() -> Path:
-    subprocess.run(["make", "-s", "fake-nvml"], cwd=ROOT, check=True)
-    lib = ROOT / "build" / "fake-nvml"
-    assert (lib / "libnvidia-ml.so.1").is_file()
-    return lib
-
-
-def nvml_env(lib: Path, capture: Path, state: str = "busy.0") -> dict[str, str]:
-    return {
-        "LD_LIBRARY_PATH": str(lib),
-        "FAKE_NVML_CAPTURE": str(capture),
-        "FAKE_NVML_STATE": state,
-    }
-
-
-def rewrite_capture(path: Path, pids: dict[int, int], edit=None) -> Path:
-    """The real capture with its load pids replaced by live ones (and an optional edit)."""
-    data = json.loads(CAPTURE.read_text())
-    states = [data["idle"], *data["busy"], data["after"]]
-    for state in states:
-        for device in state["devices"]:
-            for key in ("compute_processes", "graphics_processes", "process_utilization"):
-                if isinstance(device.get(key), list):
-                    for entry in device[key]:
-                        entry["pid"] = pids.get(entry["pid"], entry["pid"])
-            if edit is not None:
-                edit(device)
-    path.write_text(json.dumps(data))
-    return path
+    return build_fake_nvml()
 
 
 def cid() -> str:

@@ -18,6 +18,7 @@ from tests.gpu.dcgm_fixtures import (
     shipped_fields,
     value_of,
 )
+from tests.gpu.nvml_fixtures import promtool_check
 from tests.helpers import series, wait_for
 
 GPU0 = Gpu(0, "GPU-11111111-2222-3333-4444-555555555555")
@@ -79,6 +80,7 @@ def test_every_shipped_field_is_reexported_with_dcgm_pod_labels(start_exporter, 
     assert series(samples, "orb8_dcgm_stale") == 0
     assert series(samples, "orb8_dcgm_unmapped_fields") == 0
     assert not has(samples, "orb8_dcgm_pod_resources_up")  # DCGM named every pod
+    promtool_check(exporter.url)
 
 
 def test_without_dcgm_pod_labels_pods_come_from_pod_resources(start_exporter, dcgm, pod_resources):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import subprocess
 import urllib.request
 
-from tests.gpu.conftest import UUID, nvml_env, rewrite_capture
+from tests.gpu.conftest import start_in_cgroup
+from tests.gpu.nvml_fixtures import UUID, nvml_env, promtool_check, rewrite_capture
 from tests.helpers import series, wait_for
 
 A, B = 437, 438  # the capture's pids
@@ -87,6 +88,7 @@ def test_shared_gpu_is_split_per_pod_busy0(start_exporter, gpu_pods, fake_nvml, 
     assert series(samples, "orb8_probe_up", probe="gpu") == 1
     # The capture's own errors are for calls orb8 does not make.
     assert series(samples, "orb8_gpu_nvml_errors_total") == 0
+    promtool_check(exporter.url)
 
 
 def test_busy1_sm_shares_and_idle_has_no_pod_series(start_exporter, gpu_pods, fake_nvml, tmp_path):
@@ -158,8 +160,6 @@ def test_failing_calls_are_skipped_counted_and_logged_once(
 def test_process_outside_pods_keeps_its_cgroup_path(
     start_exporter, cgroups, cgroup2_root, fake_nvml, tmp_path
 ):
-    from tests.gpu.conftest import start_in_cgroup
-
     plain = cgroups.make()
     proc = start_in_cgroup(plain)
     gone = subprocess.Popen(["true"])
