@@ -24,6 +24,7 @@ LABELS = (*IDENTITY_LABELS, "gpu", "uuid", "model", "gpu_instance")
 MAX_BODY = 16 << 20  # a dcgm-exporter page is ~100 KiB per GPU
 # Consecutive failures after which the breaker opens and retries back off.
 BREAKER_THRESHOLD = 3
+MAX_UNMAPPED = 1024
 ERROR_REASONS = ("connect", "timeout", "http", "too_large", "malformed", "empty")
 
 
@@ -162,7 +163,8 @@ class DcgmSource:
         groups: dict[tuple[str, str, str], list[Row]] = {}
         for row in rows:
             if row.field not in FIELDS:
-                self.unmapped.add(row.field)
+                if len(self.unmapped) < MAX_UNMAPPED:  # names come from outside: bounded
+                    self.unmapped.add(row.field)
                 continue
             groups.setdefault((row.field, row.uuid, row.gpu_instance), []).append(row)
         allocations: dict[tuple[str, str], list[Owner]] = {}
