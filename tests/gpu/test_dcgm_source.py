@@ -210,3 +210,57 @@ def test_missing_pod_resources_socket_leaves_rows_unattributed(start_exporter, d
     power = value_of("DCGM_FI_DEV_POWER_USAGE", GPU0)
     assert series(samples, "orb8_dcgm_power_watts", pod="", uuid=GPU0.uuid) == power
     assert exporter.output().count("kubelet pod-resources") == 1
+
+
+def test_dcgm_rows_copied_to_every_pod_of_a_shared_gpu_are_exported_once(start_exporter, dcgm):
+    # dcgm-exporter's own pod mapping on a time-sliced GPU: one row per pod,
+    # each with the device's full value.
+    shared = Gpu(GPU0.index, GPU0.uuid, (("ml", "x", "serve"), ("ml", "y", "serve")))
+    dcgm.body = dcgm_text([shared])
+    exporter = start_dcgm(start_exporter, dcgm)
+    samples = wait_for(
+        lambda: (s := exporter.scrape()) and series(s, "orb8_dcgm_up") == 1 and s,
+        what="a good DCGM scrape",
+    )
+    used = [k for k in samples if k[0] == "orb8_dcgm_framebuffer_used_bytes"]
+    assert len(used) == 1 and ("pod", "") in used[0][1]
+    assert series(samples, "orb8_dcgm_framebuffer_used_bytes") == (
+        value_of("DCGM_FI_DEV_FB_USED", shared) * MIB
+    )
+    for pod in ("x", "y"):
+        assert series(samples, "orb8_gpu_allocation_info", pod=pod, uuid=GPU0.uuid) == 1
+
+
+def test_pod_resources_outage_keeps_the_last_answer_and_recovers(
+    start_exporter, dcgm, pod_resources
+):
+    dcgm.body = dcgm_text([GPU0])
+    pod_resources.allocations = [("ml", "a", "c", "nvidia.com/gpu", [GPU0.uuid])]
+    exporter = start_dcgm(start_exporter, dcgm, pod_resources)
+    wait_for(lambda: series(exporter.scrape(), "orb8_dcgm_power_watts", pod="a"), what="pod a")
+    pod_resources.stop()
+    samples = wait_for(
+        lambda: (
+            (s := exporter.scrape())
+            and has(s, "orb8_dcgm_pod_resources_up")
+            and series(s, "orb8_dcgm_pod_resources_up") == 0
+            and s
+        ),
+        what="pod-resources down",
+    )
+    assert series(samples, "orb8_dcgm_power_watts", pod="a") == value_of(
+        "DCGM_FI_DEV_POWER_USAGE", GPU0
+    )
+    assert series(samples, "orb8_dcgm_up") == 1  # DCGM itself is fine
+    restarted = PodResourcesServer(pod_resources.socket)
+    try:
+        restarted.allocations = [("ml", "b", "c", "nvidia.com/gpu", [GPU0.uuid])]
+        samples = wait_for(
+            lambda: (s := exporter.scrape()) and series(s, "orb8_dcgm_power_watts", pod="b") and s,
+            timeout=30,
+            what="new owner from the restarted kubelet",
+        )
+        assert series(samples, "orb8_dcgm_pod_resources_up") == 1
+        assert series(samples, "orb8_dcgm_power_watts", pod="a") == 0
+    finally:
+        restarted.stop()

@@ -5,12 +5,13 @@ scraped over HTTP."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import urllib.request
 
 from tests.gpu.conftest import start_in_cgroup
 from tests.gpu.nvml_fixtures import UUID, nvml_env, promtool_check, rewrite_capture
-from tests.helpers import series, wait_for
+from tests.helpers import ORB8, ROOT, series, wait_for
 
 A, B = 437, 438  # the capture's pids
 
@@ -189,3 +190,56 @@ def test_node_without_nvml_is_quiet(start_exporter, tmp_path):
     assert b"<td>gpu</td><td>absent</td>" in page
     log = exporter.output()
     assert "ERROR" not in log and "Traceback" not in log, log
+
+
+def test_mig_gpu_labels_instances_and_never_double_counts(
+    start_exporter, gpu_pods, fake_nvml, tmp_path
+):
+    def edit(device):
+        device["mig_mode"] = [1, 1]
+        for proc, instance in zip(device["compute_processes"] or [], (1, 2), strict=False):
+            proc["gpuInstanceId"], proc["computeInstanceId"] = instance, 0
+        # The same process seen through a graphics context too: counted once.
+        device["graphics_processes"] = list(device["compute_processes"] or [])
+        # NVML has no per-process SM samples under MIG.
+        device["process_utilization"] = {"nvml_error": "Not Supported", "code": 3}
+
+    capture = rewrite_capture(tmp_path / "capture.json", gpu_pods.pids, edit)
+    exporter = start_gpu(start_exporter, gpu_pods, fake_nvml, capture, "busy.0")
+    samples = resolved(exporter, gpu_pods)
+    a, b = gpu_pods.pods[A], gpu_pods.pods[B]
+    # busy.0 lists pid 438 first: instance 1 is B's, instance 2 is A's.
+    assert series(samples, "orb8_gpu_memory_used_bytes", gpu_instance="2", **a) == 4271898624
+    assert series(samples, "orb8_gpu_memory_used_bytes", gpu_instance="1", **b) == 7493124096
+    assert series(samples, "orb8_gpu_memory_used_bytes") == 4271898624 + 7493124096
+    assert not [k for k in samples if k[0] == "orb8_gpu_utilization"]
+    assert series(samples, "orb8_gpu_info", sharing="mig", uuid=UUID) == 1
+    assert (
+        series(
+            samples,
+            "orb8_gpu_nvml_errors_total",
+            call="nvmlDeviceGetProcessUtilization",
+            error="Not Supported",
+        )
+        >= 1
+    )
+
+
+def test_orb8_check_reports_gpu_present_or_absent(fake_nvml, tmp_path):
+    def check(env):
+        return subprocess.run(
+            [*ORB8, "check", "--probes", "gpu"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            timeout=120,
+        )
+
+    present = check(nvml_env(fake_nvml, rewrite_capture(tmp_path / "c.json", {}), "idle"))
+    assert present.returncode == 0, present.stdout + present.stderr
+    assert "OK    gpu: NVML, driver 580.159.04" in present.stdout
+    assert "0: NVIDIA H200" in present.stdout
+    absent = check({"LD_LIBRARY_PATH": str(tmp_path)})
+    assert absent.returncode == 0, absent.stdout + absent.stderr
+    assert absent.stdout.startswith("ABSENT gpu: no NVIDIA driver"), absent.stdout
