@@ -11,7 +11,7 @@ import urllib.request
 
 from tests.gpu.conftest import start_in_cgroup
 from tests.gpu.nvml_fixtures import UUID, nvml_env, promtool_check, rewrite_capture
-from tests.helpers import ORB8, ROOT, series, wait_for
+from tests.helpers import ORB8, ROOT, free_port, series, wait_for
 
 A, B = 437, 438  # the capture's pids
 
@@ -243,3 +243,20 @@ def test_orb8_check_reports_gpu_present_or_absent(fake_nvml, tmp_path):
     absent = check({"LD_LIBRARY_PATH": str(tmp_path)})
     assert absent.returncode == 0, absent.stdout + absent.stderr
     assert absent.stdout.startswith("ABSENT gpu: no NVIDIA driver"), absent.stdout
+
+
+def test_broken_nvml_is_a_clear_start_failure_not_absence(fake_nvml, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"idle": [1, 2')  # truncated capture: the fake's nvmlInit fails
+    result = subprocess.run(
+        [*ORB8, "run", "--listen", f"127.0.0.1:{free_port()}", "--probes", "gpu"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **nvml_env(fake_nvml, bad, "idle")},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "probe gpu down: start failed: NVML initialisation failed: Unknown Error" in output
+    assert "no probe could start" in output

@@ -316,7 +316,6 @@ class NvmlPoller:
     def _drain_events(self) -> None:
         if self._event_set is None:
             return
-        by_handle = {id(d.handle): d for d in self.devices}
         for _ in range(1000):  # bounded: a storm must not stall the poll
             try:
                 event = self._call(
@@ -329,9 +328,7 @@ class NvmlPoller:
             index = self._call("nvmlDeviceGetIndex", event.device)
             device = next((d for d in self.devices if d.index == index), None)
             if device is None:
-                device = by_handle.get(id(event.device))
-            if device is None:
-                continue
+                continue  # a GPU orb8 does not track (index unreadable)
             xid = str(int(event.eventData))
             with self._lock:
                 known = {x for (i, x) in self.xids if i == device.index}

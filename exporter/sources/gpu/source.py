@@ -66,6 +66,7 @@ class GpuSource:
         except nvml.NVMLError as e:
             if getattr(e, "value", None) in ABSENT_CODES:
                 raise SourceAbsent(f"no NVIDIA driver: {e}") from None
+            poller.close()
             raise RuntimeError(f"NVML initialisation failed: {e}") from None
         if not poller.devices:
             poller.close()
