@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9091
 
-.PHONY: setup run test lint bench dashboards clean
+.PHONY: setup run test lint bench dashboards clean fake-nvml
 
 setup:
 	@bash scripts/setup-host.sh
@@ -25,6 +25,15 @@ dashboards: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/syscall_overhead.py
+
+# A fake libnvidia-ml.so.1 replaying a real NVML capture (tests/fakes/nvml):
+# LD_LIBRARY_PATH=build/fake-nvml makes pynvml load it. The test session
+# builds it too, so `make test` needs no extra step.
+fake-nvml: build/fake-nvml/libnvidia-ml.so.1
+
+build/fake-nvml/libnvidia-ml.so.1: tests/fakes/nvml/fake_nvml.c
+	@mkdir -p build/fake-nvml
+	gcc -shared -fPIC -O2 -Wall -Wextra -o $@ $<
 
 clean:
 	rm -rf $(VENV) build *.egg-info

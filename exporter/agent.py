@@ -25,7 +25,7 @@ from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
 from exporter.outputs.prometheus import PrometheusServer, landing_page
-from exporter.sources import Source
+from exporter.sources import Source, SourceAbsent
 from exporter.sources.exporter_self import identity_families, self_families
 from exporter.sources.network import NetworkSource
 from exporter.sources.syscalls import SecurityOptions, SyscallSource
@@ -127,7 +127,25 @@ def build_sources(
                 cgroup_root=settings.cgroup_root,
             )
         )
+    if "gpu" in settings.probes:
+        from exporter.sources.gpu import GpuSource
+
+        sources.append(GpuSource(resolver, interval=settings.gpu_poll_interval))
+    if "dcgm" in settings.probes:
+        from exporter.sources.dcgm import DcgmSource
+
+        sources.append(
+            DcgmSource(
+                settings.dcgm_url,
+                interval=settings.gpu_poll_interval,
+                pod_resources_socket=settings.pod_resources_socket,
+            )
+        )
     return sources
+
+
+# Probes that compile BPF and so need kernel headers.
+BPF_PROBES = ("syscalls", "network")
 
 
 class Agent:
@@ -136,6 +154,7 @@ class Agent:
         self.sources = sources
         self.up: dict[str, bool] = {}
         self.errors: dict[str, str] = {}
+        self.absent: dict[str, str] = {}  # sources with nothing to read on this node
         self.durations: dict[str, float] = {}
         self.server: PrometheusServer | None = None
         self.resolver: Resolver | None = None
@@ -145,11 +164,13 @@ class Agent:
 
     def start(self) -> None:
         if self.sources is None:
-            try:
-                headers = probes.find_kernel_headers(self.settings.kernel_headers)
-                log.info("kernel headers: %s", headers)
-            except probes.ProbeError as e:
-                raise StartupError(str(e)) from None
+            headers = None
+            if set(BPF_PROBES) & set(self.settings.probes):
+                try:
+                    headers = probes.find_kernel_headers(self.settings.kernel_headers)
+                    log.info("kernel headers: %s", headers)
+                except probes.ProbeError as e:
+                    raise StartupError(str(e)) from None
             self.resolver, self.watcher = build_identity(self.settings)
             self.sources = build_sources(self.settings, headers, self.resolver)
         if self.watcher is not None:
@@ -158,9 +179,12 @@ class Agent:
             try:
                 source.start()
                 self.up[source.name] = True
+            except SourceAbsent as e:
+                self.absent[source.name] = str(e)
+                log.info("probe %s absent: %s", source.name, e)
             except Exception as e:
                 self._mark_down(source.name, f"start failed: {e}")
-        if self.sources and not any(self.up.values()):
+        if self.errors and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
         self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
@@ -180,6 +204,8 @@ class Agent:
             for source in self.sources or []:
                 if source.name in self.errors and self.errors[source.name].startswith("start"):
                     continue
+                if source.name in self.absent:
+                    continue
                 started = time.perf_counter()
                 try:
                     families.extend(source.collect())
@@ -196,8 +222,11 @@ class Agent:
         return _merge(families)
 
     def landing(self) -> str:
-        rows = []
+        rows: list[tuple[str, bool | str, str]] = []
         for source in self.sources or []:
+            if source.name in self.absent:
+                rows.append((source.name, "absent", self.absent[source.name]))
+                continue
             detail = self.errors.get(source.name) or source.describe()
             rows.append((source.name, self.up.get(source.name, False), detail))
         return landing_page(__version__, rows)
@@ -222,6 +251,8 @@ class Agent:
             self.server.close()
             self.server = None
         for source in self.sources or []:
+            if source.name in self.absent:
+                continue
             try:
                 source.close()
             except Exception:

@@ -80,6 +80,7 @@ def cmd_diagnose(settings: Settings) -> int:
 def cmd_check(settings: Settings) -> int:
     from exporter.agent import build_sources
     from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
+    from exporter.sources import SourceAbsent
 
     try:
         headers = probes.find_kernel_headers(settings.kernel_headers)
@@ -93,6 +94,8 @@ def cmd_check(settings: Settings) -> int:
         try:
             source.start()
             print(f"OK    {source.name}: {source.describe()}")
+        except SourceAbsent as e:
+            print(f"ABSENT {source.name}: {e}")
         except Exception as e:
             failed += 1
             print(f"FAIL  {source.name}: {e}")

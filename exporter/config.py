@@ -23,7 +23,9 @@ ENV_PREFIX = "ORB8_"
 # Environment variables that are not settings themselves.
 ENV_RESERVED = {"ORB8_CONFIG"}
 
-KNOWN_PROBES = ("syscalls", "network")
+KNOWN_PROBES = ("syscalls", "network", "gpu", "dcgm")
+# gpu and dcgm read devices most nodes lack: enabled where GPUs are.
+DEFAULT_PROBES = ("syscalls", "network")
 
 # Informed by Falco's and Tetragon's default rules: module loading, kexec,
 # BPF, tracing other processes, namespace and mount manipulation, raw I/O,
@@ -188,6 +190,16 @@ def existing_file(value: Any) -> Path | None:
     return path
 
 
+def http_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    url = str(value).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL (e.g. http://localhost:9400/metrics)")
+    return url
+
+
 def node_name(value: Any) -> str:
     name = str(value or "").strip()
     if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
@@ -211,7 +223,7 @@ SETTINGS: tuple[Spec, ...] = (
     Spec(
         "probes",
         probe_list,
-        ",".join(KNOWN_PROBES),
+        ",".join(DEFAULT_PROBES),
         f"comma-separated probes to load (known: {', '.join(KNOWN_PROBES)})",
         "LIST",
     ),
@@ -388,6 +400,28 @@ SETTINGS: tuple[Spec, ...] = (
         "cgroup v2 mount point (default: found in /proc/self/mountinfo)",
         "DIR",
     ),
+    Spec(
+        "gpu_poll_interval",
+        positive_float,
+        10.0,
+        "seconds between background NVML polls and dcgm-exporter scrapes (probes gpu, dcgm)",
+        "SECONDS",
+    ),
+    Spec(
+        "dcgm_url",
+        http_url,
+        "http://localhost:9400/metrics",
+        "the node's dcgm-exporter /metrics, scraped by the dcgm probe",
+        "URL",
+    ),
+    Spec(
+        "pod_resources_socket",
+        optional_path,
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        "kubelet pod-resources gRPC socket: which pod holds which GPU when dcgm-exporter "
+        "does not say",
+        "FILE",
+    ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
@@ -420,6 +454,9 @@ class Settings:
     kernel_headers: Path | None
     bpf_dir: Path | None
     cgroup_root: Path | None
+    gpu_poll_interval: float
+    dcgm_url: str
+    pod_resources_socket: Path | None
     log_level: str
     config_file: Path | None = None
 

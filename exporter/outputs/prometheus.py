@@ -132,9 +132,11 @@ class PrometheusServer:
         self.httpd.server_close()
 
 
-def landing_page(version: str, probes: list[tuple[str, bool, str]]) -> str:
+def landing_page(version: str, probes: list[tuple[str, bool | str, str]]) -> str:
+    """probes: (name, up, detail); a str state (e.g. "absent") is shown as is."""
     rows = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{'up' if up else 'DOWN'}</td>"
+        f"<tr><td>{html.escape(name)}</td>"
+        f"<td>{html.escape(up) if isinstance(up, str) else 'up' if up else 'DOWN'}</td>"
         f"<td>{html.escape(detail)}</td></tr>"
         for name, up, detail in probes
     )

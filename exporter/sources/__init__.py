@@ -25,3 +25,8 @@ class Source(Protocol):
     def describe(self) -> str:
         """One line for logs and the landing page: hook, variant, sizes."""
         ...
+
+
+class SourceAbsent(Exception):
+    """Raised by start() when the thing a source reads is not on this node
+    (e.g. no GPU): the agent lists the source as absent, quietly, not down."""

@@ -6,11 +6,15 @@ import re
 import subprocess
 import sys
 import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ORB8, ROOT, run_workload
+from tests.gpu.dcgm_fixtures import DcgmServer, Gpu, PodResourcesServer, dcgm_text
+from tests.gpu.nvml_fixtures import CAPTURE, UUID, build_fake_nvml, nvml_env
+from tests.helpers import ORB8, ROOT, run_workload, series, wait_for
 from tests.k8s_apiserver import ApiServer, write_kubeconfig
 
 pytestmark = pytest.mark.kernel
@@ -41,9 +45,32 @@ def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload, tm
     server = ApiServer()
     server.start()
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-    exporter = start_exporter("--kubeconfig", str(kubeconfig), "--node-name", "node-a")
+    # Every probe, the GPU ones on the fake NVML and a dcgm-exporter without
+    # pod labels (so pod-resources is asked too).
+    dcgm = DcgmServer(dcgm_text([Gpu(0, UUID)]))
+    pod_resources = PodResourcesServer(Path(f"/tmp/orb8-pr-{uuid.uuid4().hex[:8]}.sock"))
+    pod_resources.allocations = [("ml", "a", "c", "nvidia.com/gpu", [UUID])]
+    exporter = start_exporter(
+        "--kubeconfig",
+        str(kubeconfig),
+        "--node-name",
+        "node-a",
+        "--probes",
+        "syscalls,network,gpu,dcgm",
+        "--dcgm-url",
+        dcgm.url,
+        "--pod-resources-socket",
+        str(pod_resources.socket),
+        "--gpu-poll-interval",
+        "0.3",
+        env=nvml_env(build_fake_nvml(), CAPTURE),
+    )
     run_workload(workload, cgroups.make(), "110:3", "308:2:-1")  # getppid, setns(-1)
+    wait_for(lambda: series(exporter.scrape(), "orb8_dcgm_pod_resources_up"), what="DCGM")
     live = live_families(exporter.url)
+    dcgm.stop()
+    pod_resources.stop()
+    pod_resources.socket.unlink(missing_ok=True)
     documented = catalogue()
     assert len(documented) >= 10
     undocumented = sorted(set(live) - set(documented))

@@ -1,0 +1,27 @@
+"""GPU source: NVML device telemetry and per-container GPU use.
+
+Hook: NVML through pynvml (nvidia-ml-py) -> libnvidia-ml.so.1, polled in a
+background thread every gpu_poll_interval seconds (a full read of an H200
+took ~54 ms); a scrape serves the last poll and never calls NVML.
+
+Metrics: device gauges/counters labelled gpu (index), uuid, model
+(orb8_gpu_device_utilization, orb8_gpu_device_memory_*_bytes, power,
+temperature, energy, clocks, clocks-event reasons, ECC, remapped rows, PCIe,
+XID events), orb8_gpu_info{gpu,uuid,model,driver,sharing}, and per container
+orb8_gpu_memory_used_bytes / orb8_gpu_utilization with namespace, pod,
+container, cgroup, gpu, uuid, gpu_instance: NVML's per-process memory and SM
+samples, pid -> /proc/<pid>/cgroup -> cgroup id -> identity, summed per
+container. Health: orb8_gpu_nvml_errors_total{call,error},
+orb8_gpu_last_poll_timestamp_seconds, orb8_gpu_poll_duration_seconds.
+
+Overhead: one NVML read per interval, off the scrape path.
+Caveats: needs the host PID namespace (NVML reports host pids). Per-process
+SM samples are NVML's own and approximate (see docs/gpu.md). MIG instances
+report memory per process with its GPU instance id; process SM sampling is
+not supported under MIG, which is counted as an NVML error. No NVML library,
+no driver or no GPU: the source is absent (quiet, not down).
+"""
+
+from exporter.sources.gpu.source import GpuSource
+
+__all__ = ["GpuSource"]
