@@ -24,9 +24,10 @@ from exporter.config import Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
+from exporter.outputs.otlp import OtlpConfig, OtlpOutput, health_families
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.sources import Source
-from exporter.sources.exporter_self import identity_families, self_families
+from exporter.sources.exporter_self import identity_families, process_families, self_families
 from exporter.sources.network import NetworkSource
 from exporter.sources.syscalls import SecurityOptions, SyscallSource
 
@@ -131,9 +132,16 @@ def build_sources(
 
 
 class Agent:
-    def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: list[Source] | None = None,
+        otlp: OtlpConfig | None = None,
+    ) -> None:
         self.settings = settings
         self.sources = sources
+        self.otlp_config = otlp
+        self.otlp: OtlpOutput | None = None
         self.up: dict[str, bool] = {}
         self.errors: dict[str, str] = {}
         self.durations: dict[str, float] = {}
@@ -167,6 +175,16 @@ class Agent:
         self.server.start()
         host, port = self.server.address[:2]
         log.info("serving metrics on http://%s:%s/metrics", host, port)
+        if self.otlp_config is not None:
+            # The same collect as a scrape, plus the process_* families the
+            # Prometheus output adds itself.
+            node = self.settings.node_name or (
+                socket.gethostname().lower() if self.watcher is not None else None
+            )
+            self.otlp = OtlpOutput(
+                self.otlp_config, lambda: [*self.collect(), *process_families()], node
+            )
+            self.otlp.start()
 
     def _mark_down(self, name: str, error: str) -> None:
         if self.errors.get(name) != error:
@@ -193,6 +211,7 @@ class Agent:
                 self.durations[source.name] = time.perf_counter() - started
             families.extend(self_families(self.up, self.durations))
             families.extend(identity_families(self.resolver, self.watcher))
+            families.extend(health_families(self.otlp))
         return _merge(families)
 
     def landing(self) -> str:
@@ -216,6 +235,9 @@ class Agent:
             self.close()
 
     def close(self) -> None:
+        if self.otlp is not None:  # before the sources it collects from
+            self.otlp.close()
+            self.otlp = None
         if self.watcher is not None:
             self.watcher.stop()
         if self.server is not None:
