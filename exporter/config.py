@@ -434,8 +434,7 @@ SETTINGS: tuple[Spec, ...] = (
         "otlp_interval",
         optional_positive_float,
         "",
-        "seconds between OTLP pushes (wins over OTEL_METRIC_EXPORT_INTERVAL; empty: that, "
-        "else 30)",
+        "seconds between OTLP pushes (wins over OTEL_METRIC_EXPORT_INTERVAL; empty: that, else 30)",
         "SECONDS",
     ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),

@@ -203,7 +203,9 @@ class HttpReceiver(_Base):
                 if not receiver._accept(request, headers):
                     self._answer(500, b"test receiver told to fail")
                     return
-                self._answer(200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString())
+                self._answer(
+                    200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                )
 
             def _answer(self, code: int, body: bytes) -> None:
                 self.send_response(code)

@@ -484,7 +484,8 @@ class OtlpOutput:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.config.timeout + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.config.timeout + 5)
         try:
             self._exporter.shutdown(timeout_millis=5000)
         except Exception:

@@ -112,7 +112,9 @@ def test_push_matches_metrics_sample_for_sample(
 ):
     receiver = receivers(GrpcReceiver)
     uid, container_id = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex
-    apiserver.add_pod(make_pod("cart", namespace="shop", uid=uid, containers=(("app", container_id),)))
+    apiserver.add_pod(
+        make_pod("cart", namespace="shop", uid=uid, containers=(("app", container_id),))
+    )
     pod_cgroup = cgroups.make(
         f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid.replace('-', '_')}"
         f".slice/cri-containerd-{container_id}.scope"
@@ -256,3 +258,147 @@ def test_table_in_docs_matches_live_output(start_exporter, apiserver, receivers,
         assert rows[name][:2] == (kind, unit), name
         # Empty label values are not sent, so a point may carry fewer keys.
         assert attrs <= set(rows[name][2]), name
+
+
+def exports(exporter, result: str) -> float:
+    return series(exporter.scrape(), "orb8_otlp_exports_total", result=result)
+
+
+def outage_lines(exporter) -> tuple[int, int]:
+    log = exporter.output()
+    return log.count(" failing: "), log.count(" recovered after ")
+
+
+def test_grpc_collector_down_at_start_then_up_then_down_then_unavailable(
+    start_exporter, receivers, cgroups, workload
+):
+    receiver = GrpcReceiver()  # port chosen, nothing listening yet
+    exporter = start_exporter(
+        "--probes",
+        "syscalls",
+        "--otlp-interval",
+        "0.5",
+        env={
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1500",  # ms: retries with backoff end within it
+        },
+    )
+    cgroup = cgroups.make()
+    run_workload(workload, cgroup, f"{GETPPID}:77")
+    wait_for(lambda: exports(exporter, "failure") >= 2, timeout=30, what="failed exports")
+    samples = exporter.scrape()  # /metrics keeps working meanwhile
+    assert series(samples, "orb8_syscalls_total", cgroup="/" + cgroup.name, syscall="getppid") == 77
+    assert series(samples, "orb8_otlp_last_success_timestamp_seconds") == 0
+    assert outage_lines(exporter) == (1, 0), exporter.output()
+
+    receivers_started = receiver.start()
+    wait_for(lambda: exports(exporter, "success") >= 1, timeout=30, what="recovery")
+    assert series(exporter.scrape(), "orb8_otlp_last_success_timestamp_seconds") > 0
+    wait_for(lambda: outage_lines(exporter) == (1, 1), what="one recovery line")
+    export = receiver.wait_for_export(time.time())
+    syscalls = [p for p in export.points if p.metric == "orb8.syscalls"]
+    assert ("orb8.cgroup.path", "/" + cgroup.name) in {a for p in syscalls for a in p.attributes}
+
+    receivers_started.stop()  # goes down mid-run
+    failed = exports(exporter, "failure")
+    wait_for(lambda: exports(exporter, "failure") > failed, timeout=30, what="new failures")
+    assert outage_lines(exporter) == (2, 1)
+
+    receiver.mode = "fail"  # up, but answering UNAVAILABLE
+    receiver.start()
+    attempts = receiver.attempts
+    failed = exports(exporter, "failure")
+    wait_for(lambda: receiver.attempts > attempts + 1, timeout=30, what="retried exports")
+    wait_for(lambda: exports(exporter, "failure") > failed, timeout=30, what="counted failure")
+    assert outage_lines(exporter) == (2, 1)  # still the same outage: no new line
+    receiver.mode = "ok"
+    wait_for(lambda: outage_lines(exporter) == (2, 2), timeout=30, what="second recovery")
+    assert exporter.proc.poll() is None
+    receiver.stop()
+
+
+def test_http_collector_slow_and_500(start_exporter, receivers):
+    receiver = receivers(HttpReceiver)
+    receiver.mode, receiver.delay = "slow", 3.0  # beyond the 1 s timeout below
+    exporter = start_exporter(
+        "--probes",
+        "syscalls",
+        "--otlp-interval",
+        "0.5",
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000",
+            "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cret,x-tenant=team-a",
+        },
+    )
+    wait_for(lambda: exports(exporter, "failure") >= 1, timeout=30, what="timed-out export")
+    # Scrapes go on while a push hangs on the slow collector.
+    for _ in range(5):
+        assert series(exporter.scrape(), "orb8_probe_up", probe="syscalls") == 1
+    receiver.mode = "fail"  # HTTP 500, retried by the exporter, then failed
+    failed = exports(exporter, "failure")
+    wait_for(lambda: exports(exporter, "failure") > failed, timeout=30, what="500 counted")
+    receiver.mode = "ok"
+    wait_for(lambda: exports(exporter, "success") >= 1, timeout=30, what="recovery")
+    export = receiver.wait_for_export(time.time())
+    assert export.headers["authorization"] == "Bearer s3cret"
+    assert export.headers["x-tenant"] == "team-a"
+    assert outage_lines(exporter) == (1, 1), exporter.output()
+    assert exporter.proc.poll() is None
+
+
+def test_delta_temporality_sends_increments(start_exporter, receivers, cgroups, workload):
+    receiver = receivers(HttpReceiver)
+    exporter = start_exporter(
+        "--probes",
+        "syscalls",
+        "--otlp-interval",
+        "1",
+        "--otlp-endpoint",
+        receiver.endpoint,
+        env={"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"},
+    )
+    cgroup = cgroups.make()
+    label = {"orb8.cgroup.path": "/" + cgroup.name, "orb8.syscall": "getppid"}
+
+    def getppid(export) -> list:
+        return [
+            p
+            for p in export.points
+            if p.metric == "orb8.syscalls" and label.items() <= dict(p.attributes).items()
+        ]
+
+    run_workload(workload, cgroup, f"{GETPPID}:500")
+    wait_for(lambda: series(exporter.scrape(), "orb8_syscalls_total", cgroup="/" + cgroup.name))
+    first = receiver.wait_for_export(time.time())
+    run_workload(workload, cgroup, f"{GETPPID}:250")
+    started = time.time()
+    second = receiver.wait_for_export(started)
+    # Every export between the two carries its own increment; together they are exact.
+    total = sum(
+        p.value
+        for stamp, requests in receiver.collections().items()
+        if first.time_ns <= stamp <= second.time_ns
+        for r in requests
+        for p in getppid_points(r, stamp, label)
+    )
+    assert total == 750
+    assert all(p.temporality == 1 for p in getppid(second))  # DELTA
+    assert (
+        series(
+            exporter.scrape(), "orb8_syscalls_total", cgroup="/" + cgroup.name, syscall="getppid"
+        )
+        == 750
+    )
+
+
+def getppid_points(request, stamp: int, label: dict) -> list:
+    return [
+        p
+        for p in request.points()
+        if p.time_ns == stamp
+        and p.metric == "orb8.syscalls"
+        and label.items() <= dict(p.attributes).items()
+    ]
