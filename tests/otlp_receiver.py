@@ -230,3 +230,15 @@ class HttpReceiver(_Base):
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+
+
+if __name__ == "__main__":
+    # A receiver in its own process (the benchmark's collector): prints its
+    # endpoint, serves until stdin closes, then prints how many requests it took.
+    import sys
+
+    receiver = (GrpcReceiver if sys.argv[1] == "grpc" else HttpReceiver)().start()
+    print(receiver.endpoint, flush=True)
+    sys.stdin.read()
+    print(len(receiver.exports()), flush=True)
+    receiver.stop()

@@ -291,6 +291,9 @@ class Converter:
         self._sent_ns = start_ns
         self._pending: dict[tuple[str, tuple[str, ...]], float] = {}
         self._pending_ns = start_ns
+        # Mapped attributes per series, kept for the series of the last export
+        # only: most series repeat from one export to the next.
+        self._attributes: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
 
     def convert(self, families: Iterable[MetricFamily], now_ns: int) -> tuple[Any, int]:
         """(MetricsData, number of points)."""
@@ -307,41 +310,36 @@ class Converter:
         metrics = []
         points = 0
         pending: dict[tuple[str, tuple[str, ...]], float] = {}
+        known, seen = self._attributes, {}
         for family in families:
             if not family.samples:
                 continue
             inst = otlp_names.instrument(family.name)
             data_points = []
-            if family.type == "counter":
-                start = self._sent_ns if self.delta else self.start_ns
-                for values, value in family.samples:
-                    sent = value
-                    if self.delta:
-                        key = (family.name, values)
-                        pending[key] = value
-                        previous = self._sent.get(key, 0)
-                        # A series that went down was reset: its whole value is new.
-                        sent = value - previous if value >= previous else value
-                    data_points.append(
-                        NumberDataPoint(
-                            otlp_names.attributes(family.labels, values),
-                            start,
-                            now_ns,
-                            _number(sent),
-                        )
-                    )
-                data: Any = Sum(data_points, self.sum_temporality, True)
-            else:
-                for values, value in family.samples:
-                    data_points.append(
-                        NumberDataPoint(
-                            otlp_names.attributes(family.labels, values), 0, now_ns, _number(value)
-                        )
-                    )
-                data = Gauge(data_points)
+            is_counter = family.type == "counter"
+            # Gauges carry no start time; counters count from orb8's start
+            # (its kernel maps start at zero) or, as deltas, from the last
+            # export the collector accepted.
+            start = (self._sent_ns if self.delta else self.start_ns) if is_counter else 0
+            for values, value in family.samples:
+                key = (family.name, values)
+                attrs = known.get(key)
+                if attrs is None:
+                    attrs = otlp_names.attributes(family.labels, values)
+                seen[key] = attrs
+                if is_counter and self.delta:
+                    pending[key] = value
+                    previous = self._sent.get(key, 0)
+                    # A series that went down was reset: its whole value is new.
+                    value = value - previous if value >= previous else value
+                data_points.append(NumberDataPoint(attrs, start, now_ns, _number(value)))
+            data: Any = (
+                Sum(data_points, self.sum_temporality, True) if is_counter else Gauge(data_points)
+            )
             points += len(data_points)
             metrics.append(Metric(inst.name, family.help, inst.unit, data))
         self._pending, self._pending_ns = pending, now_ns
+        self._attributes = seen
         scope = ScopeMetrics(self.scope, metrics, "")
         return MetricsData([ResourceMetrics(self.resource, [scope], "")]), points
 
