@@ -197,8 +197,8 @@ def main() -> None:
         f"\n### otlp_export ({datetime.date.today()})\n",
         f"Machine: {cpu}, kernel {platform.release()}, Python {platform.python_version()}. "
         f"{CONTAINERS} containers x {SYSCALLS} syscalls + network, {EXPORTS} exports per "
-        "protocol back to back into the tests' OTLP receiver in its own process, one thread scraping "
-        "/metrics in a loop meanwhile.\n",
+        "protocol back to back into the tests' OTLP receiver in its own process, one "
+        "thread scraping /metrics in a loop meanwhile.\n",
         "| protocol | points (requests) | wall per export (median / max) | CPU per export | "
         "lock held by export (max) | longest scrape wait for the lock | scrape latency "
         "without / with exports (ratio) |",
@@ -207,7 +207,8 @@ def main() -> None:
     for protocol, r in results.items():
         ratio = r["scrape_busy"] / r["scrape_idle"]
         lines.append(
-            f"| {protocol} | {r['points']:,} ({r['requests']:.0f}) | {r['wall_median']:.2f} s / {r['wall_max']:.2f} s | "
+            f"| {protocol} | {r['points']:,} ({r['requests']:.0f}) | "
+            f"{r['wall_median']:.2f} s / {r['wall_max']:.2f} s | "
             f"{r['cpu_median']:.2f} s | {r['hold_max'] * 1000:.0f} ms | "
             f"{r['wait_max'] * 1000:.0f} ms | {r['scrape_idle']:.2f} s / "
             f"{r['scrape_busy']:.2f} s ({ratio:.2f}) |"
