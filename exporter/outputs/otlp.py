@@ -408,6 +408,7 @@ class OtlpOutput:
             build_resource(config, node_name), config.temporality, time.time_ns()
         )
         self._stop = threading.Event()
+        self._closed = self._exporter_closed = False
         self._thread = threading.Thread(target=self._run, name="otlp", daemon=True)
         self._stats_lock = threading.Lock()
         self.exports = {"success": 0, "failure": 0}
@@ -458,6 +459,8 @@ class OtlpOutput:
                 self.last_success = now
                 self.last_points = points
         log.debug("OTLP export: ok=%s points=%d wall=%.3fs cpu=%.3fs", ok, points, wall, cpu)
+        if self._exporter_closed:
+            return  # interrupted by shutdown: not an outage worth a line
         if ok and self._failing_since is not None:
             log.info(
                 "OTLP export to %s recovered after %d failed exports (%.0f s)",
@@ -481,14 +484,29 @@ class OtlpOutput:
         return health_families(self)
 
     def close(self) -> None:
+        """Stop pushing; one last push first when the collector is up (as the SDK's
+        periodic reader does at shutdown), so it gets the final counts."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._thread.is_alive():
+            if self._failing_since is not None:
+                self._shutdown_exporter()  # cut the retries short: it is down anyway
             self._thread.join(timeout=self.config.timeout + 5)
+            if self._failing_since is None and not self._thread.is_alive():
+                self.export_once()
+        self._shutdown_exporter()
+        logging.getLogger("opentelemetry.exporter.otlp").removeHandler(self._complaints)
+
+    def _shutdown_exporter(self) -> None:
+        if self._exporter_closed:
+            return
+        self._exporter_closed = True
         try:
             self._exporter.shutdown(timeout_millis=5000)
         except Exception:
             log.debug("OTLP exporter shutdown failed", exc_info=True)
-        logging.getLogger("opentelemetry.exporter.otlp").removeHandler(self._complaints)
 
 
 def health_families(output: OtlpOutput | None) -> list[MetricFamily]:

@@ -288,3 +288,18 @@ def test_a_push_holds_the_collect_lock_only_for_the_collect(kind):
         release.set()
         output.close()
         receiver.stop()
+
+
+def test_close_pushes_the_last_counts_once():
+    receiver = HttpReceiver().start()
+    try:
+        config = OtlpConfig(receiver.endpoint + "/v1/metrics", "http/protobuf", 3600.0, 10.0)
+        output = OtlpOutput(config, lambda: families(42, 0.0))
+        output.start()
+        output.close()
+        output.close()
+        (export,) = receiver.exports()
+        (point,) = [p for p in export.points() if p.metric == "orb8.syscalls"]
+        assert point.value == 42
+    finally:
+        receiver.stop()
