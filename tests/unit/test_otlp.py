@@ -303,3 +303,23 @@ def test_close_pushes_the_last_counts_once():
         assert point.value == 42
     finally:
         receiver.stop()
+
+
+def test_orb8_otlp_settings_follow_flag_env_yaml(tmp_path):
+    from exporter.config import load_settings
+
+    config = tmp_path / "orb8.yaml"
+    config.write_text(
+        "otlp_endpoint: http://from-yaml:4318\notlp_protocol: grpc\notlp_interval: 12\n"
+    )
+    settings = load_settings(
+        {"config": str(config), "otlp_interval": "7"},
+        environ={"ORB8_OTLP_ENDPOINT": "https://from-env:4317"},
+    )
+    assert (settings.otlp_endpoint, settings.otlp_protocol, settings.otlp_interval) == (
+        "https://from-env:4317",
+        "grpc",
+        7.0,
+    )
+    unset = load_settings({}, environ={})
+    assert (unset.otlp_endpoint, unset.otlp_protocol, unset.otlp_interval) == ("", "", None)
