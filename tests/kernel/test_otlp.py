@@ -372,20 +372,21 @@ def test_delta_temporality_sends_increments(start_exporter, receivers, cgroups, 
 
     run_workload(workload, cgroup, f"{GETPPID}:500")
     wait_for(lambda: series(exporter.scrape(), "orb8_syscalls_total", cgroup="/" + cgroup.name))
-    first = receiver.wait_for_export(time.time())
+    receiver.wait_for_export(time.time())  # an export after the first 500 calls
     run_workload(workload, cgroup, f"{GETPPID}:250")
-    started = time.time()
-    second = receiver.wait_for_export(started)
-    # Every export between the two carries its own increment; together they are exact.
-    total = sum(
+    second = receiver.wait_for_export(time.time())
+    # Each export carries only its own increment (the cgroup is new, so its
+    # series starts at 0); together they add up to the exact count.
+    deltas = [
         p.value
         for stamp, requests in receiver.collections().items()
-        if first.time_ns <= stamp <= second.time_ns
+        if stamp <= second.time_ns
         for r in requests
         for p in getppid_points(r, stamp, label)
-    )
-    assert total == 750
-    assert all(p.temporality == 1 for p in getppid(second))  # DELTA
+    ]
+    assert sum(deltas) == 750
+    assert max(deltas) < 750, deltas  # cumulative points would reach 750
+    assert getppid(second) and all(p.temporality == 1 for p in getppid(second))  # DELTA
     assert (
         series(
             exporter.scrape(), "orb8_syscalls_total", cgroup="/" + cgroup.name, syscall="getppid"
