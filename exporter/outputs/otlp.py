@@ -46,7 +46,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
@@ -349,6 +349,33 @@ class Converter:
             self._sent, self._sent_ns = self._pending, self._pending_ns
 
 
+def split(data: Any, max_points: int) -> Iterator[Any]:
+    """MetricsData in pieces of at most max_points points, metric order kept."""
+    from dataclasses import replace
+
+    (resource_metrics,) = data.resource_metrics
+    (scope_metrics,) = resource_metrics.scope_metrics
+    batch: list[Any] = []
+    size = 0
+
+    def emit() -> Any:
+        scope = replace(scope_metrics, metrics=batch)
+        return replace(data, resource_metrics=[replace(resource_metrics, scope_metrics=[scope])])
+
+    for metric in scope_metrics.metrics:
+        points = list(metric.data.data_points)
+        while points:
+            room = max_points - size
+            part, points = points[:room], points[room:]
+            batch.append(replace(metric, data=replace(metric.data, data_points=part)))
+            size += len(part)
+            if size >= max_points:
+                yield emit()
+                batch, size = [], 0
+    if batch or not scope_metrics.metrics:  # nothing at all: one empty request
+        yield emit()
+
+
 def _number(value: float) -> int | float:
     # Counts are integers in the kernel; send them as OTLP ints when they are.
     if isinstance(value, int) and not isinstance(value, bool):
@@ -378,7 +405,6 @@ def make_exporter(config: OtlpConfig) -> Any:
         "endpoint": config.endpoint,
         "headers": dict(config.headers),
         "timeout": config.timeout,
-        "max_export_batch_size": MAX_POINTS_PER_REQUEST,
     }
     if config.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -439,8 +465,14 @@ class OtlpOutput:
         try:
             families = list(self._collect())  # the only part under the agent's lock
             data, points = self._converter.convert(families, time.time_ns())
-            ok = self._exporter.export(data, timeout_millis=self.config.timeout * 1000)
-            ok = getattr(ok, "name", ok) == "SUCCESS"
+            # Batches in order; the first failure ends the push (the rest
+            # would only wait out the same timeout against the same collector).
+            ok = True
+            for batch in split(data, MAX_POINTS_PER_REQUEST):
+                result = self._exporter.export(batch, timeout_millis=self.config.timeout * 1000)
+                ok = getattr(result, "name", result) == "SUCCESS"
+                if not ok:
+                    break
             error = self._complaints.message or "export failed"
         except Exception as e:  # never let the push thread die
             log.debug("OTLP export raised", exc_info=True)

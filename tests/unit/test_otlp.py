@@ -10,7 +10,14 @@ import pytest
 
 from exporter.model import counter, gauge
 from exporter.outputs import otlp_names
-from exporter.outputs.otlp import Converter, OtlpConfig, OtlpOutput, OtlpSettingError, resolve
+from exporter.outputs.otlp import (
+    Converter,
+    OtlpConfig,
+    OtlpOutput,
+    OtlpSettingError,
+    resolve,
+    split,
+)
 from tests.helpers import ORB8, ROOT
 from tests.otlp_receiver import GrpcReceiver, HttpReceiver
 
@@ -323,3 +330,35 @@ def test_orb8_otlp_settings_follow_flag_env_yaml(tmp_path):
     )
     unset = load_settings({}, environ={})
     assert (unset.otlp_endpoint, unset.otlp_protocol, unset.otlp_interval) == ("", "", None)
+
+
+def test_big_exports_are_split_in_order_without_losing_a_point():
+    big = counter("orb8_syscalls_total", "calls", ("cgroup", "syscall"))
+    for i in range(12_000):
+        big.add((f"/c{i}", "read"), i)
+    small = gauge("orb8_probe_up", "up", ("probe",))
+    small.add(("syscalls",), 1)
+    other = counter("orb8_tcp_retransmits_total", "r", ("cgroup",))
+    for i in range(5_000):
+        other.add((f"/c{i}",), i)
+    data, points = Converter(None, "cumulative", 0).convert([big, small, other], 1)
+    batches = list(split(data, 8000))
+    sizes = [
+        sum(len(m.data.data_points) for m in b.resource_metrics[0].scope_metrics[0].metrics)
+        for b in batches
+    ]
+    assert sizes == [8000, 8000, 1001] and points == 17_001
+    flat = [
+        (m.name, dict(p.attributes).get("orb8.cgroup.path"), p.value)
+        for b in batches
+        for m in b.resource_metrics[0].scope_metrics[0].metrics
+        for p in m.data.data_points
+    ]
+    whole = [
+        (m.name, dict(p.attributes).get("orb8.cgroup.path"), p.value)
+        for m in data.resource_metrics[0].scope_metrics[0].metrics
+        for p in m.data.data_points
+    ]
+    assert flat == whole
+    empty, _ = Converter(None, "cumulative", 0).convert([], 1)
+    assert len(list(split(empty, 8000))) == 1
