@@ -98,7 +98,7 @@ HEADER_KEY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 def check_endpoint(value: str, setting: str) -> str:
     url = urlparse(value.strip())
     try:
-        port = url.port
+        url.port  # noqa: B018 - parsing it is the check
     except ValueError:
         raise OtlpSettingError(f"invalid {setting}: {value!r} has a bad port") from None
     if url.scheme not in ("http", "https") or not url.hostname:
@@ -106,7 +106,6 @@ def check_endpoint(value: str, setting: str) -> str:
             f"invalid {setting}: {value!r} is not an http:// or https:// URL "
             "(e.g. http://otel-collector:4317)"
         )
-    del port
     return value.strip()
 
 
@@ -122,19 +121,23 @@ def check_protocol(value: str, setting: str) -> str:
 
 def parse_headers(value: str, setting: str) -> dict[str, str]:
     """W3C-baggage-like `key=value,key2=value2`, values URL-encoded (the spec's format)."""
+    # Errors never echo a value: headers carry credentials.
     headers: dict[str, str] = {}
-    for item in value.split(","):
+    for number, item in enumerate(value.split(","), 1):
         if not item.strip():
             continue
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not HEADER_KEY.fullmatch(key):
             raise OtlpSettingError(
-                f"invalid {setting}: {item.strip()!r} is not key=value with a header name as key"
+                f"invalid {setting}: entry {number} is not key=value with a header name as key "
+                "(values are not shown)"
             )
         decoded = unquote(raw.strip())
         if any(c in decoded for c in "\r\n\0"):
-            raise OtlpSettingError(f"invalid {setting}: the value of {key!r} has a line break")
+            raise OtlpSettingError(
+                f"invalid {setting}: the value of {key!r} has a line break or NUL"
+            )
         headers[key.lower()] = decoded  # gRPC metadata keys must be lower case
     return headers
 

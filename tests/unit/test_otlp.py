@@ -312,6 +312,13 @@ def test_close_pushes_the_last_counts_once():
         receiver.stop()
 
 
+def test_header_errors_do_not_echo_secrets():
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "x-a=1,Authorization Bearer s3cret"}
+    with pytest.raises(OtlpSettingError) as error:
+        resolve("http://c:4318", "", None, env)
+    assert "entry 2" in str(error.value) and "s3cret" not in str(error.value)
+
+
 def test_orb8_otlp_settings_follow_flag_env_yaml(tmp_path):
     from exporter.config import load_settings
 
