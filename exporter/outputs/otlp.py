@@ -196,9 +196,9 @@ def resolve(
     # Validate every variable that is set, even when the output stays off:
     # a typo should not wait for the day someone sets the endpoint.
     headers: dict[str, str] = {}
-    for name in (gen + "HEADERS", sig + "HEADERS"):  # the signal-specific one wins
+    for name in (gen + "HEADERS", sig + "HEADERS"):  # the signal-specific one replaces
         if env.get(name, "").strip():
-            headers.update(parse_headers(env[name], name))
+            headers = parse_headers(env[name], name)
     timeout = DEFAULT_TIMEOUT
     if found := _first(env, sig + "TIMEOUT", gen + "TIMEOUT"):
         timeout = milliseconds(found[1], found[0])

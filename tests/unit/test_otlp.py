@@ -116,7 +116,7 @@ def test_standard_variables_are_honoured():
         "https://metrics:4318/custom/path",
         "http/protobuf",
     )
-    assert config.headers == {"a": "1", "b": "3", "api-key": "x,y"}
+    assert config.headers == {"b": "3", "api-key": "x,y"}  # replaces, as in the SDK
     assert (config.timeout, config.interval, config.temporality) == (2.5, 15.0, "delta")
     assert config.resource == {"team": "core", "service.name": "orb8-prod"}
 
