@@ -181,9 +181,13 @@ class Agent:
             node = self.settings.node_name or (
                 socket.gethostname().lower() if self.watcher is not None else None
             )
-            self.otlp = OtlpOutput(
-                self.otlp_config, lambda: [*self.collect(), *process_families()], node
-            )
+            try:
+                self.otlp = OtlpOutput(
+                    self.otlp_config, lambda: [*self.collect(), *process_families()], node
+                )
+            except Exception as e:  # e.g. a certificate the SDK cannot load
+                self.close()
+                raise StartupError(f"OTLP output: {e}") from None
             self.otlp.start()
 
     def _mark_down(self, name: str, error: str) -> None:
