@@ -13,6 +13,7 @@ every request they accepted, and can be told to fail (UNAVAILABLE / HTTP
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 import time
 import zlib
@@ -86,8 +87,19 @@ def _value(any_value) -> str:
     return str(getattr(any_value, kind)) if kind else ""
 
 
+@dataclass(frozen=True)
+class Tls:
+    """Server certificate and key (PEM files); client_ca set: clients must present
+    a certificate it signed (mutual TLS)."""
+
+    certificate: str
+    key: str
+    client_ca: str | None = None
+
+
 class _Base:
-    def __init__(self) -> None:
+    def __init__(self, tls: Tls | None = None) -> None:
+        self.tls = tls
         self.port = free_port()
         self.received: list[Received] = []
         self.mode = "ok"  # ok | fail | slow
@@ -145,10 +157,16 @@ class Export:
     headers: dict[str, str]
 
 
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class GrpcReceiver(_Base):
-    def __init__(self) -> None:
-        super().__init__()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, tls: Tls | None = None) -> None:
+        super().__init__(tls)
+        scheme, host = ("https", "localhost") if tls else ("http", "127.0.0.1")
+        self.endpoint = f"{scheme}://{host}:{self.port}"
         self._server: grpc.Server | None = None
 
     def start(self) -> GrpcReceiver:
@@ -166,7 +184,15 @@ class GrpcReceiver(_Base):
             options=[("grpc.so_reuseport", 0)],
         )
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Service(), server)
-        server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls is None:
+            server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(read(self.tls.key), read(self.tls.certificate))],
+                root_certificates=read(self.tls.client_ca) if self.tls.client_ca else None,
+                require_client_auth=self.tls.client_ca is not None,
+            )
+            server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
         server.start()
         self._server = server
         return self
@@ -178,9 +204,10 @@ class GrpcReceiver(_Base):
 
 
 class HttpReceiver(_Base):
-    def __init__(self) -> None:
-        super().__init__()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, tls: Tls | None = None) -> None:
+        super().__init__(tls)
+        scheme, host = ("https", "localhost") if tls else ("http", "127.0.0.1")
+        self.endpoint = f"{scheme}://{host}:{self.port}"
         self._httpd: ThreadingHTTPServer | None = None
 
     def start(self) -> HttpReceiver:
@@ -222,6 +249,13 @@ class HttpReceiver(_Base):
             allow_reuse_address = True
 
         self._httpd = Server(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.certificate, self.tls.key)
+            if self.tls.client_ca:
+                context.load_verify_locations(self.tls.client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 

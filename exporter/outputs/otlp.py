@@ -30,9 +30,9 @@ Settings and their precedence (first wins), resolved by resolve():
 - timeout: OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT
   (milliseconds, as the specification says), 10 s.
 - headers: OTEL_EXPORTER_OTLP_METRICS_HEADERS, OTEL_EXPORTER_OTLP_HEADERS.
-- TLS: OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE, _CLIENT_KEY,
-  _CLIENT_CERTIFICATE, _INSECURE and _COMPRESSION are read by the SDK
-  exporter itself; orb8 only checks the files exist.
+- TLS: OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE, _CLIENT_KEY and
+  _CLIENT_CERTIFICATE (PEM files, checked at start); https:// endpoints use
+  TLS. _INSECURE and _COMPRESSION are read by the SDK exporter itself.
 - resource: orb8's attributes, overridden by OTEL_RESOURCE_ATTRIBUTES, then
   OTEL_SERVICE_NAME.
 """
@@ -82,6 +82,9 @@ class OtlpConfig:
     headers: dict[str, str] = field(default_factory=dict)
     temporality: Temporality = "cumulative"
     resource: dict[str, str] = field(default_factory=dict)  # from OTEL_RESOURCE_ATTRIBUTES etc.
+    certificate: str | None = None  # CA bundle to trust (PEM)
+    client_key: str | None = None  # mTLS
+    client_certificate: str | None = None
 
     def describe(self) -> str:
         return (
@@ -202,11 +205,14 @@ def resolve(
     timeout = DEFAULT_TIMEOUT
     if found := _first(env, sig + "TIMEOUT", gen + "TIMEOUT"):
         timeout = milliseconds(found[1], found[0])
+    tls: dict[str, str | None] = {}
     for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
         for var in (sig + name, gen + name):
             path = env.get(var, "").strip()
-            if path and not os.path.isfile(path):
+            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
                 raise OtlpSettingError(f"invalid {var}: {path} is not a readable file")
+        found = _first(env, sig + name, gen + name)
+        tls[name.lower()] = found[1] if found else None
     for var in (sig + "COMPRESSION", gen + "COMPRESSION"):
         value = env.get(var, "").strip().lower()
         allowed = ("gzip", "none") if proto == "grpc" else ("gzip", "deflate", "none")
@@ -249,7 +255,7 @@ def resolve(
         return None
     if proto == "http/protobuf" and generic:
         url = url.rstrip("/") + "/v1/metrics"
-    return OtlpConfig(url, proto, period, timeout, headers, temporality, resource)
+    return OtlpConfig(url, proto, period, timeout, headers, temporality, resource, **tls)
 
 
 # --- the model mapped to OTLP ---------------------------------------------------
@@ -404,20 +410,62 @@ class _LastMessage(logging.Handler):
 
 
 def make_exporter(config: OtlpConfig) -> Any:
+    """The SDK exporter, given every setting explicitly (resolve() already applied
+    the OTEL_* variables and orb8's precedence)."""
     kwargs: dict[str, Any] = {
         "endpoint": config.endpoint,
         "headers": dict(config.headers),
         "timeout": config.timeout,
     }
     if config.protocol == "grpc":
+        import grpc
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
+        if config.endpoint.startswith("https://") and config.certificate:
+            kwargs["credentials"] = grpc.ssl_channel_credentials(
+                root_certificates=_read(config.certificate),
+                private_key=_read(config.client_key) if config.client_key else None,
+                certificate_chain=(
+                    _read(config.client_certificate) if config.client_certificate else None
+                ),
+            )
         return OTLPMetricExporter(**kwargs)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpExporter,
     )
 
-    return HttpExporter(**kwargs)
+    if config.certificate:
+        kwargs["session"] = _session_trusting_the_configured_ca()
+    return HttpExporter(
+        **kwargs,
+        certificate_file=config.certificate,
+        client_key_file=config.client_key,
+        client_certificate_file=config.client_certificate,
+    )
+
+
+def _session_trusting_the_configured_ca() -> Any:
+    """A requests Session whose CA file beats REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
+
+    The SDK puts OTEL_EXPORTER_OTLP_CERTIFICATE in session.verify, but requests
+    lets those variables override session.verify (psf/requests#3829): in an
+    image that sets them (many do), the collector's CA would be ignored.
+    """
+    import requests
+
+    class Session(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> Any:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            if isinstance(self.verify, str):
+                settings["verify"] = self.verify
+            return settings
+
+    return Session()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class OtlpOutput:

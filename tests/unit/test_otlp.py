@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,7 @@ from exporter.outputs.otlp import (
     split,
 )
 from tests.helpers import ORB8, ROOT
-from tests.otlp_receiver import GrpcReceiver, HttpReceiver
+from tests.otlp_receiver import GrpcReceiver, HttpReceiver, Tls
 
 
 def catalogue() -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -369,3 +370,51 @@ def test_big_exports_are_split_in_order_without_losing_a_point():
     assert flat == whole
     empty, _ = Converter(None, "cumulative", 0).convert([], 1)
     assert len(list(split(empty, 8000))) == 1
+
+
+def self_signed(directory, name: str):
+    certificate, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={name}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(certificate),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return str(certificate), str(key)
+
+
+@pytest.mark.parametrize("kind", [GrpcReceiver, HttpReceiver])
+def test_mutual_tls_from_the_standard_variables(kind, tmp_path):
+    """OTEL_EXPORTER_OTLP_CERTIFICATE / _CLIENT_KEY / _CLIENT_CERTIFICATE reach the exporter."""
+    server_cert, server_key = self_signed(tmp_path, "localhost")
+    client_cert, client_key = self_signed(tmp_path, "orb8-client")
+    receiver = kind(Tls(server_cert, server_key, client_ca=client_cert)).start()
+    protocol = "grpc" if kind is GrpcReceiver else "http/protobuf"
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": server_cert,
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY": client_key,
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE": client_cert,
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "5000",
+    }
+    config = resolve(None, "", None, env)
+    assert config is not None and config.certificate == server_cert
+    output = OtlpOutput(config, lambda: families(5, 0.0))
+    try:
+        assert output.export_once()
+        (export,) = receiver.exports()
+        assert [p.value for p in export.points() if p.metric == "orb8.syscalls"] == [5]
+        # Without the client certificate the collector refuses the push.
+        anonymous = replace(config, client_key=None, client_certificate=None)
+        refused = OtlpOutput(anonymous, lambda: families(5, 0.0))
+        assert not refused.export_once()
+        assert refused.exports == {"success": 0, "failure": 1}
+        refused.close()
+    finally:
+        output.close()
+        receiver.stop()
