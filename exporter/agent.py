@@ -24,9 +24,10 @@ from exporter.config import Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
+from exporter.outputs.otlp import OtlpConfig, OtlpOutput, health_families
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.sources import Source, SourceAbsent
-from exporter.sources.exporter_self import identity_families, self_families
+from exporter.sources.exporter_self import identity_families, process_families, self_families
 from exporter.sources.network import NetworkSource
 from exporter.sources.syscalls import SecurityOptions, SyscallSource
 
@@ -149,9 +150,16 @@ BPF_PROBES = ("syscalls", "network")
 
 
 class Agent:
-    def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sources: list[Source] | None = None,
+        otlp: OtlpConfig | None = None,
+    ) -> None:
         self.settings = settings
         self.sources = sources
+        self.otlp_config = otlp
+        self.otlp: OtlpOutput | None = None
         self.up: dict[str, bool] = {}
         self.errors: dict[str, str] = {}
         self.absent: dict[str, str] = {}  # sources with nothing to read on this node
@@ -191,6 +199,20 @@ class Agent:
         self.server.start()
         host, port = self.server.address[:2]
         log.info("serving metrics on http://%s:%s/metrics", host, port)
+        if self.otlp_config is not None:
+            # The same collect as a scrape, plus the process_* families the
+            # Prometheus output adds itself.
+            node = self.settings.node_name or (
+                socket.gethostname().lower() if self.watcher is not None else None
+            )
+            try:
+                self.otlp = OtlpOutput(
+                    self.otlp_config, lambda: [*self.collect(), *process_families()], node
+                )
+            except Exception as e:  # e.g. a certificate the SDK cannot load
+                self.close()
+                raise StartupError(f"OTLP output: {e}") from None
+            self.otlp.start()
 
     def _mark_down(self, name: str, error: str) -> None:
         if self.errors.get(name) != error:
@@ -219,6 +241,7 @@ class Agent:
                 self.durations[source.name] = time.perf_counter() - started
             families.extend(self_families(self.up, self.durations))
             families.extend(identity_families(self.resolver, self.watcher))
+            families.extend(health_families(self.otlp))
         return _merge(families)
 
     def landing(self) -> str:
@@ -245,6 +268,9 @@ class Agent:
             self.close()
 
     def close(self) -> None:
+        if self.otlp is not None:  # before the sources it collects from
+            self.otlp.close()
+            self.otlp = None
         if self.watcher is not None:
             self.watcher.stop()
         if self.server is not None:

@@ -55,11 +55,17 @@ def setup_logging(level: str) -> None:
 
 def cmd_run(settings: Settings) -> int:
     from exporter.agent import Agent, StartupError
+    from exporter.outputs.otlp import OtlpSettingError, resolve
 
+    try:  # orb8's otlp_* settings merged with the OTEL_* environment
+        otlp = resolve(settings.otlp_endpoint, settings.otlp_protocol, settings.otlp_interval)
+    except OtlpSettingError as e:
+        print(f"orb8: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     log = logging.getLogger("orb8")
     log.info("orb8 %s starting on kernel %s", __version__, platform.release())
     try:
-        Agent(settings).run()
+        Agent(settings, otlp=otlp).run()
     except StartupError as e:
         log.error("cannot start: %s", e)
         return 1

@@ -207,6 +207,31 @@ def node_name(value: Any) -> str:
     return name
 
 
+def otlp_endpoint(value: Any) -> str:
+    from exporter.outputs.otlp import OtlpSettingError, check_endpoint
+
+    text = str(value or "").strip()
+    if not text:
+        return ""
+    try:
+        return check_endpoint(text, "endpoint")
+    except OtlpSettingError as e:
+        raise ValueError(str(e).removeprefix("invalid endpoint: ")) from None
+
+
+def otlp_protocol(value: Any) -> str:
+    from exporter.outputs.otlp import PROTOCOLS
+
+    text = str(value or "").strip().lower()
+    if text and text not in PROTOCOLS:
+        raise ValueError(f"{value!r} is not one of {', '.join(PROTOCOLS)}")
+    return text
+
+
+def optional_positive_float(value: Any) -> float | None:
+    return None if value in (None, "") else positive_float(value)
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -422,6 +447,30 @@ SETTINGS: tuple[Spec, ...] = (
         "does not say",
         "FILE",
     ),
+    Spec(
+        "otlp_endpoint",
+        otlp_endpoint,
+        "",
+        "OpenTelemetry collector to push every /metrics family to over OTLP, e.g. "
+        "http://otel-collector:4318 (wins over OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT; "
+        "no endpoint anywhere: no push)",
+        "URL",
+    ),
+    Spec(
+        "otlp_protocol",
+        otlp_protocol,
+        "",
+        "grpc or http/protobuf (wins over OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL; "
+        "empty: those, else http/protobuf)",
+        "PROTOCOL",
+    ),
+    Spec(
+        "otlp_interval",
+        optional_positive_float,
+        "",
+        "seconds between OTLP pushes (wins over OTEL_METRIC_EXPORT_INTERVAL; empty: that, else 30)",
+        "SECONDS",
+    ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
@@ -458,6 +507,9 @@ class Settings:
     dcgm_url: str
     pod_resources_socket: Path | None
     log_level: str
+    otlp_endpoint: str = ""
+    otlp_protocol: str = ""
+    otlp_interval: float | None = None
     config_file: Path | None = None
 
 

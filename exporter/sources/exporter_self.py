@@ -43,6 +43,29 @@ def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> 
     return [build, up, duration]
 
 
+_process = None
+
+
+def process_families() -> list[MetricFamily]:
+    """process_* as the Prometheus output's ProcessCollector renders them, for OTLP."""
+    global _process
+    from prometheus_client import ProcessCollector
+
+    if _process is None:
+        _process = ProcessCollector(registry=None)
+    families = []
+    for metric in _process.collect():
+        if metric.type == "counter":
+            family = counter(metric.name + "_total", metric.documentation)
+        else:
+            family = gauge(metric.name, metric.documentation)
+        for sample in metric.samples:
+            if sample.name == family.name:
+                family.add((), sample.value)
+        families.append(family)
+    return families
+
+
 def identity_families(resolver: Resolver | None, watcher: PodWatcher | None) -> list[MetricFamily]:
     families = []
     if resolver is not None:
