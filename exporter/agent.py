@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__, probes
-from exporter.config import Settings
+from exporter.config import ConfigError, Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
@@ -143,7 +143,22 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
+    def bind(self) -> None:
+        """Bind the HTTP socket. First of all: an unusable --listen (unresolvable, not
+        local, in use) is a configuration error, reported before seconds of probe
+        compilation; scrapers meanwhile wait in the listen backlog."""
+        try:
+            self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
+        except OSError as e:
+            raise ConfigError(
+                f"invalid listen ({self.settings.listen}): cannot listen there: "
+                f"{e.strerror or e}"
+            ) from None
+
     def start(self) -> None:
+        if self.server is None:
+            self.bind()
+        assert self.server is not None
         if self.sources is None:
             try:
                 headers = probes.find_kernel_headers(self.settings.kernel_headers)
@@ -163,7 +178,6 @@ class Agent:
         if self.sources and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
-        self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
         self.server.start()
         host, port = self.server.address[:2]
         log.info("serving metrics on http://%s:%s/metrics", host, port)

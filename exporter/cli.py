@@ -57,9 +57,14 @@ def cmd_run(settings: Settings) -> int:
     from exporter.agent import Agent, StartupError
 
     log = logging.getLogger("orb8")
-    log.info("orb8 %s starting on kernel %s", __version__, platform.release())
+    agent = Agent(settings)
     try:
-        Agent(settings).run()
+        agent.bind()
+        log.info("orb8 %s starting on kernel %s", __version__, platform.release())
+        agent.run()
+    except ConfigError as e:
+        print(f"orb8: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except StartupError as e:
         log.error("cannot start: %s", e)
         return 1
