@@ -151,8 +151,7 @@ class Agent:
             self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
         except OSError as e:
             raise ConfigError(
-                f"invalid listen ({self.settings.listen}): cannot listen there: "
-                f"{e.strerror or e}"
+                f"invalid listen ({self.settings.listen}): cannot listen there: {e.strerror or e}"
             ) from None
 
     def start(self) -> None:
