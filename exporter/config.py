@@ -54,6 +54,7 @@ MAX_MAP_ENTRIES = 1 << 24
 MAX_SECONDS = 7 * 24 * 3600.0
 CONFIG_FILE_MAX_BYTES = 1 * MIB
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -222,6 +223,13 @@ def log_level(value: Any) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
+
+
+def log_format(value: Any) -> str:
+    text = value.lower() if isinstance(value, str) else ""
+    if text not in LOG_FORMATS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_FORMATS)}")
+    return text
 
 
 def optional_path(value: Any) -> Path | None:
@@ -464,6 +472,13 @@ SETTINGS: tuple[Spec, ...] = (
         "DIR",
     ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+    Spec(
+        "log_format",
+        log_format,
+        "text",
+        "text (one line per event) or json (one JSON object per line, for log pipelines)",
+        "FORMAT",
+    ),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -496,6 +511,7 @@ class Settings:
     bpf_dir: Path | None
     cgroup_root: Path | None
     log_level: str
+    log_format: str
     config_file: Path | None = None
 
 
