@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orb8 {__version__} (kernel {platform.release()})")
         return 0
     try:
-        settings = load_settings(vars(args))
+        settings = load_settings(vars(args), check_paths=args.command != "diagnose")
     except ConfigError as e:
         print(f"orb8: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -581,9 +581,14 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_settings(
-    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    check_paths: bool = True,
 ) -> Settings:
-    """Merge flags, environment and YAML into a validated Settings."""
+    """Merge flags, environment and YAML into a validated Settings.
+
+    check_paths=False leaves directories unchecked, for `orb8 diagnose`, whose
+    job is to report a missing kernel headers or cgroup directory itself."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     environ = os.environ if environ is None else environ
 
@@ -628,8 +633,11 @@ def load_settings(
             raw, source = file_values[spec.name], f"config file {config_path} key {spec.name}"
         else:
             raw, source = spec.default, "default"
+        parse = spec.parse
+        if not check_paths and parse in (existing_dir, cgroup2_root):
+            parse = optional_path
         try:
-            values[spec.name] = spec.parse(raw)
+            values[spec.name] = parse(raw)
         except (ValueError, TypeError) as e:
             message = " ".join(str(e).split())[:300]  # one line, whatever the input was
             raise ConfigError(f"invalid {spec.name} ({source}): {message}") from None
