@@ -135,8 +135,11 @@ def build_sources(
 
 
 class Agent:
-    def __init__(self, settings: Settings, sources: list[Source] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sources: list[Source] | None = None, banner: str = ""
+    ) -> None:
         self.settings = settings
+        self.banner = banner
         self.sources = sources
         self.up: dict[str, bool] = {}
         self.errors: dict[str, str] = {}
@@ -237,6 +240,8 @@ class Agent:
         compiles), serve, do housekeeping, and shut down cleanly from any phase."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        if self.banner:
+            log.info("%s", self.banner)
         threading.Thread(target=self._start_thread, name="start-up", daemon=True).start()
         self._stop.wait()
         if self._start_error is not None:

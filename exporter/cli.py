@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # python -m exporter.cli: a clean SIGTERM even during imports
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
 import argparse
 import logging
 import platform
-import signal
-import sys
 from typing import Any
 
 from exporter import __version__
@@ -46,10 +50,9 @@ def cmd_run(settings: Settings) -> int:
     from exporter.agent import Agent, StartupError
 
     log = logging.getLogger("orb8")
-    agent = Agent(settings)
+    agent = Agent(settings, banner=f"orb8 {__version__} starting on kernel {platform.release()}")
     try:
         agent.bind()
-        log.info("orb8 %s starting on kernel %s", __version__, platform.release())
         agent.run()
     except ConfigError as e:
         print(f"orb8: configuration error: {e}", file=sys.stderr)

@@ -35,7 +35,10 @@ def test_sigterm_during_start_up_exits_0_at_once():
     assert "starting" in first["message"]  # now the probes are being compiled
     code, entries = finish(proc)
     assert code == 0, entries
-    assert any("during start-up" in e.get("message", "") for e in entries), entries
+    # Usually still compiling ("stopped during start-up"); on a fast machine it may
+    # have finished just before the signal ("detaching probes"): both are clean.
+    said = " ".join(e.get("message", "") for e in entries)
+    assert "during start-up" in said or "detaching probes" in said, entries
 
 
 def test_sigterm_right_after_exec_exits_0():
@@ -48,11 +51,11 @@ def test_sigterm_right_after_exec_exits_0():
 def test_sigterm_while_serving_exits_0_and_every_line_is_json():
     proc = spawn("--probes", "syscalls")
     assert proc.stderr is not None
-    while "serving metrics" not in json.loads(proc.stderr.readline())["message"]:
+    while "serving metrics" not in json.loads(proc.stderr.readline()).get("message", ""):
         pass
     code, entries = finish(proc)
     assert code == 0, entries
-    assert any("detaching probes" in e["message"] for e in entries)
+    assert any("detaching probes" in e.get("message", "") for e in entries)
 
 
 def test_removed_cgroups_retire_without_any_scrape(start_exporter, cgroups, cgroup2_root, workload):
