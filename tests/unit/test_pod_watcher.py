@@ -349,7 +349,7 @@ def test_parse_pod_rejects_wrongly_typed_fields(index):
         parse_pod(_malformed_pods()[index])
 
 
-def test_malformed_pods_are_skipped_and_counted_and_nothing_else_stops(server, start_watcher):
+def test_malformed_pods_are_passed_over_and_counted_and_nothing_else_stops(server, start_watcher):
     from exporter.sources.exporter_self import identity_families
 
     server.add_pod(make_pod("good", uid="u-good"))
@@ -359,7 +359,7 @@ def test_malformed_pods_are_skipped_and_counted_and_nothing_else_stops(server, s
     assert set(watcher.pods) == {"u-good"}
     assert watcher.health.malformed_events == 3
     assert server.wait_watches(1)
-    # A watch event with a malformed pod: skipped, counted, the stream goes on.
+    # A watch event with a malformed pod: passed over, counted, the stream goes on.
     good = server.pods()[[p["metadata"].get("uid") for p in server.pods()].index("u-good")]
     good["status"]["containerStatuses"] = ["oops"]
     server.update_pod(good)
