@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__, probes
-from exporter.config import Settings
+from exporter.config import ConfigError, Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 class StartupError(RuntimeError):
     pass
+
+
+STARTUP_STOP_WAIT = 0.5  # on SIGTERM, how long a start-up step may still take to finish
+BASELINE_SAVE_INTERVAL = 60.0
 
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -155,8 +159,10 @@ class Agent:
         settings: Settings,
         sources: list[Source] | None = None,
         otlp: OtlpConfig | None = None,
+        banner: str = "",
     ) -> None:
         self.settings = settings
+        self.banner = banner
         self.sources = sources
         self.otlp_config = otlp
         self.otlp: OtlpOutput | None = None
@@ -169,8 +175,27 @@ class Agent:
         self.watcher: PodWatcher | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._started: list[Source] = []  # sources whose start() returned
+        self._abandon = False  # SIGTERM during start-up: start nothing more
+        self._closed = False
+        self._start_error: BaseException | None = None
+        self._start_done = threading.Event()
+
+    def bind(self) -> None:
+        """Bind the HTTP socket. First of all: an unusable --listen (unresolvable, not
+        local, in use) is a configuration error, reported before seconds of probe
+        compilation; scrapers meanwhile wait in the listen backlog."""
+        try:
+            self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
+        except OSError as e:
+            raise ConfigError(
+                f"invalid listen ({self.settings.listen}): cannot listen there: {e.strerror or e}"
+            ) from None
 
     def start(self) -> None:
+        if self.server is None:
+            self.bind()
+        assert self.server is not None
         if self.sources is None:
             headers = None
             if set(BPF_PROBES) & set(self.settings.probes):
@@ -184,8 +209,11 @@ class Agent:
         if self.watcher is not None:
             self.watcher.start()
         for source in self.sources:
+            if self._abandon:
+                return
             try:
                 source.start()
+                self._started.append(source)
                 self.up[source.name] = True
             except SourceAbsent as e:
                 self.absent[source.name] = str(e)
@@ -195,7 +223,6 @@ class Agent:
         if self.errors and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
-        self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
         self.server.start()
         host, port = self.server.address[:2]
         log.info("serving metrics on http://%s:%s/metrics", host, port)
@@ -223,6 +250,8 @@ class Agent:
     def collect(self) -> list[MetricFamily]:
         families: list[MetricFamily] = []
         with self._lock:  # concurrent scrapes would race on source state
+            if self._closed:
+                return []
             for source in self.sources or []:
                 if source.name in self.errors and self.errors[source.name].startswith("start"):
                     continue
@@ -258,14 +287,76 @@ class Agent:
         self._stop.set()
 
     def run(self) -> None:
+        """Start (in a thread, so that SIGTERM is answered at once even while BCC
+        compiles), serve, do housekeeping, and shut down cleanly from any phase."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self.start()
+        if self.banner:
+            log.info("%s", self.banner)
+        threading.Thread(target=self._start_thread, name="start-up", daemon=True).start()
+        self._stop.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        if not self._start_done.wait(STARTUP_STOP_WAIT):
+            self._exit_during_startup()
+        log.info("shutting down: detaching probes")
+        self.close()
+
+    def _start_thread(self) -> None:
         try:
-            self._stop.wait()
+            self.start()
+        except BaseException as e:
+            self._start_error = e
+            self._stop.set()
+            return
         finally:
-            log.info("shutting down: detaching probes")
-            self.close()
+            self._start_done.set()
+        if not self._abandon:
+            self._housekeeping()
+
+    def _exit_during_startup(self) -> None:
+        """SIGTERM while a probe is still compiling (a C call that cannot be
+        interrupted): detach what is attached, and leave without waiting for the
+        compile. A program being compiled is not attached to anything yet."""
+        self._abandon = True
+        log.info("stopped during start-up: detaching the probes started so far")
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.server is not None:
+            self.server.close()
+        for source in list(self._started):
+            try:
+                source.close()
+            except Exception as e:
+                log.error("closing %s failed: %s", source.name, e)
+        logging.shutdown()
+        os._exit(0)
+
+    def housekeeping_interval(self) -> float:
+        grace = min(self.settings.deleted_cgroup_grace, self.settings.deleted_pod_grace)
+        return min(max(grace / 6, 1.0), 10.0)
+
+    def _housekeeping(self) -> None:
+        """Lifecycle work on its own schedule, whether or not anyone scrapes: a
+        collect retires removed cgroups (series end on time, kernel entries are
+        freed), and learned baselines are saved every BASELINE_SAVE_INTERVAL."""
+        interval = self.housekeeping_interval()
+        last_save = time.monotonic()
+        while not self._stop.wait(interval):
+            try:
+                self.collect()
+            except Exception as e:  # collect isolates sources; this is a bug
+                log.error("housekeeping collect failed: %s: %s", type(e).__name__, e)
+            if time.monotonic() - last_save >= BASELINE_SAVE_INTERVAL:
+                last_save = time.monotonic()
+                self.save_state()
+
+    def save_state(self) -> None:
+        for source in self.sources or []:
+            baselines = getattr(source, "baselines", None)
+            if baselines is not None:
+                with self._lock:  # collect observes into the same baselines
+                    baselines.save()
 
     def close(self) -> None:
         if self.otlp is not None:  # before the sources it collects from
@@ -276,13 +367,15 @@ class Agent:
         if self.server is not None:
             self.server.close()
             self.server = None
-        for source in self.sources or []:
-            if source.name in self.absent:
-                continue
-            try:
-                source.close()
-            except Exception:
-                log.exception("closing %s failed", source.name)
+        with self._lock:  # wait for a collect in flight: never free maps under it
+            self._closed = True
+            for source in self.sources or []:
+                if source.name in self.absent:
+                    continue
+                try:
+                    source.close()
+                except Exception as e:
+                    log.error("closing %s failed: %s: %s", source.name, type(e).__name__, e)
 
 
 def _merge(families: list[MetricFamily]) -> list[MetricFamily]:

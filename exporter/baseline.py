@@ -14,12 +14,17 @@ the same workload). Lengthen the window, or allowlist the workload.
 
 With a state directory, baselines are written atomically (temp file +
 rename) and loaded at start, so a restart neither relearns nor resets the
-window. A corrupt or unreadable file is reported once and learning starts
-over; nothing else fails.
+window. A corrupt, binary or unreadable file is reported once and learning
+starts over; nothing else fails, start-up least of all. A failing save (the
+path is a directory, the disk is full, the filesystem read-only) is logged
+once per episode (until a save succeeds again), never leaves its temporary
+file behind, and is retried at the next save; the agent saves on its own
+schedule, not in scrapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,20 +58,25 @@ class Baselines:
         self.path = state_dir / STATE_FILE if state_dir else None
         self.workloads: dict[str, Baseline] = {}
         self._dirty = False
+        self.save_failing = ""  # the error of the current failed-save episode, if any
         if self.path is not None:
             self._load()
 
     def _load(self) -> None:
         assert self.path is not None
         try:
-            text = self.path.read_text()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return
         except OSError as e:
-            log.warning("cannot read baselines %s (%s): learning from scratch", self.path, e)
+            log.warning(
+                "cannot read baselines %s (%s): learning from scratch", self.path, e.strerror or e
+            )
             return
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("workloads"), dict):
+                raise ValueError("not an orb8 baselines object")
             if data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unknown format version {data.get('version')!r}")
             self.workloads = {
@@ -109,6 +119,7 @@ class Baselines:
                 for key, b in self.workloads.items()
             },
         }
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".baselines-")
@@ -117,6 +128,23 @@ class Baselines:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+            tmp = None
             self._dirty = False
         except OSError as e:
-            log.warning("cannot save baselines to %s: %s", self.path, e)
+            error = e.strerror or str(e)
+            if not self.save_failing:
+                log.warning(
+                    "cannot save baselines to %s: %s; learning goes on in memory, retrying "
+                    "quietly until a save succeeds",
+                    self.path,
+                    error,
+                )
+            self.save_failing = error
+            return
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        if self.save_failing:
+            log.info("baselines saved to %s again", self.path)
+            self.save_failing = ""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # python -m exporter.cli: a clean SIGTERM even during imports
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
 import argparse
 import logging
 import platform
-import sys
+from typing import Any
 
-from exporter import __version__, probes
+from exporter import __version__
 from exporter.config import ConfigError, Settings, add_arguments, load_settings
+from exporter.logs import setup_logging
 
 EXIT_CONFIG = 2
 
@@ -39,20 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Evidence lines are bare JSON objects, one per line, for log shippers.
-    evidence = logging.getLogger("orb8.evidence")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    evidence.addHandler(handler)
-    evidence.propagate = False
-
-
 def cmd_run(settings: Settings) -> int:
     from exporter.agent import Agent, StartupError
     from exporter.outputs.otlp import OtlpSettingError, resolve
@@ -63,9 +56,15 @@ def cmd_run(settings: Settings) -> int:
         print(f"orb8: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     log = logging.getLogger("orb8")
-    log.info("orb8 %s starting on kernel %s", __version__, platform.release())
+    agent = Agent(
+        settings, otlp=otlp, banner=f"orb8 {__version__} starting on kernel {platform.release()}"
+    )
     try:
-        Agent(settings, otlp=otlp).run()
+        agent.bind()
+        agent.run()
+    except ConfigError as e:
+        print(f"orb8: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except StartupError as e:
         log.error("cannot start: %s", e)
         return 1
@@ -84,6 +83,7 @@ def cmd_diagnose(settings: Settings) -> int:
 
 
 def cmd_check(settings: Settings) -> int:
+    from exporter import probes
     from exporter.agent import build_sources
     from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
     from exporter.sources import SourceAbsent
@@ -110,17 +110,25 @@ def cmd_check(settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _exit_cleanly(*_: Any) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Until the agent installs its own handler, SIGTERM (a pod deleted right
+    # after it started) is a clean exit, not 143: nothing is attached yet.
+    # Heavy imports (numpy, bcc) wait until after this line.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(f"orb8 {__version__} (kernel {platform.release()})")
         return 0
     try:
-        settings = load_settings(vars(args))
+        settings = load_settings(vars(args), check_paths=args.command != "diagnose")
     except ConfigError as e:
         print(f"orb8: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     commands = {"run": cmd_run, "diagnose": cmd_diagnose, "check": cmd_check}
     return commands[args.command](settings)
 

@@ -10,8 +10,10 @@ setting and where the value came from; the CLI turns that into exit code 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,6 +24,14 @@ import yaml
 ENV_PREFIX = "ORB8_"
 # Environment variables that are not settings themselves.
 ENV_RESERVED = {"ORB8_CONFIG"}
+# Kubernetes injects service-link variables into every pod of a namespace that
+# has a Service named orb8 (or orb8-<anything>): ORB8_SERVICE_HOST,
+# ORB8_PORT_9091_TCP_ADDR, ... They are not settings and must not stop orb8;
+# any other unknown ORB8_* variable is most likely a typo and is an error.
+ENV_SERVICE_LINK = re.compile(
+    r"ORB8(_[A-Z0-9_]+?)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
 
 KNOWN_PROBES = ("syscalls", "network", "gpu", "dcgm")
 # gpu and dcgm read devices most nodes lack: enabled where GPUs are.
@@ -38,7 +48,15 @@ DEFAULT_DANGEROUS_SYSCALLS = (
     "ioperm", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime",
 )  # fmt: skip
 MIB = 1 << 20
+# Kernel map capacities: max_entries is a u32, and far below that the map
+# could not be allocated on a node anyway. 16 Mi entries is beyond any
+# sensible node, still allocatable, and keeps the C constant exact.
+MAX_MAP_ENTRIES = 1 << 24
+# Durations: finite, and at most a week (a longer grace is a leak).
+MAX_SECONDS = 7 * 24 * 3600.0
+CONFIG_FILE_MAX_BYTES = 1 * MIB
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -70,16 +88,27 @@ def parse_listen(value: str) -> Listen:
 
 
 def positive_int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("expected a positive integer")
     try:
         number = int(str(value), 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{value!r} is not an integer") from None
     if isinstance(value, float) and value != number:
         raise ValueError(f"{value!r} is not an integer")
     if number <= 0:
         raise ValueError(f"{number} is not a positive integer")
+    return number
+
+
+def map_capacity(value: Any) -> int:
+    """A kernel map's max_entries: positive and within what the kernel can allocate."""
+    number = positive_int(value)
+    if number > MAX_MAP_ENTRIES:
+        raise ValueError(
+            f"{number} is more than {MAX_MAP_ENTRIES} entries (kernel maps hold at most "
+            f"2^32-1 and a node could not allocate this many)"
+        )
     return number
 
 
@@ -97,18 +126,38 @@ def positive_float(value: Any) -> float:
 
 
 def non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{value!r} is not a number") from None
-    if number < 0 or number != number:
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number of seconds")
+    if number < 0:
         raise ValueError(f"{value!r} must be zero or more")
+    if number > MAX_SECONDS:
+        raise ValueError(f"{value!r} is more than a week ({MAX_SECONDS:.0f} s)")
     return number
 
 
+def _items(value: Any) -> list[str]:
+    """A list setting: a comma-separated string or a YAML list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError(
+        f"expected a comma-separated string or a list of strings, not {type(value).__name__}"
+    )
+
+
 def probe_list(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    probes = tuple(str(p).strip() for p in items if str(p).strip())
+    probes = tuple(dict.fromkeys(p.strip() for p in _items(value) if p.strip()))
+    if not probes:
+        raise ValueError(f"no probe named; known: {', '.join(KNOWN_PROBES)}")
     unknown = [p for p in probes if p not in KNOWN_PROBES]
     if unknown:
         raise ValueError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROBES)}")
@@ -116,8 +165,7 @@ def probe_list(value: Any) -> tuple[str, ...]:
 
 
 def name_list(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value or ())
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    return tuple(item.strip() for item in _items(value) if item.strip())
 
 
 def syscall_names(value: Any) -> tuple[str, ...]:
@@ -173,14 +221,27 @@ def ring_buffer_size(value: Any) -> int:
 
 
 def log_level(value: Any) -> str:
-    level = str(value).lower()
+    level = str(value).lower() if isinstance(value, str) else ""
     if level not in LOG_LEVELS:
         raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
     return level
 
 
+def log_format(value: Any) -> str:
+    text = value.lower() if isinstance(value, str) else ""
+    if text not in LOG_FORMATS:
+        raise ValueError(f"{value!r} is not one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
 def optional_path(value: Any) -> Path | None:
-    return Path(str(value)) if value not in (None, "") else None
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path, not {type(value).__name__}")
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL byte")
+    return Path(value)
 
 
 def existing_file(value: Any) -> Path | None:
@@ -200,10 +261,32 @@ def http_url(value: Any) -> str:
     return url
 
 
+def existing_dir(value: Any) -> Path | None:
+    path = optional_path(value)
+    if path is not None and not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    return path
+
+
+def cgroup2_root(value: Any) -> Path | None:
+    """The cgroup v2 mount: a directory with cgroup.controllers at its top."""
+    path = existing_dir(value)
+    if path is not None and not (path / "cgroup.controllers").is_file():
+        raise ValueError(
+            f"{path} is not a cgroup v2 mount (no cgroup.controllers; see "
+            "'grep cgroup2 /proc/self/mountinfo')"
+        )
+    return path
+
+
 def node_name(value: Any) -> str:
-    name = str(value or "").strip()
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a name, not {type(value).__name__}")
+    name = (value or "").strip()
+    if len(name) > 253:
+        raise ValueError(f"{len(name)} characters; a node name has at most 253")
     if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
-        raise ValueError(f"{name!r} is not a valid Kubernetes node name")
+        raise ValueError(f"{name[:80]!r} is not a valid Kubernetes node name")
     return name
 
 
@@ -254,7 +337,7 @@ SETTINGS: tuple[Spec, ...] = (
     ),
     Spec(
         "syscall_slots",
-        positive_int,
+        map_capacity,
         32768,
         "capacity of the kernel syscall map in (cgroup, syscall) pairs; when full, "
         "new pairs are not counted and orb8_bpf_map_update_failures_total rises",
@@ -262,7 +345,7 @@ SETTINGS: tuple[Spec, ...] = (
     ),
     Spec(
         "network_traffic_entries",
-        positive_int,
+        map_capacity,
         16384,
         "capacity of the kernel traffic map, in (cgroup, direction, protocol, family) "
         "tuples (at most 16 per cgroup)",
@@ -270,14 +353,14 @@ SETTINGS: tuple[Spec, ...] = (
     ),
     Spec(
         "network_tcp_entries",
-        positive_int,
+        map_capacity,
         8192,
         "capacity of the kernel TCP event map, in (cgroup, event) pairs (5 per cgroup)",
         "N",
     ),
     Spec(
         "network_flow_entries",
-        positive_int,
+        map_capacity,
         16384,
         "capacity of the kernel flow map (LRU, per cgroup and peer); when full the least "
         "recently used flow is evicted and counted in orb8_bpf_map_evictions_total",
@@ -406,21 +489,21 @@ SETTINGS: tuple[Spec, ...] = (
     ),
     Spec(
         "kernel_headers",
-        optional_path,
+        existing_dir,
         None,
         "kernel headers directory for BCC (default: /lib/modules/$(uname -r)/build)",
         "DIR",
     ),
     Spec(
         "bpf_dir",
-        optional_path,
+        existing_dir,
         None,
         "directory holding the probe sources (default: bpf/ shipped with orb8)",
         "DIR",
     ),
     Spec(
         "cgroup_root",
-        optional_path,
+        cgroup2_root,
         None,
         "cgroup v2 mount point (default: found in /proc/self/mountinfo)",
         "DIR",
@@ -472,6 +555,13 @@ SETTINGS: tuple[Spec, ...] = (
         "SECONDS",
     ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
+    Spec(
+        "log_format",
+        log_format,
+        "text",
+        "text (one line per event) or json (one JSON object per line, for log pipelines)",
+        "FORMAT",
+    ),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -507,6 +597,7 @@ class Settings:
     dcgm_url: str
     pod_resources_socket: Path | None
     log_level: str
+    log_format: str
     otlp_endpoint: str = ""
     otlp_protocol: str = ""
     otlp_interval: float | None = None
@@ -541,11 +632,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
+def read_config_text(path: Path) -> str:
+    """The config file's text; a FIFO, a device or a huge file is refused before reading,
+    so neither /dev/zero nor a pipe nobody writes to can hang or exhaust orb8."""
     try:
-        text = path.read_text()
+        info = path.stat()
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"config file {path}: not a regular file")
+    if info.st_size > CONFIG_FILE_MAX_BYTES:
+        raise ConfigError(
+            f"config file {path}: {info.st_size} bytes, more than {CONFIG_FILE_MAX_BYTES}"
+        )
+    try:
+        with path.open("rb") as f:
+            data = f.read(CONFIG_FILE_MAX_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    text = read_config_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -558,9 +670,14 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_settings(
-    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    check_paths: bool = True,
 ) -> Settings:
-    """Merge flags, environment and YAML into a validated Settings."""
+    """Merge flags, environment and YAML into a validated Settings.
+
+    check_paths=False leaves directories unchecked, for `orb8 diagnose`, whose
+    job is to report a missing kernel headers or cgroup directory itself."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     environ = os.environ if environ is None else environ
 
@@ -570,9 +687,16 @@ def load_settings(
         if key.startswith(ENV_PREFIX)
         and key not in ENV_RESERVED
         and key[len(ENV_PREFIX) :].lower() not in SPEC_BY_NAME
+        and not ENV_SERVICE_LINK.fullmatch(key)
     )
     if unknown_env:
-        raise ConfigError(f"unknown environment setting {unknown_env[0]}")
+        import difflib
+
+        guess = difflib.get_close_matches(
+            unknown_env[0], [env_name(name) for name in SPEC_BY_NAME], n=1
+        )
+        hint = f" (did you mean {guess[0]}?)" if guess else ""
+        raise ConfigError(f"unknown environment setting {unknown_env[0]}{hint}")
 
     config_path = flags.get("config") or environ.get(f"{ENV_PREFIX}CONFIG") or None
     file_values: dict[str, Any] = {}
@@ -581,7 +705,7 @@ def load_settings(
         for key in file_values:
             if key not in SPEC_BY_NAME:
                 raise ConfigError(
-                    f"config file {config_path}: unknown setting {key!r}; "
+                    f"config file {config_path}: unknown setting {str(key)[:80]!r}; "
                     f"known: {', '.join(SPEC_BY_NAME)}"
                 )
 
@@ -598,10 +722,14 @@ def load_settings(
             raw, source = file_values[spec.name], f"config file {config_path} key {spec.name}"
         else:
             raw, source = spec.default, "default"
+        parse = spec.parse
+        if not check_paths and parse in (existing_dir, cgroup2_root):
+            parse = optional_path
         try:
-            values[spec.name] = spec.parse(raw)
-        except ValueError as e:
-            raise ConfigError(f"invalid {spec.name} ({source}): {e}") from None
+            values[spec.name] = parse(raw)
+        except (ValueError, TypeError) as e:
+            message = " ".join(str(e).split())[:300]  # one line, whatever the input was
+            raise ConfigError(f"invalid {spec.name} ({source}): {message}") from None
 
     known = {f.name for f in fields(Settings)}
     return Settings(

@@ -68,6 +68,12 @@ def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
 
 
+def _key(uid: Any) -> str:
+    """Pods are stored by uid; a malformed (non-string) uid, which tests send on purpose, by
+    its JSON text."""
+    return uid if isinstance(uid, str) else json.dumps(uid, sort_keys=True)
+
+
 def _sort_key(pod: Pod) -> tuple[str, str]:
     """etcd order: the list is sorted by the key /registry/pods/<namespace>/<name>."""
     meta = pod.get("metadata", {})
@@ -182,7 +188,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         namespace = match["namespace"]
         if query.get("watch", "") in _TRUE:
-            self._watch(namespace, node, query)
+            fault = api._watch_fault
+            if isinstance(fault, int):
+                self._send_json(fault, status(fault, f"injected watch failure {fault}"))
+            elif fault is not None:
+                self._broken_watch(fault)
+            else:
+                self._watch(namespace, node, query)
         else:
             self._list(namespace, node, query)
 
@@ -209,6 +221,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         code, body = self.server.api._list(namespace, node, limit, query.get("continue", ""))
         self._send_json(code, body)
+
+    def _broken_watch(self, fault: str) -> None:
+        """A watch that answers 200 and ends at once, after a 410 ERROR event for "expire"."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if fault == "expire":
+            frame = _event_line("ERROR", _too_old(0, self.server.api.resource_version))
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+        self.wfile.write(b"0\r\n\r\n")
 
     def _watch(self, namespace: str | None, node: str | None, query: dict[str, str]) -> None:
         try:
@@ -268,6 +291,7 @@ class ApiServer:
         self._connections: set[socket.socket] = set()
         self._stall_until = 0.0
         self._failures: deque[int] = deque()
+        self._watch_fault: int | str | None = None
         self._requests: list[tuple[str, str]] = []
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -327,7 +351,7 @@ class ApiServer:
         with self._cond:
             pod = copy.deepcopy(pod)
             meta = pod.setdefault("metadata", {})
-            uid = meta.setdefault("uid", str(uuid.uuid4()))
+            uid = _key(meta.setdefault("uid", str(uuid.uuid4())))
             if uid in self._pods:
                 raise ValueError(f"pod uid {uid} already exists")
             return self._commit("ADDED", pod)
@@ -359,7 +383,7 @@ class ApiServer:
         self._rv += 1
         stored = copy.deepcopy(pod)
         stored.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
-        uid = stored["metadata"]["uid"]
+        uid = _key(stored["metadata"]["uid"])
         if kind == "DELETED":
             del self._pods[uid]
         else:
@@ -431,6 +455,16 @@ class ApiServer:
         """Answer the next `n` pod list/watch requests with `code` and a Status body."""
         with self._cond:
             self._failures.extend([code] * n)
+            self._cond.notify_all()
+
+    def break_watches(self, fault: int | str | None) -> None:
+        """Make every new watch request fail while lists keep working, until called with None:
+        an int answers with that HTTP status and a Status body, "end" answers 200 and ends the
+        stream at once, "expire" answers 200 with a 410 ERROR event and ends."""
+        if fault is not None and not isinstance(fault, int) and fault not in ("end", "expire"):
+            raise ValueError(f"unknown watch fault {fault!r}")
+        with self._cond:
+            self._watch_fault = fault
             self._cond.notify_all()
 
     def inject_malformed(self) -> None:

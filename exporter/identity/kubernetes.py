@@ -7,16 +7,23 @@ into the few fields orb8 needs: that is both faster than building V1Pod
 models (a 1,000-pod resync is one JSON parse) and lets a malformed event be
 logged and skipped instead of breaking the stream.
 
-Reliability rules:
-  - every (re)connect starts with a full list and rebuilds the whole map,
-    so nothing missed while disconnected survives as stale state;
+Reliability rules (one orb8 runs on every node, so any loop here multiplies
+by the cluster size):
+  - the first request, and any after a 410 Gone, is a full list that rebuilds
+    the whole map, so nothing missed while disconnected survives as stale
+    state; full lists are at most one per `relist_interval`;
   - the watch resumes from the last resourceVersion seen (events and
-    BOOKMARKs), and a 410 Gone, as an HTTP status or an ERROR event, leads
-    to a relist;
-  - failures reconnect forever with exponential backoff, 1 s doubling to
-    30 s, reset after a successful list;
-  - a read timeout longer than the bookmark interval turns a stalled
-    connection into a reconnect.
+    BOOKMARKs); a watch that ended normally after being healthy is resumed
+    at once;
+  - every other way back to the API server (410, error answers, dropped or
+    stalled connections, a watch that ends at once) waits for one backoff
+    with jitter, 1 s doubling to 30 s, reset only when a watch has delivered
+    something or stayed open for `healthy_after` seconds;
+  - each failure is counted by reason and logged once per episode (a run of
+    failures between two healthy states) with the API server's own message;
+  - stalls are detected by orb8's read timeouts: urllib3's silent retries are
+    switched off;
+  - a malformed pod object is skipped and counted; it never stops the watch.
 
 The map is published as an immutable snapshot (a dict replaced, never
 mutated), so scrapes read it without locks. Deleted pods stay in it, marked
@@ -28,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -64,61 +72,211 @@ def _strip_runtime(container_id: str) -> str:
     return container_id.split("://", 1)[-1]
 
 
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is a {type(value).__name__}, not a string")
+    return value
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _objects(value: Any, what: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{what} is a {type(value).__name__}, not a list")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ValueError(f"{what}[{index}] is a {type(item).__name__}, not an object")
+    return value
+
+
 def parse_pod(obj: Any) -> PodInfo:
-    """The fields orb8 needs from a v1 Pod object; ValueError if it is malformed."""
+    """The fields orb8 needs from a v1 Pod object; ValueError if any of them is malformed.
+
+    Every field is type-checked: pods describe untrusted workloads, and one bad
+    object must cost only itself, never the watch.
+    """
     if not isinstance(obj, dict):
         raise ValueError("pod is not an object")
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("uid") or not meta.get("name"):
+    meta = _mapping(obj.get("metadata"), "metadata")
+    uid = _text(meta.get("uid"), "metadata.uid")
+    name = _text(meta.get("name"), "metadata.name")
+    if not uid or not name:
         raise ValueError("pod without metadata.uid/name")
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
+    spec = _mapping(obj.get("spec"), "spec")
+    status = _mapping(obj.get("status"), "status")
     containers: dict[str, str] = {}
     reported: set[str] = set()
     for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
-        for cs in status.get(key) or ():
-            name = cs.get("name", "")
-            if cs.get("containerID"):
-                containers[_strip_runtime(cs["containerID"])] = name
-                reported.add(name)
+        for cs in _objects(status.get(key), f"status.{key}"):
+            cname = _text(cs.get("name"), f"status.{key}[].name")
+            container_id = _text(cs.get("containerID"), f"status.{key}[].containerID")
+            if container_id:
+                containers[_strip_runtime(container_id)] = cname
+                reported.add(cname)
             # The previous instance of a restarted container keeps its name.
-            previous = ((cs.get("lastState") or {}).get("terminated") or {}).get("containerID")
+            last = _mapping(cs.get("lastState"), f"status.{key}[].lastState")
+            terminated = _mapping(last.get("terminated"), "lastState.terminated")
+            previous = _text(terminated.get("containerID"), "lastState.terminated.containerID")
             if previous:
-                containers[_strip_runtime(previous)] = name
+                containers[_strip_runtime(previous)] = cname
     expected = {
-        c.get("name", "")
+        _text(c.get("name"), f"spec.{key}[].name")
         for key in ("initContainers", "containers", "ephemeralContainers")
-        for c in spec.get(key) or ()
+        for c in _objects(spec.get(key), f"spec.{key}")
     }
-    ips = tuple(ip["ip"] for ip in status.get("podIPs") or () if ip.get("ip"))
+    ips = tuple(
+        ip
+        for entry in _objects(status.get("podIPs"), "status.podIPs")
+        if (ip := _text(entry.get("ip"), "status.podIPs[].ip"))
+    )
     if not ips and status.get("podIP"):
-        ips = (status["podIP"],)
-    owners = meta.get("ownerReferences") or []
-    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else {})
+        ips = (_text(status["podIP"], "status.podIP"),)
+    owners = _objects(meta.get("ownerReferences"), "metadata.ownerReferences")
+    owner = next((o for o in owners if o.get("controller") is True), owners[0] if owners else {})
     return PodInfo(
-        uid=meta["uid"],
-        namespace=meta.get("namespace", ""),
-        name=meta["name"],
-        node=spec.get("nodeName", ""),
+        uid=uid,
+        namespace=_text(meta.get("namespace"), "metadata.namespace"),
+        name=name,
+        node=_text(spec.get("nodeName"), "spec.nodeName"),
         containers=containers,
         all_started=expected <= reported,
         ips=ips,
-        owner_kind=owner.get("kind", ""),
-        owner_name=owner.get("name", ""),
+        owner_kind=_text(owner.get("kind"), "ownerReferences[].kind"),
+        owner_name=_text(owner.get("name"), "ownerReferences[].name"),
     )
 
 
 def _status_code(obj: Any) -> int:
-    return int(obj.get("code", 0)) if isinstance(obj, dict) else 0
+    code = obj.get("code", 0) if isinstance(obj, dict) else 0
+    return code if isinstance(code, int) else 0
+
+
+# The `reason` label of orb8_k8s_watch_reconnections_total: why the agent went
+# back to the API server other than by the normal end of a healthy watch.
+REASONS: dict[str, str] = {
+    "expired": "resourceVersion too old (410 Gone): relisting",
+    "closed": "the watch ended at once without delivering anything",
+    "dropped": "the connection broke",
+    "stalled": "nothing received within the read timeout",
+    "unreachable": "cannot connect to the API server",
+    "http_error": "the API server answered with an error",
+    "error_event": "the watch sent an ERROR event",
+    "bad_response": "the API server's answer could not be parsed",
+}
+
+
+class WatchFailure(Exception):
+    """One failed round trip to the API server, classified for the metric and the log."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _server_message(body: Any) -> str:
+    """The `message` of a v1 Status body (what the API server says went wrong)."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return ""
+    with contextlib.suppress(ValueError):
+        data = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return _one_line(data["message"])
+    return _one_line(body, 200)
+
+
+def classify(error: BaseException) -> WatchFailure:
+    """Map any exception of a list or watch to a WatchFailure with a one-line message."""
+    import urllib3.exceptions as u3
+
+    if isinstance(error, WatchFailure):
+        return error
+    status = getattr(error, "status", None)
+    if isinstance(status, int) and status > 0:  # kubernetes.client ApiException
+        said = _server_message(getattr(error, "body", None)) or _one_line(
+            str(getattr(error, "reason", "") or "")
+        )
+        return WatchFailure("expired" if status == 410 else "http_error", f"HTTP {status}: {said}")
+    if isinstance(error, u3.MaxRetryError) and error.reason is not None:
+        return classify(error.reason)
+    if isinstance(error, (u3.ConnectTimeoutError, ConnectionRefusedError)):
+        return WatchFailure("unreachable", _one_line(str(error)))
+    if isinstance(error, (u3.ReadTimeoutError, TimeoutError)):
+        return WatchFailure("stalled", _one_line(str(error)))
+    if isinstance(error, (u3.HTTPError, OSError)):
+        return WatchFailure("dropped", _one_line(f"{type(error).__name__}: {error}"))
+    if isinstance(error, (ValueError, TypeError, KeyError, AttributeError)):
+        return WatchFailure("bad_response", _one_line(f"{type(error).__name__}: {error}"))
+    return WatchFailure("http_error", _one_line(f"{type(error).__name__}: {error}"))
+
+
+def _disable_library_retries(api: Any) -> None:
+    """urllib3 retries idempotent requests silently (3 times by default): a stalled API
+    server then costs minutes with no log. orb8 detects and retries itself, with backoff."""
+    pool_manager = getattr(
+        getattr(getattr(api, "api_client", None), "rest_client", None), "pool_manager", None
+    )
+    if pool_manager is not None:
+        pool_manager.connection_pool_kw["retries"] = False
+        pool_manager.clear()
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: `initial` doubling to `maximum`; each delay is drawn
+    from [d/2, d] so that the agents of a whole cluster do not come back in step."""
+
+    initial: float
+    maximum: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._current = self.initial
+
+    def next(self) -> float:
+        delay = self._current
+        self._current = min(self._current * 2, self.maximum)
+        return delay / 2 + self.rng.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        self._current = self.initial
 
 
 @dataclass
 class WatchHealth:
     connected: bool = False
-    reconnections: int = 0
+    reconnections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     last_sync: float = 0.0  # Unix time of the last full list
     malformed_events: int = 0
     last_error: str = ""
+
+    @property
+    def total_reconnections(self) -> int:
+        return sum(self.reconnections.values())
+
+
+@dataclass
+class _Episode:
+    """A run of failures between two healthy states; each reason is logged once in it."""
+
+    started: float
+    failures: int = 0
+    logged: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -130,8 +288,12 @@ class PodWatcher:
     deleted_grace: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
+    relist_interval: float = 10.0  # at least this long between two full lists
+    healthy_after: float = 30.0  # a watch open this long (or delivering events) is healthy
     watch_timeout: int = 300  # server-side timeoutSeconds of one watch request
     read_timeout: float = 90.0  # no byte (event or bookmark) for this long = stalled
+    list_timeout: float = 30.0  # no answer to a list page for this long = stalled
+    connect_timeout: float = 10.0
     page_size: int = 500
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
@@ -143,6 +305,9 @@ class PodWatcher:
         self._thread: threading.Thread | None = None
         self._api: Any = None
         self._response: Any = None
+        self._backoff = Backoff(self.backoff_initial, self.backoff_max)
+        self._episode: _Episode | None = None
+        self._last_list: float | None = None
         self.synced = threading.Event()  # set after the first successful list
 
     # -- lifecycle -------------------------------------------------------
@@ -162,35 +327,72 @@ class PodWatcher:
     # -- main loop ---------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = self.backoff_initial
-        first = True
+        """List, then watch and resume; every way back to the API server other than the
+        normal end of a healthy watch waits for the one backoff first."""
+        resource_version = ""  # empty: the next request is a full list
         while not self._stop.is_set():
             try:
                 if self._api is None:
                     self._api = self.api_factory()
-                resource_version = self._list()
-                backoff = self.backoff_initial
-                if not first:
-                    log.info("pod watch resynced: %d pods on %s", len(self.pods), self.node_name)
-                first = False
-                self._watch_until_expired(resource_version)
+                    _disable_library_retries(self._api)
+                if not resource_version:
+                    self._wait_for_relist_slot()
+                    if self._stop.is_set():
+                        break
+                    resource_version = self._list()
+                resource_version = self._watch(resource_version)
+                continue  # a healthy watch ended normally: resume at once
             except WatchExpired:
-                log.info("pod watch expired (410 Gone): relisting")
+                failure = WatchFailure("expired", "the watch's resourceVersion is too old")
+                resource_version = ""
             except Exception as e:
-                if getattr(e, "status", None) == 410:
-                    log.info("pod watch expired (HTTP 410 Gone): relisting")
-                    continue
                 if self._stop.is_set():
                     break
-                self.health.connected = False
-                self.health.reconnections += 1
-                self.health.last_error = f"{type(e).__name__}: {e}"[:300]
-                log.warning(
-                    "pod watch failed (%s); retrying in %.0fs", self.health.last_error, backoff
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.backoff_max)
+                failure = classify(e)
+                if failure.reason == "expired":
+                    resource_version = ""
+            delay = self._backoff.next()
+            self._failed(failure, delay)
+            self._stop.wait(delay)
         self.health.connected = False
+
+    def _wait_for_relist_slot(self) -> None:
+        """Full lists are the expensive request: at most one per relist_interval."""
+        if self._last_list is not None:
+            wait = self._last_list + self.relist_interval - self.clock()
+            if wait > 0:
+                self._stop.wait(wait)
+        self._last_list = self.clock()
+
+    def _failed(self, failure: WatchFailure, delay: float) -> None:
+        health = self.health
+        health.connected = False
+        health.reconnections[failure.reason] = health.reconnections.get(failure.reason, 0) + 1
+        health.last_error = _one_line(f"{failure.reason}: {failure}")
+        if self._episode is None:
+            self._episode = _Episode(started=self.clock())
+        self._episode.failures += 1
+        if failure.reason not in self._episode.logged:
+            self._episode.logged.add(failure.reason)
+            log.warning(
+                "pod watch of node %s: %s (%s); retrying with backoff (next in %.1fs), "
+                "repeats not logged until it recovers",
+                self.node_name,
+                REASONS.get(failure.reason, failure.reason),
+                failure,
+                delay,
+            )
+
+    def _healthy(self) -> None:
+        self._backoff.reset()
+        if self._episode is not None:
+            log.info(
+                "pod watch of node %s recovered after %d failed attempts in %.0fs",
+                self.node_name,
+                self._episode.failures,
+                self.clock() - self._episode.started,
+            )
+            self._episode = None
 
     def _request(self, **kwargs: Any) -> Any:
         response = self._api.list_pod_for_all_namespaces(
@@ -207,7 +409,10 @@ class PodWatcher:
         token: str | None = None
         resource_version = ""
         while True:
-            kwargs: dict[str, Any] = {"limit": self.page_size, "_request_timeout": (10, 60)}
+            kwargs: dict[str, Any] = {
+                "limit": self.page_size,
+                "_request_timeout": (self.connect_timeout, self.list_timeout),
+            }
             if token:
                 kwargs["_continue"] = token
             response = self._request(**kwargs)
@@ -215,19 +420,28 @@ class PodWatcher:
                 body = json.loads(response.data)
             finally:
                 response.release_conn()
-            for item in body.get("items") or ():
+                self._response = None
+            if not isinstance(body, dict):
+                raise WatchFailure("bad_response", "the pod list is not a JSON object")
+            items = body.get("items") or []
+            if not isinstance(items, list):
+                raise WatchFailure("bad_response", "the pod list's items are not a list")
+            for item in items:
                 try:
                     pod = parse_pod(item)
                 except ValueError as e:
-                    self.health.malformed_events += 1
-                    log.warning("skipping malformed pod in list: %s", e)
+                    self._malformed(f"list item: {e}")
                     continue
                 fresh[pod.uid] = pod
-            metadata = body.get("metadata") or {}
-            resource_version = metadata.get("resourceVersion") or resource_version
-            token = metadata.get("continue")
+            metadata = _mapping(body.get("metadata"), "list metadata")
+            resource_version = _text(metadata.get("resourceVersion"), "resourceVersion") or (
+                resource_version
+            )
+            token = _text(metadata.get("continue"), "continue")
             if not token:
                 break
+        if not resource_version:
+            raise WatchFailure("bad_response", "the pod list has no resourceVersion")
         self._publish_list(fresh)
         self.health.connected = True
         self.health.last_sync = self.wall_clock()
@@ -250,26 +464,40 @@ class PodWatcher:
             if pod.deleted_at is None or now - pod.deleted_at < self.deleted_grace
         }
 
-    def _watch_until_expired(self, resource_version: str) -> None:
-        """Watch from resource_version until stopped; raises WatchExpired on 410."""
-        while not self._stop.is_set():
-            response = self._request(
-                watch=True,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self.watch_timeout,
-                _request_timeout=(10, self.read_timeout),
-            )
-            try:
-                for line in _lines(response):
-                    resource_version = self._apply(line, resource_version)
-            finally:
-                # A watch connection is never reused: an unread remainder
-                # would be the next request's response.
-                response.close()
-                response.release_conn()
-                self._response = None
-            # The server ended the watch (timeoutSeconds): resume, no relist.
+    def _watch(self, resource_version: str) -> str:
+        """One watch request from resource_version; returns where to resume.
+
+        Returns normally only when a healthy watch ended (delivered something or
+        stayed open long enough); raises WatchExpired on 410 and WatchFailure or
+        the client's exception otherwise.
+        """
+        started = self.clock()
+        delivered = False
+        response = self._request(
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout,
+            _request_timeout=(self.connect_timeout, self.read_timeout),
+        )
+        try:
+            self.health.connected = True
+            for line in _lines(response):
+                resource_version = self._apply(line, resource_version)
+                if not delivered:
+                    delivered = True
+                    self._healthy()
+        finally:
+            # A watch connection is never reused: an unread remainder
+            # would be the next request's response.
+            response.close()
+            response.release_conn()
+            self._response = None
+        lasted = self.clock() - started
+        if not delivered and lasted < min(self.healthy_after, self.watch_timeout / 2):
+            raise WatchFailure("closed", f"the watch ended after {lasted:.1f}s with no event")
+        self._healthy()
+        return resource_version
 
     def _apply(self, line: bytes, resource_version: str) -> str:
         """Apply one watch event line; returns the resourceVersion to resume from."""
@@ -282,18 +510,28 @@ class PodWatcher:
         if kind == "ERROR":
             if _status_code(obj) == 410:
                 raise WatchExpired()
-            raise RuntimeError(f"watch error event: {str(obj)[:200]}")
+            said = _server_message(json.dumps(obj)) if isinstance(obj, dict) else ""
+            raise WatchFailure("error_event", said or _one_line(str(obj)))
+        try:
+            rv = _text(
+                _mapping(_mapping(obj, "object").get("metadata"), "metadata").get(
+                    "resourceVersion"
+                ),
+                "resourceVersion",
+            )
+        except ValueError as e:
+            self._malformed(f"{kind!r} event: {e}")
+            return resource_version
         if kind == "BOOKMARK":
-            rv = ((obj or {}).get("metadata") or {}).get("resourceVersion")
             return rv or resource_version
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
-            self._malformed(f"unknown watch event type {kind!r}")
+            self._malformed(f"unknown watch event type {_one_line(repr(kind), 60)}")
             return resource_version
         try:
             pod = parse_pod(obj)
         except ValueError as e:
             self._malformed(f"{kind} event: {e}")
-            return resource_version
+            return rv or resource_version
         pods = dict(self.pods)
         now = self.clock()
         if kind == "DELETED":
@@ -301,11 +539,11 @@ class PodWatcher:
         else:
             pods[pod.uid] = pod
         self.pods = self._expire(pods, now)
-        return obj["metadata"].get("resourceVersion") or resource_version
+        return rv or resource_version
 
     def _malformed(self, what: str) -> None:
         self.health.malformed_events += 1
-        log.warning("skipping malformed pod watch event: %s", what)
+        log.warning("skipping malformed pod object: %s", _one_line(what))
 
 
 def _abort(response: Any) -> None:

@@ -1,8 +1,10 @@
 """Prometheus output: /metrics (text or OpenMetrics, gzip) and a landing page at /.
 
-Rendering goes through prometheus_client so escaping and content
-negotiation match what Prometheus expects; the families themselves come
-from the agent's model, read fresh on every scrape.
+Rendering goes through prometheus_client's encoders so escaping matches what
+Prometheus expects; the format and gzip are negotiated with q-values (q=0
+means no), HEAD is answered like GET without a body, and concurrent scrapes
+share one collect. The families come from the agent's model, read fresh on
+every scrape. HTTP itself is exporter.outputs.http's bounded server.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -25,6 +26,7 @@ from prometheus_client.metrics_core import (
 
 from exporter.config import Listen
 from exporter.model import MetricFamily
+from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,97 @@ def build_registry(collect: Callable[[], Iterable[MetricFamily]]) -> CollectorRe
     return registry
 
 
+def _q_values(header: str) -> list[tuple[str, float, str]]:
+    """(value, q, the entry without q) for each entry of an Accept-style header."""
+    entries = []
+    for raw in header.split(","):
+        parts = [p.strip() for p in raw.split(";")]
+        if not parts[0]:
+            continue
+        q = 1.0
+        params = []
+        for param in parts[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+            elif param:
+                params.append(param)
+        if q == q:  # not NaN
+            entries.append((parts[0].lower(), q, ";".join([parts[0], *params])))
+    return entries
+
+
+def choose_format(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """prometheus_client's encoder for the Accept header, honouring q-values (q=0 is "no")."""
+    ranked = sorted(
+        (e for e in _q_values(accept) if e[1] > 0), key=lambda e: e[1], reverse=True
+    )  # sorted() is stable: equal q keep the client's order
+    preferred = []
+    for media_type, _, entry in ranked:
+        preferred.append(entry)
+        if media_type in ("text/plain", "text/*", "*/*"):
+            break  # the classic format ranks here: nothing after it may win
+    try:
+        return choose_encoder(",".join(preferred))
+    except Exception:  # an unparsable version parameter: the classic format always works
+        return choose_encoder("")
+
+
+def gzip_wanted(accept_encoding: str) -> bool:
+    """gzip with q > 0, or * with q > 0 when gzip is not named."""
+    entries = {value: q for value, q, _ in _q_values(accept_encoding)}
+    if "gzip" in entries:
+        return entries["gzip"] > 0
+    return entries.get("*", 0) > 0
+
+
+class Coalescer:
+    """Concurrent calls with the same key share one computation: a scrape that arrives
+    while another one is collecting waits for that collect and gets its result, so N
+    simultaneous scrapes cost one collect, not N in a row."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+
+    def run(self, key: str, compute: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+        else:
+            try:
+                flight.result = compute()
+            except BaseException as e:
+                flight.error = e
+            finally:
+                with self._lock:
+                    del self._flights[key]
+                flight.done.set()
+        if flight.error is not None:
+            raise flight.error
+        return flight.result
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result = b""
+        self.error: BaseException | None = None
+
+
 class PrometheusServer:
-    """HTTP server on its own threads; scrapes never block the agent."""
+    """/metrics and the landing page on a BoundedHTTPServer; scrapes never block the agent.
+
+    The socket is bound in the constructor, so an unusable --listen fails before
+    anything slow (probe compilation) starts; serving begins with start().
+    """
 
     def __init__(
         self,
@@ -66,70 +157,40 @@ class PrometheusServer:
         landing: Callable[[], str],
     ) -> None:
         self.registry = build_registry(collect)
-        registry, render_landing = self.registry, landing
+        self.coalescer = Coalescer()
+        self._landing = landing
+        self.routes: dict[str, Route] = {"/metrics": self.metrics, "/": self.landing}
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        self.httpd = BoundedHTTPServer((listen.host, listen.port), self.routes, family=family)
+        self.address = self.httpd.address
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "orb8"
+    def metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_format(request.headers.get("Accept", ""))
+        compress = gzip_wanted(request.headers.get("Accept-Encoding", ""))
+        registry = self.registry
 
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._metrics()
-                elif path == "/":
-                    self._send(200, "text/html; charset=utf-8", render_landing().encode())
-                else:
-                    self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
+        def render() -> bytes:
+            body = encoder(registry)
+            return gzip.compress(body, compresslevel=1) if compress else body
 
-            def _metrics(self) -> None:
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                try:
-                    body = encoder(registry)
-                except Exception as e:  # a bug, not a source failure: say so
-                    log.exception("rendering /metrics failed")
-                    self._send(500, "text/plain; charset=utf-8", f"error: {e}\n".encode())
-                    return
-                headers = {}
-                if "gzip" in self.headers.get("Accept-Encoding", ""):
-                    body = gzip.compress(body, compresslevel=1)
-                    headers["Content-Encoding"] = "gzip"
-                self._send(200, content_type, body, headers)
+        try:
+            body = self.coalescer.run(f"{content_type}|{compress}", render)
+        except Exception as e:  # a bug, not a source failure: say so
+            log.error("rendering /metrics failed: %s: %s", type(e).__name__, e)
+            return Response(500, "text/plain; charset=utf-8", f"error: {e}\n".encode())
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+        return Response(200, content_type, body, headers)
 
-            def _send(
-                self,
-                code: int,
-                content_type: str,
-                body: bytes,
-                headers: dict[str, str] | None = None,
-            ) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("http %s " + format, self.address_string(), *args)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            address_family = ThreadingHTTPServer.address_family
-
-        if ":" in listen.host:
-            import socket
-
-            Server.address_family = socket.AF_INET6
-        self.httpd = Server((listen.host, listen.port), Handler)
-        self.address = self.httpd.server_address
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+    def landing(self, request: Request) -> Response:
+        return Response(200, "text/html; charset=utf-8", self._landing().encode())
 
     def start(self) -> None:
-        self._thread.start()
+        self.httpd.start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 def landing_page(version: str, probes: list[tuple[str, bool | str, str]]) -> str:

@@ -85,9 +85,13 @@ def identity_families(resolver: Resolver | None, watcher: PodWatcher | None) -> 
     connected.add((), 1 if health.connected else 0)
     reconnections = counter(
         "orb8_k8s_watch_reconnections_total",
-        "Times the pod watch failed and reconnected (each reconnect relists).",
+        "Times the pod list/watch went back to the API server after a failure, by reason "
+        "(expired relists, closed, dropped, stalled, unreachable, http_error, error_event, "
+        "bad_response); each waited for the backoff.",
+        ("reason",),
     )
-    reconnections.add((), health.reconnections)
+    for reason, count in sorted(health.reconnections.items()):
+        reconnections.add((reason,), count)
     last_sync = gauge(
         "orb8_k8s_last_sync_timestamp",
         "Unix time of the last complete list of this node's pods (0 before the first).",

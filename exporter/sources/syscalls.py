@@ -220,6 +220,11 @@ class SyscallSource:
         self._stop.set()
         if self._evidence_thread is not None:
             self._evidence_thread.join(timeout=5)
+            if self._evidence_thread.is_alive():
+                # Still inside ring_buffer_poll: freeing the ring buffer under it
+                # segfaults. The process is exiting; the kernel frees it all.
+                log.warning("evidence reader still busy at shutdown: leaving BPF cleanup to exit")
+                self._bpf = None
             self._evidence_thread = None
         if self._bpf is not None:
             self._bpf.cleanup()
@@ -237,7 +242,7 @@ class SyscallSource:
             except Exception:
                 if self._stop.is_set():
                     break
-                log.exception("reading the evidence ring buffer failed")
+                log.error("reading the evidence ring buffer failed", exc_info=True)
                 self._stop.wait(1)
 
     def _on_event(self, ctx: Any, data: Any, size: int) -> int:
@@ -253,8 +258,8 @@ class SyscallSource:
                 evidence_log.warning(
                     evidence_line(event, identity, syscall, suppressed, self._boot_offset)
                 )
-        except Exception:
-            log.exception("bad evidence record")
+        except Exception as e:  # one line, rate-limited by the log filter
+            log.error("bad evidence record: %s: %s", type(e).__name__, e)
         return 0
 
     # -- collect ---------------------------------------------------------------
@@ -323,7 +328,6 @@ class SyscallSource:
                 workload = f"cgroup:{identity.cgroup}"
             if self.baselines.observe(workload, self.syscall_name(nr)):
                 self._novel[key] += delta
-        self.baselines.save()
 
     def _families(
         self, series: Series, dangerous: Series, entries: int, dangerous_entries: int

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, Listen, load_settings, parse_listen
+from exporter.config import MAX_MAP_ENTRIES, ConfigError, Listen, load_settings, parse_listen
 from tests.helpers import ORB8, ROOT
 
 
@@ -83,10 +85,17 @@ def test_missing_config_file_is_an_error(tmp_path):
         load_settings({"config": str(tmp_path / "no-such.yaml")}, environ={})
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     base = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     return subprocess.run(
-        [*ORB8, *args], capture_output=True, text=True, cwd=ROOT, env={**base, **(env or {})}
+        [*ORB8, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        timeout=timeout,
     )
 
 
@@ -118,3 +127,89 @@ def test_cli_help_and_version():
 def test_example_config_file_is_valid():
     settings = load_settings({"config": str(ROOT / "deploy" / "orb8.example.yaml")}, environ={})
     assert isinstance(settings.config_file, Path)
+
+
+# --- every bad setting: exit 2, one line naming it, before any probe is loaded ------------
+
+
+def _fifo(tmp_path: Path) -> str:
+    path = tmp_path / "orb8.fifo"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _file(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / "orb8.yaml"
+    path.write_bytes(data)
+    return str(path)
+
+
+BAD_SETTINGS = [
+    # (id, args builder, env, words the one line must contain)
+    ("listen-not-an-address", lambda t, p: ["--listen", f"256.1.1.1:{p}"], {}, "invalid listen"),
+    ("listen-unresolvable", lambda t, p: ["--listen", f"no-such-host.invalid:{p}"], {}, "listen"),
+    ("listen-in-use", lambda t, p: ["--listen", f"127.0.0.1:{p}"], {}, "Address already in use"),
+    ("probes-empty", lambda t, p: ["--probes", ""], {}, "invalid probes"),
+    ("probes-an-int", lambda t, p: ["--config", _file(t, b"probes: 5\n")], {}, "invalid probes"),
+    (
+        "capacity-beyond-u32",
+        lambda t, p: ["--network-flow-entries", str(2**32 + 1)],
+        {},
+        "invalid network_flow_entries",
+    ),
+    ("capacity-huge", lambda t, p: ["--syscall-slots", "99999999"], {}, "invalid syscall_slots"),
+    ("grace-inf", lambda t, p: ["--deleted-cgroup-grace", "inf"], {}, "deleted_cgroup_grace"),
+    ("grace-nan", lambda t, p: [], {"ORB8_DELETED_POD_GRACE": "nan"}, "deleted_pod_grace"),
+    ("window-inf", lambda t, p: ["--config", _file(t, b"baseline_window: .inf\n")], {}, "window"),
+    ("node-name-long", lambda t, p: ["--node-name", "n" * 254], {}, "invalid node_name"),
+    ("config-not-utf8", lambda t, p: ["--config", _file(t, b"log_level: \xff\xfe\n")], {}, "UTF-8"),
+    ("config-binary", lambda t, p: ["--config", _file(t, bytes(range(256)))], {}, "config file"),
+    ("config-dev-zero", lambda t, p: ["--config", "/dev/zero"], {}, "not a regular file"),
+    ("config-fifo", lambda t, p: ["--config", _fifo(t)], {}, "not a regular file"),
+    ("list-as-mapping", lambda t, p: ["--config", _file(t, b"probes: {a: 1}\n")], {}, "probes"),
+    ("int-as-list", lambda t, p: ["--config", _file(t, b"syscall_slots: [1]\n")], {}, "slots"),
+    ("path-as-int", lambda t, p: ["--config", _file(t, b"state_dir: 5\n")], {}, "state_dir"),
+    ("cgroup-root-wrong", lambda t, p: ["--cgroup-root", str(t)], {}, "not a cgroup v2 mount"),
+    ("cgroup-root-missing", lambda t, p: ["--cgroup-root", "/nonexistent"], {}, "cgroup_root"),
+    ("headers-missing", lambda t, p: ["--kernel-headers", "/nonexistent"], {}, "kernel_headers"),
+    ("env-typo", lambda t, p: [], {"ORB8_SYSCAL_SLOTS": "5"}, "did you mean ORB8_SYSCALL_SLOTS"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "env", "words"), [case[1:] for case in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS]
+)
+def test_every_bad_setting_exits_2_with_one_line_before_probes(tmp_path, build, env, words):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("run", *build(tmp_path, port), env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # nothing else ran: no start-up log, no probe, no traceback
+    assert lines[0].startswith("orb8: configuration error: ")
+    assert words in lines[0]
+
+
+def test_kubernetes_service_links_are_not_settings_but_typos_are_errors():
+    links = {
+        "ORB8_SERVICE_HOST": "10.96.0.12",
+        "ORB8_SERVICE_PORT": "9091",
+        "ORB8_SERVICE_PORT_METRICS": "9091",
+        "ORB8_PORT": "tcp://10.96.0.12:9091",
+        "ORB8_PORT_9091_TCP": "tcp://10.96.0.12:9091",
+        "ORB8_PORT_9091_TCP_PROTO": "tcp",
+        "ORB8_PORT_9091_TCP_PORT": "9091",
+        "ORB8_PORT_9091_TCP_ADDR": "10.96.0.12",
+        "ORB8_METRICS_SERVICE_HOST": "10.96.0.13",
+    }
+    assert load_settings({}, environ=links).syscall_slots == 32768
+    with pytest.raises(ConfigError, match="ORB8_LISTN"):
+        load_settings({}, environ={**links, "ORB8_LISTN": ":1"})
+
+
+def test_capacity_bound_matches_the_catalogue_promise():
+    # The largest accepted capacity is exact in the kernel map (no silent truncation).
+    settings = load_settings({"network_flow_entries": str(MAX_MAP_ENTRIES)}, environ={})
+    assert settings.network_flow_entries == MAX_MAP_ENTRIES < 2**32

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 
@@ -34,7 +36,13 @@ def start_watcher(server, tmp_path):
         def factory():
             return client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
 
-        options = {"backoff_initial": 0.1, "backoff_max": 0.4, "read_timeout": 5.0, **kwargs}
+        options = {
+            "backoff_initial": 0.1,
+            "backoff_max": 0.4,
+            "relist_interval": 0.1,
+            "read_timeout": 5.0,
+            **kwargs,
+        }
         watcher = PodWatcher(factory, "node-a", **options)
         watcher.start()
         watchers.append(watcher)
@@ -118,7 +126,9 @@ def test_410_mid_watch_relists_and_keeps_the_map_right(server, start_watcher):
     server.add_pod(make_pod("after", uid="u-after"))
     wait_for(lambda: "u-after" in watcher.pods, what="pod after 410")
     wait_for(lambda: server.count("list") >= 2, what="relist")
-    assert watcher.health.reconnections == 0  # a relist, not a failure
+    # A relist after the backoff, counted as such; nothing else went wrong.
+    assert watcher.health.reconnections["expired"] >= 1
+    assert watcher.health.total_reconnections == watcher.health.reconnections["expired"]
 
 
 def test_resume_from_compacted_version_relists(server, start_watcher):
@@ -146,7 +156,8 @@ def test_malformed_events_are_skipped_and_counted(server, start_watcher):
 def test_server_errors_back_off_and_recover(server, start_watcher):
     server.fail_next(3, code=500)
     watcher = start_watcher()  # synced only after the failures
-    assert watcher.health.reconnections == 3
+    assert watcher.health.reconnections["http_error"] == 3
+    assert watcher.health.total_reconnections == 3
     assert "500" in watcher.health.last_error
 
 
@@ -163,14 +174,14 @@ def test_restart_reconnects_and_rebuilds_the_map(server, start_watcher):
     wait_for(lambda: watcher.health.connected, timeout=5, what="resync within 5 s")
     assert "u-new" in watcher.pods
     assert watcher.pods["u-dies"].deleted_at is not None
-    assert watcher.health.reconnections >= 1
+    assert watcher.health.total_reconnections >= 1
 
 
 def test_stalled_watch_is_detected_by_read_timeout(server, start_watcher):
     watcher = start_watcher(read_timeout=0.5)
     assert server.wait_watches(1)
     server.stall(2.0)
-    wait_for(lambda: watcher.health.reconnections >= 1, timeout=5, what="stall detected")
+    wait_for(lambda: watcher.health.reconnections["stalled"] >= 1, timeout=5, what="stall")
     server.add_pod(make_pod("after-stall", uid="u-as"))
     wait_for(lambda: "u-as" in watcher.pods, timeout=10, what="recovery after stall")
 
@@ -189,7 +200,7 @@ def test_bookmarks_advance_the_resume_point(server, start_watcher):
     server.add_pod(make_pod("mine", uid="u-mine"))
     wait_for(lambda: "u-mine" in watcher.pods)
     assert server.count("list") == 1, "resumed from the bookmark without a relist"
-    assert watcher.health.reconnections == 0
+    assert watcher.health.total_reconnections == 0
 
 
 def test_paginated_resync_of_1000_pods(server, start_watcher):
@@ -198,3 +209,163 @@ def test_paginated_resync_of_1000_pods(server, start_watcher):
     watcher = start_watcher(page_size=100)
     assert len(watcher.pods) == 1000
     assert server.count("list") == 10
+
+
+# --- faults that must not storm the API server --------------------------------------------
+# Each fault runs for a fixed time with a scaled-down backoff (0.2 s doubling to 1 s) and
+# the requests that reached the server are bounded. Without a backoff on these paths the
+# same 3 s held hundreds of requests.
+
+FAULT_SECONDS = 3.0
+STORM_OPTIONS = {"backoff_initial": 0.2, "backoff_max": 1.0, "relist_interval": 1.0}
+
+
+def _watch_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "exporter.identity.kubernetes" and r.levelname == "WARNING"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "server_says", "relists"),
+    [
+        (410, "expired", "injected watch failure 410", True),
+        ("expire", "expired", "", True),
+        ("end", "closed", "no event", False),
+        (500, "http_error", "injected watch failure 500", False),
+    ],
+)
+def test_a_failing_watch_backs_off_and_is_visible(
+    server, start_watcher, caplog, fault, reason, server_says, relists
+):
+    caplog.set_level("INFO", logger="exporter.identity.kubernetes")
+    watcher = start_watcher(**STORM_OPTIONS)
+    assert server.wait_watches(1)
+    lists, watches = server.count("list"), server.count("watch")
+    server.break_watches(fault)
+    server.drop_connections()  # the open watch fails; every later one meets the fault
+    time.sleep(FAULT_SECONDS)
+    server.break_watches(None)
+    extra_lists = server.count("list") - lists
+    extra_watches = server.count("watch") - watches
+    # 3 s of 0.1-0.2, 0.2-0.4, 0.4-0.8, then 0.5-1 s waits: at most 9 attempts.
+    assert extra_watches <= 10, f"{extra_watches} watch requests in {FAULT_SECONDS}s"
+    if relists:
+        assert 1 <= extra_lists <= 4, f"{extra_lists} relists in {FAULT_SECONDS}s"
+    else:
+        assert extra_lists == 0, "a watch failure resumes the watch, it does not relist"
+    assert watcher.health.reconnections[reason] >= 3
+    # Logged once for the episode, on one line, with what the server said.
+    warnings = [w for w in _watch_warnings(caplog) if reason_text(reason) in w]
+    assert len(warnings) == 1, warnings
+    assert "\n" not in warnings[0] and server_says in warnings[0]
+    # Healthy again once a watch delivers something.
+    assert server.wait_watches(1, timeout=5)
+    server.add_pod(make_pod("after", uid="u-after"))
+    wait_for(lambda: "u-after" in watcher.pods, timeout=10, what="recovery")
+    wait_for(
+        lambda: any("recovered" in r.getMessage() for r in caplog.records), what="recovery log"
+    )
+
+
+def reason_text(reason: str) -> str:
+    from exporter.identity.kubernetes import REASONS
+
+    return REASONS[reason]
+
+
+class _SilentServer:
+    """TCP accepted, request read, nothing ever answered: a hung API server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_hung_api_server_is_detected_by_orb8_without_silent_retries(tmp_path, caplog):
+    caplog.set_level("INFO", logger="exporter.identity.kubernetes")
+    silent = _SilentServer()
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{silent.port}")
+
+    def factory():
+        return client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+
+    watcher = PodWatcher(
+        factory,
+        "node-a",
+        list_timeout=0.3,
+        backoff_initial=0.2,
+        backoff_max=0.4,
+        relist_interval=0.2,
+    )
+    watcher.start()
+    try:
+        wait_for(lambda: watcher.health.reconnections["stalled"] >= 3, what="3 stalls")
+    finally:
+        watcher.stop()
+        silent.close()
+    stalls = watcher.health.reconnections["stalled"]
+    # Every connection orb8 opened is a failure it counted (urllib3 would retry 3 more times).
+    assert len(silent.accepted) <= stalls + 1, (len(silent.accepted), stalls)
+    assert not watcher.health.connected
+    warnings = [w for w in _watch_warnings(caplog) if reason_text("stalled") in w]
+    assert len(warnings) == 1, warnings
+
+
+# --- malformed objects ----------------------------------------------------------------------
+
+
+def _malformed_pods() -> list[dict]:
+    status_text = make_pod("status-text", uid="u-bad-status")
+    status_text["status"] = "Running"
+    uid_object = make_pod("uid-object")
+    uid_object["metadata"]["uid"] = {"not": "a string"}
+    oops = make_pod("oops", uid="u-oops")
+    oops["status"]["containerStatuses"] = ["oops"]
+    return [status_text, uid_object, oops]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_parse_pod_rejects_wrongly_typed_fields(index):
+    with pytest.raises(ValueError):
+        parse_pod(_malformed_pods()[index])
+
+
+def test_malformed_pods_are_passed_over_and_counted_and_nothing_else_stops(server, start_watcher):
+    from exporter.sources.exporter_self import identity_families
+
+    server.add_pod(make_pod("good", uid="u-good"))
+    for pod in _malformed_pods():
+        server.add_pod(pod)
+    watcher = start_watcher()
+    assert set(watcher.pods) == {"u-good"}
+    assert watcher.health.malformed_events == 3
+    assert server.wait_watches(1)
+    # A watch event with a malformed pod: passed over, counted, the stream goes on.
+    good = server.pods()[[p["metadata"].get("uid") for p in server.pods()].index("u-good")]
+    good["status"]["containerStatuses"] = ["oops"]
+    server.update_pod(good)
+    server.add_pod(make_pod("later", uid="u-later"))
+    wait_for(lambda: "u-later" in watcher.pods, what="event after the malformed one")
+    assert watcher.health.malformed_events == 4
+    assert server.count("list") == 1 and watcher.health.total_reconnections == 0
+    families = {f.name: f for f in identity_families(None, watcher)}
+    assert families["orb8_k8s_watch_malformed_events_total"].samples == [((), 4)]

@@ -1,0 +1,355 @@
+"""A small HTTP/1.1 server whose cost stays bounded whatever the clients do.
+
+One selector thread accepts connections and reads request heads without
+blocking; a fixed pool of worker threads builds and writes responses. So:
+  - threads are fixed (1 + `workers`), however many clients connect;
+  - at most `max_connections` sockets are held; at the limit the oldest
+    connection still sending its request is closed to make room, so an idle
+    or slow crowd cannot lock a real scraper (which sends at once) out;
+  - a request head must arrive complete within `header_timeout` seconds and
+    fit in `MAX_HEAD` bytes; a response must be taken by the client within
+    `write_timeout` seconds; one request per connection (Connection: close);
+  - the listen backlog is real (`backlog`, up to net.core.somaxconn).
+
+Requests are parsed by the standard library's BaseHTTPRequestHandler (request
+line, headers, HTTP/0.9 and error replies) over the buffered head; handlers
+are a route table, path -> function(Request) -> Response, so endpoints
+(/healthz, ...) are one entry each. Only GET and HEAD are served: no endpoint
+takes a body.
+
+TLS would wrap accepted sockets in `_accept` (SSLContext.wrap_socket with
+server_side=True, do_handshake_on_connect=False, the handshake driven by the
+selector); not done here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 16 * 1024  # bytes of request line + headers; Prometheus sends < 1 KiB
+
+
+@dataclass
+class Request:
+    method: str  # GET or HEAD
+    path: str  # without the query string
+    query: str
+    headers: Mapping[str, str]
+
+
+@dataclass
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Route = Callable[[Request], Response]
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    address: Any
+    opened: float
+    head: bytearray = field(default_factory=bytearray)
+
+
+class BoundedHTTPServer:
+    """Serves `routes` on `address` with fixed threads and bounded connections."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        routes: Mapping[str, Route],
+        *,
+        workers: int = 4,
+        max_connections: int = 256,
+        header_timeout: float = 5.0,
+        write_timeout: float = 10.0,
+        backlog: int = 512,
+        family: socket.AddressFamily = socket.AF_INET,
+    ) -> None:
+        self.routes = dict(routes)
+        self.workers = workers
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.write_timeout = write_timeout
+        # Bound (and listening) here, before the caller does anything slow:
+        # a bad or busy address fails at once.
+        self.socket = socket.create_server(address, family=family, backlog=backlog)
+        self.socket.setblocking(False)
+        self.address = self.socket.getsockname()
+        self.closed_for_capacity = 0  # connections closed to make room (for tests and logs)
+        self._reading: dict[int, _Conn] = {}  # fd -> connection still sending its head
+        self._ready: queue.Queue[_Conn | None] = queue.Queue(maxsize=max_connections)
+        self._in_work = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._selector.register(self.socket, selectors.EVENT_READ, "listen")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        threads = [threading.Thread(target=self._loop, name="http", daemon=True)]
+        threads += [
+            threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        self._threads = threads
+        for thread in threads:
+            thread.start()
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        for _ in range(self.workers):
+            with contextlib.suppress(queue.Full):
+                self._ready.put_nowait(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for conn in list(self._reading.values()):
+            _close(conn.sock)
+        self._reading.clear()
+        with contextlib.suppress(Exception):
+            self._selector.close()
+        for sock in (self.socket, self._wake_r, self._wake_w):
+            _close(sock)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._reading) + self._ready.qsize() + self._in_work
+
+    # -- selector thread: accept and read heads ----------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                events = self._selector.select(timeout=0.5)
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+                raise
+            for key, _ in events:
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "wake":
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(64)
+                else:
+                    self._read(key.data)
+            self._expire(time.monotonic())
+
+    def _accept(self) -> None:
+        for _ in range(64):  # a burst, then let reads run
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: shed the oldest, try again later
+                log.warning("http accept failed: %s", e)
+                self._shed_oldest()
+                return
+            if self.open_connections >= self.max_connections:
+                self._shed_oldest()
+            sock.setblocking(False)
+            conn = _Conn(sock, address, time.monotonic())
+            with self._lock:
+                self._reading[sock.fileno()] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        conn.head += data
+        if _head_complete(conn.head):
+            self._unregister(conn)
+            try:
+                self._ready.put_nowait(conn)
+            except queue.Full:
+                _close(conn.sock)
+        elif len(conn.head) > MAX_HEAD:
+            self._unregister(conn)
+            conn.sock.setblocking(True)
+            conn.sock.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                conn.sock.sendall(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            _close(conn.sock)
+
+    def _expire(self, now: float) -> None:
+        for conn in [c for c in self._reading.values() if now - c.opened > self.header_timeout]:
+            self._drop(conn)
+
+    def _shed_oldest(self) -> None:
+        """Make room: close the connection that has been sending its request the longest."""
+        with self._lock:
+            oldest = min(self._reading.values(), key=lambda c: c.opened, default=None)
+        if oldest is not None:
+            self.closed_for_capacity += 1
+            self._drop(oldest)
+
+    def _unregister(self, conn: _Conn) -> None:
+        with self._lock:
+            self._reading.pop(conn.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(conn.sock)
+
+    def _drop(self, conn: _Conn) -> None:
+        self._unregister(conn)
+        _close(conn.sock)
+
+    # -- workers: parse, route, write --------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            conn = self._ready.get()
+            if conn is None or self._stop.is_set():
+                if conn is not None:
+                    _close(conn.sock)
+                return
+            with self._lock:
+                self._in_work += 1
+            try:
+                self._serve(conn)
+            except Exception as e:  # a bug: one line, the traceback at debug level
+                log.error("http request from %s failed: %s: %s", conn.address, type(e).__name__, e)
+                log.debug("http request failure", exc_info=True)
+            finally:
+                _close(conn.sock)
+                with self._lock:
+                    self._in_work -= 1
+
+    def _serve(self, conn: _Conn) -> None:
+        conn.sock.setblocking(True)
+        writer = _DeadlineWriter(conn.sock, self.write_timeout)
+        _Handler(bytes(conn.head), writer, conn.address, self.routes)
+        writer.flush_all()
+
+
+def _head_complete(head: bytearray) -> bool:
+    if b"\r\n\r\n" in head or b"\n\n" in head:
+        return True
+    # HTTP/0.9 ("GET /path" and a newline) has no headers; answer it rather than wait.
+    first, newline, _ = bytes(head).partition(b"\n")
+    return bool(newline) and len(first.split()) < 3
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class _DeadlineWriter(io.RawIOBase):
+    """Collects the response, then sends it all within one deadline (not one per send)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        return len(chunk)
+
+    def flush_all(self) -> None:
+        data = memoryview(b"".join(self._parts))
+        self._parts = []
+        deadline = time.monotonic() + self._timeout
+        while data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.debug("http client too slow to take its response: closed")
+                return
+            self._sock.settimeout(left)
+            try:
+                sent = self._sock.send(data)
+            except (TimeoutError, ConnectionError, OSError):
+                return  # the client went away or is too slow: nothing more to do
+            data = data[sent:]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """The standard library's request parsing over an already buffered request head."""
+
+    server_version = "orb8"
+    protocol_version = "HTTP/1.1"
+
+    def __init__(
+        self, head: bytes, writer: _DeadlineWriter, address: Any, routes: Mapping[str, Route]
+    ) -> None:
+        self._head, self._writer, self._routes = head, writer, routes
+        self.client_address = address
+        self.rfile = io.BytesIO(head)
+        self.wfile = writer  # type: ignore[assignment]
+        self.close_connection = True
+        self.handle_one_request()
+
+    def handle_one_request(self) -> None:
+        self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
+        if not self.raw_requestline or not self.parse_request():
+            return
+        self.close_connection = True
+        if self.command not in ("GET", "HEAD"):
+            self._respond(
+                Response(405, "text/plain; charset=utf-8", b"only GET and HEAD\n"),
+                {"Allow": "GET, HEAD"},
+            )
+            return
+        path, _, query = self.path.partition("?")
+        route = self._routes.get(path)
+        if route is None:
+            response = Response(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
+        else:
+            request = Request(self.command, path, query, {k: v for k, v in self.headers.items()})
+            response = route(request)
+        self._respond(response)
+
+    def _respond(self, response: Response, extra: Mapping[str, str] | None = None) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Connection", "close")
+        for key, value in {**response.headers, **(extra or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s " + format, self.client_address, *args)

@@ -1,0 +1,249 @@
+"""The /metrics HTTP server under real sockets: negotiation, coalescing, bounded cost."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from exporter.config import Listen
+from exporter.model import MetricFamily, counter
+from exporter.outputs.prometheus import PrometheusServer
+from tests.helpers import ROOT
+
+OPENMETRICS = "application/openmetrics-text"
+
+
+class Collect:
+    """A collect that counts its calls and takes `delay` seconds, like a busy node."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> list[MetricFamily]:
+        with self._lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        family = counter("orb8_test_total", "A test counter.", ("n",))
+        family.add(("1",), 42)
+        return [family]
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(collect: Collect | None = None) -> PrometheusServer:
+        server = PrometheusServer(Listen("127.0.0.1", 0), collect or Collect(), lambda: "<p>hi")
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def request(server: PrometheusServer, method: str = "GET", path: str = "/metrics", **headers):
+    conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.0, identity", False),
+        ("deflate, gzip;q=0.5", True),
+        ("*", True),
+        ("*;q=0", False),
+        ("gzip;q=0, *", False),
+        ("identity", False),
+        ("", False),
+    ],
+)
+def test_gzip_follows_q_values(serve, accept_encoding, gzipped):
+    status, headers, body = request(serve(), **{"Accept-Encoding": accept_encoding})
+    assert status == 200
+    assert (headers.get("Content-Encoding") == "gzip") is gzipped
+    text = gzip.decompress(body) if gzipped else body
+    assert b"orb8_test_total" in text
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        (f"{OPENMETRICS};version=1.0.0", True),
+        (f"{OPENMETRICS};version=1.0.0;q=0", False),
+        (f"text/plain;version=0.0.4;q=0.9,{OPENMETRICS};version=1.0.0;q=0.5", False),
+        (f"text/plain;q=0.3,{OPENMETRICS};version=1.0.0;q=0.5,*/*;q=0.1", True),
+        (f"{OPENMETRICS};version=nonsense", False),
+        ("text/plain", False),
+        ("", False),
+    ],
+)
+def test_format_follows_q_values(serve, accept, openmetrics):
+    status, headers, body = request(serve(), Accept=accept)
+    assert status == 200
+    assert headers["Content-Type"].startswith(OPENMETRICS) is openmetrics
+    assert body.endswith(b"# EOF\n") is openmetrics
+
+
+def test_head_is_get_without_a_body_and_other_methods_are_refused(serve):
+    server = serve()
+    status, headers, body = request(server, "HEAD")
+    _, _, full = request(server)
+    assert status == 200 and body == b""
+    assert int(headers["Content-Length"]) == len(full)
+    status, headers, _ = request(server, "POST")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert request(server, path="/nope")[0] == 404
+    assert request(server, path="/")[2] == b"<p>hi"
+
+
+def test_concurrent_scrapes_share_one_collect(serve):
+    collect = Collect(delay=0.5)
+    server = serve(collect)
+    scrapes = 16
+    with ThreadPoolExecutor(scrapes) as pool:
+        results = list(pool.map(lambda _: request(server), range(scrapes)))
+    assert all(status == 200 for status, _, _ in results)
+    assert len({body for _, _, body in results}) <= collect.calls  # waiters got its result
+    # Each collect serves every scrape that arrived meanwhile (at most `workers` at once).
+    assert collect.calls <= scrapes // server.httpd.workers + 1, collect.calls
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def test_many_idle_and_slow_clients_cost_bounded_threads_and_metrics_still_answer(serve):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    clients = 900
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    server = serve()
+    port = server.address[1]
+    threads_before = threading.active_count()
+    sockets: list[socket.socket] = []
+    try:
+        for i in range(clients):
+            sock = _connect(port)
+            if i % 3 == 0:  # slow: a request that never finishes
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            sockets.append(sock)
+        # An HTTP/0.9 request is answered and closed, not left hanging.
+        old = _connect(port)
+        old.sendall(b"GET /metrics\r\n")
+        answer = b""
+        while chunk := old.recv(65536):
+            answer += chunk
+        old.close()
+        assert b"orb8_test_total" in answer
+        # A real scraper still gets its answer.
+        status, _, body = request(server)
+        assert status == 200 and b"orb8_test_total" in body
+        # Fixed threads and bounded held connections, however many clients came.
+        assert threading.active_count() == threads_before
+        assert server.httpd.open_connections <= server.httpd.max_connections
+        assert server.httpd.closed_for_capacity >= clients - server.httpd.max_connections
+    finally:
+        for sock in sockets:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_client_that_never_finishes_its_request_is_closed(serve):
+    server = serve()
+    server.httpd.header_timeout = 0.5
+    sock = _connect(server.address[1])
+    sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+    sock.settimeout(10)
+    assert sock.recv(100) == b""  # closed by the server, no answer
+    sock.close()
+
+
+def test_a_busy_port_fails_at_construction(serve):
+    server = serve()
+    with pytest.raises(OSError):
+        PrometheusServer(Listen("127.0.0.1", server.address[1]), Collect(), lambda: "")
+
+
+SERVE = """
+import sys, threading
+from exporter.config import Listen
+from exporter.model import counter
+from exporter.outputs.prometheus import PrometheusServer
+
+def collect():
+    family = counter("orb8_test_total", "A test counter.")
+    family.add((), 1)
+    return [family]
+
+server = PrometheusServer(Listen("127.0.0.1", 0), collect, lambda: "")
+server.start()
+print(server.address[1], flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+def _status(pid: int) -> dict[str, int]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "Threads"):
+                fields[key] = int(value.split()[0])
+    return fields
+
+
+def test_a_crowd_of_idle_clients_leaves_threads_and_memory_of_the_server_flat():
+    """In its own process, so only the server's cost is measured: before, every idle
+    connection was a thread (3,000 idle sockets = 3,004 threads and +80 MB)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
+    )
+    sockets: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as warm:
+            warm.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            while warm.recv(65536):
+                pass
+        before = _status(proc.pid)
+        for _ in range(1500):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as scraper:
+            scraper.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := scraper.recv(65536):
+                answer += chunk
+        assert b"orb8_test_total 1.0" in answer
+        after = _status(proc.pid)
+        assert after["Threads"] == before["Threads"], (before, after)
+        assert after["VmRSS"] - before["VmRSS"] < 8 * 1024, (before, after)  # KiB
+    finally:
+        for sock in sockets:
+            sock.close()
+        proc.kill()
+        proc.wait()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
