@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Both prepare the host first (idempotent; see scripts/setup-host.sh).
 VENV := .venv
-LISTEN ?= 0.0.0.0:9091
+LISTEN ?= 0.0.0.0:9826
 
 .PHONY: setup run test lint bench clean
 

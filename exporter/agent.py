@@ -24,7 +24,9 @@ from exporter.config import Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
+from exporter.outputs import health
 from exporter.outputs.prometheus import PrometheusServer, landing_page
+from exporter.outputs.webconfig import load_web_config
 from exporter.sources import Source
 from exporter.sources.exporter_self import identity_families, self_families
 from exporter.sources.network import NetworkSource
@@ -142,6 +144,7 @@ class Agent:
         self.watcher: PodWatcher | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._started = False
 
     def start(self) -> None:
         if self.sources is None:
@@ -163,10 +166,26 @@ class Agent:
         if self.sources and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
-        self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
+        web_config = None
+        if self.settings.web_config_file is not None:
+            web_config = load_web_config(self.settings.web_config_file)
+            log.info("web config %s: %s", web_config.source, web_config.describe())
+        self.server = PrometheusServer(
+            self.settings.listen,
+            self.collect,
+            self.landing,
+            routes={"/healthz": health.liveness, "/readyz": self.readiness},
+            web_config=web_config,
+        )
+        self._started = True
         self.server.start()
         host, port = self.server.address[:2]
-        log.info("serving metrics on http://%s:%s/metrics", host, port)
+        scheme = "https" if web_config is not None and web_config.tls is not None else "http"
+        log.info("serving metrics on %s://%s:%s/metrics", scheme, host, port)
+
+    def readiness(self) -> tuple[int, str]:
+        synced = self.watcher.synced.is_set() if self.watcher is not None else None
+        return health.readiness(self._started, dict(self.up), synced)
 
     def _mark_down(self, name: str, error: str) -> None:
         if self.errors.get(name) != error:

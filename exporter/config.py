@@ -36,6 +36,10 @@ DEFAULT_DANGEROUS_SYSCALLS = (
     "ioperm", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime",
 )  # fmt: skip
 MIB = 1 << 20
+# Not 9091 (Pushgateway, also Calico Felix) and clear of the node-level agents
+# a DaemonSet shares hostNetwork with: node_exporter 9100, dcgm-exporter 9400,
+# ebpf_exporter 9435, kubelet 10250/10255 (see docs/deploying.md#port).
+DEFAULT_PORT = 9826
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -188,6 +192,19 @@ def existing_file(value: Any) -> Path | None:
     return path
 
 
+def web_config_file(value: Any) -> Path | None:
+    """Checked in full at start (YAML, keys, certificates, bcrypt hashes)."""
+    from exporter.outputs.webconfig import WebConfigError, load_web_config
+
+    path = existing_file(value)
+    if path is not None:
+        try:
+            load_web_config(path)
+        except WebConfigError as e:
+            raise ValueError(str(e)) from None
+    return path
+
+
 def node_name(value: Any) -> str:
     name = str(value or "").strip()
     if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
@@ -207,7 +224,13 @@ class Spec:
 
 
 SETTINGS: tuple[Spec, ...] = (
-    Spec("listen", parse_listen, ":9091", "address for /metrics (HOST:PORT, :PORT)", "HOST:PORT"),
+    Spec(
+        "listen",
+        parse_listen,
+        f":{DEFAULT_PORT}",
+        "address for /metrics, /healthz and /readyz (HOST:PORT, :PORT)",
+        "HOST:PORT",
+    ),
     Spec(
         "probes",
         probe_list,
@@ -388,6 +411,14 @@ SETTINGS: tuple[Spec, ...] = (
         "cgroup v2 mount point (default: found in /proc/self/mountinfo)",
         "DIR",
     ),
+    Spec(
+        "web_config_file",
+        web_config_file,
+        None,
+        "TLS and basic auth for /metrics, in the Prometheus exporter-toolkit web config "
+        "format (tls_server_config, basic_auth_users); default: plain HTTP",
+        "FILE",
+    ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
@@ -420,6 +451,7 @@ class Settings:
     kernel_headers: Path | None
     bpf_dir: Path | None
     cgroup_root: Path | None
+    web_config_file: Path | None
     log_level: str
     config_file: Path | None = None
 

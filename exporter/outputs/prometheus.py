@@ -1,5 +1,9 @@
 """Prometheus output: /metrics (text or OpenMetrics, gzip) and a landing page at /.
 
+Extra plain-text routes (/healthz, /readyz from outputs/health.py) and the
+optional web config (TLS + basic auth, outputs/webconfig.py) plug in through
+two small hooks: `routes` and `web_config`.
+
 Rendering goes through prometheus_client so escaping and content
 negotiation match what Prometheus expects; the families themselves come
 from the agent's model, read fresh on every scrape.
@@ -11,7 +15,7 @@ import gzip
 import html
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +29,8 @@ from prometheus_client.metrics_core import (
 
 from exporter.config import Listen
 from exporter.model import MetricFamily
+from exporter.outputs.health import HEALTH_PATHS
+from exporter.outputs.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +70,36 @@ class PrometheusServer:
         listen: Listen,
         collect: Callable[[], Iterable[MetricFamily]],
         landing: Callable[[], str],
+        routes: Mapping[str, Callable[[], tuple[int, str]]] | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.registry = build_registry(collect)
         registry, render_landing = self.registry, landing
+        extra = dict(routes or {})
+        auth = web_config.auth if web_config is not None else None
+        tls = web_config if web_config is not None and web_config.tls is not None else None
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "orb8"
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if (
+                    auth is not None
+                    and path not in HEALTH_PATHS
+                    and not auth.check(self.headers.get("Authorization"))
+                ):
+                    self._send(
+                        401,
+                        "text/plain; charset=utf-8",
+                        b"Unauthorized\n",
+                        {"WWW-Authenticate": 'Basic realm="orb8"'},
+                    )
+                    return
+                if path in extra:
+                    code, text = extra[path]()
+                    self._send(code, "text/plain; charset=utf-8", text.encode())
+                elif path == "/metrics":
                     self._metrics()
                 elif path == "/":
                     self._send(200, "text/html; charset=utf-8", render_landing().encode())
@@ -115,6 +141,17 @@ class PrometheusServer:
         class Server(ThreadingHTTPServer):
             daemon_threads = True
             address_family = ThreadingHTTPServer.address_family
+
+            def finish_request(self, request: Any, client_address: Any) -> None:
+                if tls is None:
+                    super().finish_request(request, client_address)
+                    return
+                secured = tls.accept(request)  # handshake in this worker thread
+                if secured is not None:
+                    try:
+                        super().finish_request(secured, client_address)
+                    finally:
+                        secured.close()
 
         if ":" in listen.host:
             import socket
