@@ -166,10 +166,29 @@ def compile_probe(
         raise ProbeError(f"compiling {source.name} failed: {e}") from e
 
 
+def kernel_has_symbol(names: tuple[str, ...], kallsyms: Path = Path("/proc/kallsyms")) -> bool:
+    """Whether any of `names` is a kernel symbol, by name.
+
+    BCC's support_raw_tracepoint() looks the symbol's address up, and without
+    CAP_SYSLOG (the DaemonSet does not grant it) every address reads as 0, so
+    it answers False and orb8 fell back to the slower classic tracepoint in a
+    least-privilege container. Names stay visible, so match those.
+    """
+    wanted = {name.encode() for name in names}
+    try:
+        with kallsyms.open("rb") as f:
+            # "<address> <type> <name> [module]"; the address may be zeroed.
+            return any(line.split(maxsplit=3)[2:3] in ([name] for name in wanted) for line in f)
+    except OSError:
+        return False
+
+
 def choose_sys_enter_hook() -> str:
     """Pick how to hook syscall entry on this kernel: 'raw_tracepoint' or 'tracepoint'."""
     bcc = import_bcc()
-    if bcc.BPF.support_raw_tracepoint():
+    if bcc.BPF.support_raw_tracepoint() or kernel_has_symbol(
+        ("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint")
+    ):
         return "raw_tracepoint"
     if not bcc.BPF.tracepoint_exists("raw_syscalls", "sys_enter"):
         raise ProbeError(
