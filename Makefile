@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9826
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean image image-test manifests
 
 setup:
 	@bash scripts/setup-host.sh
@@ -21,6 +21,20 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/syscall_overhead.py
+
+# Container image localhost/orb8:<version>, built here without any registry
+# (mmdebstrap base + podman; see scripts/build-image.sh). Elsewhere:
+# podman build -f Containerfile .
+image:
+	@bash scripts/build-image.sh
+
+# The image under the DaemonSet's exact privileges (also part of `make test`).
+image-test: setup
+	$(VENV)/bin/python -m pytest tests/kernel/test_container.py $(PYTEST_ARGS)
+
+# Regenerate deploy/prometheus-operator/prometheusrule.yaml from alerts/.
+manifests: setup
+	$(VENV)/bin/python tools/gen_prometheusrule.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
