@@ -26,7 +26,7 @@ from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
 from exporter.outputs import health
 from exporter.outputs.prometheus import PrometheusServer, landing_page
-from exporter.outputs.webconfig import load_web_config
+from exporter.outputs.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.sources import Source
 from exporter.sources.exporter_self import identity_families, self_families
 from exporter.sources.network import NetworkSource
@@ -147,6 +147,7 @@ class Agent:
         self._started = False
 
     def start(self) -> None:
+        web_config = self._web_config()  # before the slow probe compile: fail fast
         if self.sources is None:
             try:
                 headers = probes.find_kernel_headers(self.settings.kernel_headers)
@@ -166,10 +167,6 @@ class Agent:
         if self.sources and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
-        web_config = None
-        if self.settings.web_config_file is not None:
-            web_config = load_web_config(self.settings.web_config_file)
-            log.info("web config %s: %s", web_config.source, web_config.describe())
         self.server = PrometheusServer(
             self.settings.listen,
             self.collect,
@@ -182,6 +179,16 @@ class Agent:
         host, port = self.server.address[:2]
         scheme = "https" if web_config is not None and web_config.tls is not None else "http"
         log.info("serving metrics on %s://%s:%s/metrics", scheme, host, port)
+
+    def _web_config(self) -> WebConfig | None:
+        if self.settings.web_config_file is None:
+            return None
+        try:
+            web_config = load_web_config(self.settings.web_config_file)
+        except WebConfigError as e:
+            raise StartupError(str(e)) from None
+        log.info("web config %s: %s", web_config.source, web_config.describe())
+        return web_config
 
     def readiness(self) -> tuple[int, str]:
         synced = self.watcher.synced.is_set() if self.watcher is not None else None

@@ -156,6 +156,7 @@ class WebConfig:
             first = sock.recv(1, socket.MSG_PEEK)
             if first and first[0] != TLS_HANDSHAKE_RECORD:
                 sock.sendall(PLAIN_HTTP_ANSWER)
+                _close_gently(sock)
                 return None
             tls_sock = self.tls.wrap_socket(sock, server_side=True)
         except (OSError, ssl.SSLError) as e:
@@ -163,6 +164,17 @@ class WebConfig:
             return None
         tls_sock.settimeout(None)
         return tls_sock
+
+
+def _close_gently(sock: socket.socket) -> None:
+    """Finish our side, then read what the client sent: closing a socket with
+    unread input makes the kernel send a reset, which can destroy the 400
+    before the client reads it."""
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(1.0)
+    received = 0
+    while received < 65536 and (chunk := sock.recv(4096)):
+        received += len(chunk)
 
 
 def load_web_config(path: Path) -> WebConfig:
