@@ -60,6 +60,8 @@ def podman_flags(pod: dict, node_name: str, drop_cap: str = "", seccomp: str = "
     profile = seccomp or security["seccompProfile"]["type"]
     if profile == "Unconfined":
         flags += ["--security-opt", "seccomp=unconfined"]
+    elif profile == "Localhost":  # the profile orb8 ships, as a node would have it
+        flags += ["--security-opt", f"seccomp={ROOT / 'deploy' / 'seccomp' / 'orb8.json'}"]
     else:
         assert profile == "RuntimeDefault"  # podman's default profile
     if pod.get("hostPID"):
@@ -213,10 +215,15 @@ def test_each_added_capability_is_needed(image, cap, failing):
     assert failed == failing, result.stdout
 
 
-def test_runtime_default_seccomp_blocks_bpf_without_sys_admin(image):
+def test_runtime_default_seccomp_blocks_bpf_but_the_shipped_profile_does_not(image):
     result = check_in_container(image, seccomp="RuntimeDefault")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL" in result.stdout
+    # deploy/seccomp/orb8.json = that default + bpf with CAP_BPF and
+    # perf_event_open with CAP_PERFMON: the alternative to Unconfined.
+    result = check_in_container(image, seccomp="Localhost")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK    syscalls" in result.stdout and "OK    network" in result.stdout
 
 
 def test_the_image_is_small_in_privilege_and_labelled(image):
