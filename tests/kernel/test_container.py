@@ -90,6 +90,23 @@ def podman_flags(pod: dict, node_name: str, drop_cap: str = "", seccomp: str = "
     return flags
 
 
+@pytest.fixture(scope="module", autouse=True)
+def kubelet_dirs() -> Iterator[None]:
+    """hostPath DirectoryOrCreate dirs the translation makes; removed afterwards
+    when this machine had none (no kubelet here)."""
+    volumes = daemonset_pod()["volumes"]
+    paths = [
+        Path(v["hostPath"]["path"])
+        for v in volumes
+        if v.get("hostPath", {}).get("type") == "DirectoryOrCreate"
+    ]
+    missing = [p for path in paths for p in (path, *path.parents) if not p.exists()]
+    yield
+    for path in sorted(missing, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
     build = subprocess.run(
