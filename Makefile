@@ -1,9 +1,9 @@
 # The two commands a new user needs: `make run` and `make test`.
 # Both prepare the host first (idempotent; see scripts/setup-host.sh).
 VENV := .venv
-LISTEN ?= 0.0.0.0:9091
+LISTEN ?= 0.0.0.0:9826
 
-.PHONY: setup run test lint bench dashboards clean fake-nvml
+.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests
 
 setup:
 	@bash scripts/setup-host.sh
@@ -34,6 +34,19 @@ fake-nvml: build/fake-nvml/libnvidia-ml.so.1
 build/fake-nvml/libnvidia-ml.so.1: tests/fakes/nvml/fake_nvml.c
 	@mkdir -p build/fake-nvml
 	gcc -shared -fPIC -O2 -Wall -Wextra -o $@ $<
+# Container image localhost/orb8:<version>, built here without any registry
+# (mmdebstrap base + podman; see scripts/build-image.sh). Elsewhere:
+# podman build -f Containerfile .
+image:
+	@bash scripts/build-image.sh
+
+# The image under the DaemonSet's exact privileges (also part of `make test`).
+image-test: setup
+	$(VENV)/bin/python -m pytest tests/kernel/test_container.py $(PYTEST_ARGS)
+
+# Regenerate deploy/prometheus-operator/prometheusrule.yaml from alerts/.
+manifests: setup
+	$(VENV)/bin/python tools/gen_prometheusrule.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

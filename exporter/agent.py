@@ -24,8 +24,10 @@ from exporter.config import ConfigError, Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
 from exporter.model import MetricFamily
+from exporter.outputs import health
 from exporter.outputs.otlp import OtlpConfig, OtlpOutput, health_families
 from exporter.outputs.prometheus import PrometheusServer, landing_page
+from exporter.outputs.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.sources import Source, SourceAbsent
 from exporter.sources.exporter_self import identity_families, process_families, self_families
 from exporter.sources.network import NetworkSource
@@ -163,6 +165,7 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.banner = banner
+        self.scheme = "http"
         self.sources = sources
         self.otlp_config = otlp
         self.otlp: OtlpOutput | None = None
@@ -176,6 +179,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started: list[Source] = []  # sources whose start() returned
+        self._serving = False  # start-up finished: /readyz may say ready
         self._abandon = False  # SIGTERM during start-up: start nothing more
         self._closed = False
         self._start_error: BaseException | None = None
@@ -183,14 +187,22 @@ class Agent:
 
     def bind(self) -> None:
         """Bind the HTTP socket. First of all: an unusable --listen (unresolvable, not
-        local, in use) is a configuration error, reported before seconds of probe
-        compilation; scrapers meanwhile wait in the listen backlog."""
+        local, in use) or web config is a configuration error, reported before
+        seconds of probe compilation; scrapers meanwhile wait in the listen backlog."""
+        web_config = self._web_config()
         try:
-            self.server = PrometheusServer(self.settings.listen, self.collect, self.landing)
+            self.server = PrometheusServer(
+                self.settings.listen,
+                self.collect,
+                self.landing,
+                routes={"/healthz": health.liveness, "/readyz": self.readiness},
+                web_config=web_config,
+            )
         except OSError as e:
             raise ConfigError(
                 f"invalid listen ({self.settings.listen}): cannot listen there: {e.strerror or e}"
             ) from None
+        self.scheme = "https" if web_config is not None and web_config.tls is not None else "http"
 
     def start(self) -> None:
         if self.server is None:
@@ -223,9 +235,10 @@ class Agent:
         if self.errors and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
+        self._serving = True
         self.server.start()
         host, port = self.server.address[:2]
-        log.info("serving metrics on http://%s:%s/metrics", host, port)
+        log.info("serving metrics on %s://%s:%s/metrics", self.scheme, host, port)
         if self.otlp_config is not None:
             # The same collect as a scrape, plus the process_* families the
             # Prometheus output adds itself.
@@ -240,6 +253,20 @@ class Agent:
                 self.close()
                 raise StartupError(f"OTLP output: {e}") from None
             self.otlp.start()
+
+    def _web_config(self) -> WebConfig | None:
+        if self.settings.web_config_file is None:
+            return None
+        try:
+            web_config = load_web_config(self.settings.web_config_file)
+        except WebConfigError as e:
+            raise StartupError(str(e)) from None
+        log.info("web config %s: %s", web_config.source, web_config.describe())
+        return web_config
+
+    def readiness(self) -> tuple[int, str]:
+        synced = self.watcher.synced.is_set() if self.watcher is not None else None
+        return health.readiness(self._serving, dict(self.up), synced)
 
     def _mark_down(self, name: str, error: str) -> None:
         if self.errors.get(name) != error:

@@ -55,6 +55,10 @@ MAX_MAP_ENTRIES = 1 << 24
 # Durations: finite, and at most a week (a longer grace is a leak).
 MAX_SECONDS = 7 * 24 * 3600.0
 CONFIG_FILE_MAX_BYTES = 1 * MIB
+# Not 9091 (Pushgateway, also Calico Felix) and clear of the node-level agents
+# a DaemonSet shares hostNetwork with: node_exporter 9100, dcgm-exporter 9400,
+# ebpf_exporter 9435, kubelet 10250/10255 (see docs/deploying.md#port).
+DEFAULT_PORT = 9826
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -279,6 +283,19 @@ def cgroup2_root(value: Any) -> Path | None:
     return path
 
 
+def web_config_file(value: Any) -> Path | None:
+    """Checked in full at start (YAML, keys, certificates, bcrypt hashes)."""
+    from exporter.outputs.webconfig import WebConfigError, load_web_config
+
+    path = existing_file(value)
+    if path is not None:
+        try:
+            load_web_config(path)
+        except WebConfigError as e:
+            raise ValueError(str(e)) from None
+    return path
+
+
 def node_name(value: Any) -> str:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"expected a name, not {type(value).__name__}")
@@ -327,7 +344,13 @@ class Spec:
 
 
 SETTINGS: tuple[Spec, ...] = (
-    Spec("listen", parse_listen, ":9091", "address for /metrics (HOST:PORT, :PORT)", "HOST:PORT"),
+    Spec(
+        "listen",
+        parse_listen,
+        f":{DEFAULT_PORT}",
+        "address for /metrics, /healthz and /readyz (HOST:PORT, :PORT)",
+        "HOST:PORT",
+    ),
     Spec(
         "probes",
         probe_list,
@@ -554,6 +577,14 @@ SETTINGS: tuple[Spec, ...] = (
         "seconds between OTLP pushes (wins over OTEL_METRIC_EXPORT_INTERVAL; empty: that, else 30)",
         "SECONDS",
     ),
+    Spec(
+        "web_config_file",
+        web_config_file,
+        None,
+        "TLS and basic auth for /metrics, in the Prometheus exporter-toolkit web config "
+        "format (tls_server_config, basic_auth_users); default: plain HTTP",
+        "FILE",
+    ),
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
     Spec(
         "log_format",
@@ -596,6 +627,7 @@ class Settings:
     gpu_poll_interval: float
     dcgm_url: str
     pod_resources_socket: Path | None
+    web_config_file: Path | None
     log_level: str
     log_format: str
     otlp_endpoint: str = ""

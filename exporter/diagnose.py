@@ -18,7 +18,14 @@ from exporter.identity.cgroupfs import CgroupError, find_cgroup2_mount
 
 MIN_KERNEL = (5, 8)
 # Capability bits (linux/capability.h).
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
+# Exactly what deploy/daemonset.yaml adds (tests/unit/test_manifests.py keeps
+# them equal; tests/kernel/test_container.py proves the set sufficient).
+REQUIRED_CAPABILITIES = {
+    "CAP_BPF": (CAP_BPF, "create maps and load programs"),
+    "CAP_PERFMON": (CAP_PERFMON, "attach tracepoints"),
+    "CAP_NET_ADMIN": (CAP_NET_ADMIN, "attach the network probe's cgroup_skb and sock_ops programs"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,9 @@ def check_btf(btf: Path) -> Check:
 
 
 def check_capabilities(status_file: Path) -> Check:
+    """The DaemonSet's capability set. Without CAP_BPF+CAP_PERFMON (or
+    CAP_SYS_ADMIN, which implies them) nothing loads; without CAP_NET_ADMIN
+    only the network probe fails, so that is a warning."""
     try:
         text = status_file.read_text()
     except OSError as e:
@@ -68,16 +78,30 @@ def check_capabilities(status_file: Path) -> Check:
     if not match:
         return Check("capabilities", "fail", f"no CapEff in {status_file}")
     caps = int(match.group(1), 16)
-    has = {bit: bool(caps >> bit & 1) for bit in (CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF)}
-    if has[CAP_SYS_ADMIN] or (has[CAP_BPF] and has[CAP_PERFMON]):
-        return Check("capabilities", "ok", f"CapEff={match.group(1)}")
-    return Check(
-        "capabilities",
-        "fail",
-        f"CapEff={match.group(1)} lacks CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)",
-        "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE "
-        "(DaemonSet: securityContext.capabilities)",
+    sys_admin = bool(caps >> CAP_SYS_ADMIN & 1)
+    missing = [
+        name
+        for name, (bit, _) in REQUIRED_CAPABILITIES.items()
+        if not caps >> bit & 1 and not (sys_admin and name in ("CAP_BPF", "CAP_PERFMON"))
+    ]
+    fix = (
+        "run as root, or grant "
+        + ", ".join(f"{name} ({why})" for name, (_, why) in REQUIRED_CAPABILITIES.items())
+        + " (DaemonSet: securityContext.capabilities.add)"
     )
+    extra = bin(caps & ~sum(1 << bit for bit, _ in REQUIRED_CAPABILITIES.values())).count("1")
+    detail = f"CapEff={match.group(1)}"
+    if not missing:
+        more = f"; {extra} more than orb8 needs" if extra else "; exactly the DaemonSet's set"
+        return Check("capabilities", "ok", f"{detail}{more}")
+    if set(missing) == {"CAP_NET_ADMIN"}:
+        return Check(
+            "capabilities",
+            "warn",
+            f"{detail} lacks CAP_NET_ADMIN: the network probe cannot attach",
+            fix,
+        )
+    return Check("capabilities", "fail", f"{detail} lacks {', '.join(missing)}", fix)
 
 
 def check_bcc() -> Check:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
+import importlib.resources
 import logging
 import os
 import platform
@@ -19,12 +20,27 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# A source checkout keeps the probes at the top of the repository; a wheel
+# carries them as package data in exporter/bpf (pyproject.toml maps one onto
+# the other).
+CHECKOUT_BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
 class ProbeError(RuntimeError):
     """A probe could not be compiled, loaded or attached; the message says why."""
+
+
+def default_bpf_dir() -> Path:
+    """Where the probe sources shipped with orb8 are: installed package data, else the checkout.
+
+    BCC compiles from a file and needs -I on a real directory, so a zipped
+    install (which pip never makes) is not supported.
+    """
+    packaged = importlib.resources.files("exporter").joinpath("bpf")
+    if packaged.is_dir() and isinstance(packaged, Path):
+        return packaged
+    return CHECKOUT_BPF_DIR
 
 
 @dataclass(frozen=True)
@@ -133,7 +149,7 @@ def compile_probe(
 ) -> Any:
     """Compile <bpf_dir>/<name>.c with -D options; programs are loaded, not attached."""
     bcc = import_bcc()
-    bpf_dir = bpf_dir or BPF_DIR
+    bpf_dir = bpf_dir or default_bpf_dir()
     source = bpf_dir / f"{name}.c"
     if not source.is_file():
         raise ProbeError(f"probe source {source} not found (see --bpf-dir)")
@@ -150,10 +166,29 @@ def compile_probe(
         raise ProbeError(f"compiling {source.name} failed: {e}") from e
 
 
+def kernel_has_symbol(names: tuple[str, ...], kallsyms: Path = Path("/proc/kallsyms")) -> bool:
+    """Whether any of `names` is a kernel symbol, by name.
+
+    BCC's support_raw_tracepoint() looks the symbol's address up, and without
+    CAP_SYSLOG (the DaemonSet does not grant it) every address reads as 0, so
+    it answers False and orb8 fell back to the slower classic tracepoint in a
+    least-privilege container. Names stay visible, so match those.
+    """
+    wanted = {name.encode() for name in names}
+    try:
+        with kallsyms.open("rb") as f:
+            # "<address> <type> <name> [module]"; the address may be zeroed.
+            return any(line.split(maxsplit=3)[2:3] in ([name] for name in wanted) for line in f)
+    except OSError:
+        return False
+
+
 def choose_sys_enter_hook() -> str:
     """Pick how to hook syscall entry on this kernel: 'raw_tracepoint' or 'tracepoint'."""
     bcc = import_bcc()
-    if bcc.BPF.support_raw_tracepoint():
+    if bcc.BPF.support_raw_tracepoint() or kernel_has_symbol(
+        ("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint")
+    ):
         return "raw_tracepoint"
     if not bcc.BPF.tracepoint_exists("raw_syscalls", "sys_enter"):
         raise ProbeError(

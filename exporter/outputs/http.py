@@ -17,9 +17,11 @@ are a route table, path -> function(Request) -> Response, so endpoints
 (/healthz, ...) are one entry each. Only GET and HEAD are served: no endpoint
 takes a body.
 
-TLS would wrap accepted sockets in `_accept` (SSLContext.wrap_socket with
-server_side=True, do_handshake_on_connect=False, the handshake driven by the
-selector); not done here.
+With an SSLContext (`tls`), the selector thread also drives each TLS
+handshake without blocking (SSLContext.wrap_socket with
+do_handshake_on_connect=False), inside the same header deadline, so slow or
+silent TLS clients cost no worker. A client that speaks plain HTTP to the TLS
+port gets a 400 saying so instead of a connection reset.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import logging
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +43,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # bytes of request line + headers; Prometheus sends < 1 KiB
+TLS_HANDSHAKE_RECORD = 0x16  # first byte of every TLS ClientHello
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
 
 
 @dataclass
@@ -67,6 +75,8 @@ class _Conn:
     address: Any
     opened: float
     head: bytearray = field(default_factory=bytearray)
+    tls_state: str = ""  # "hello": first byte not seen yet; "handshake"; "": reading the head
+    plain_on_tls: bool = False  # spoke plain HTTP to the TLS port: answered with a 400
 
 
 class BoundedHTTPServer:
@@ -83,8 +93,10 @@ class BoundedHTTPServer:
         write_timeout: float = 10.0,
         backlog: int = 512,
         family: socket.AddressFamily = socket.AF_INET,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.routes = dict(routes)
+        self.tls = tls
         self.workers = workers
         self.max_connections = max_connections
         self.header_timeout = header_timeout
@@ -158,6 +170,10 @@ class BoundedHTTPServer:
                 elif key.data == "wake":
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(64)
+                elif key.data.tls_state == "hello":
+                    self._tls_hello(key.data)
+                elif key.data.tls_state == "handshake":
+                    self._tls_handshake(key.data)
                 else:
                     self._read(key.data)
             self._expire(time.monotonic())
@@ -176,14 +192,67 @@ class BoundedHTTPServer:
                 self._shed_oldest()
             sock.setblocking(False)
             conn = _Conn(sock, address, time.monotonic())
+            if self.tls is not None:
+                conn.tls_state = "hello"
             with self._lock:
                 self._reading[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
 
+    def _tls_hello(self, conn: _Conn) -> None:
+        try:
+            first = conn.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            first = b""
+        if not first:
+            self._drop(conn)
+            return
+        self._unregister(conn)
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            conn.plain_on_tls = True  # a worker answers and drains it
+            self._enqueue(conn)
+            return
+        assert self.tls is not None
+        try:  # detaches the plain socket: re-register the TLS one
+            conn.sock = self.tls.wrap_socket(
+                conn.sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as e:
+            log.debug("TLS setup failed for %s: %s", conn.address, e)
+            _close(conn.sock)
+            return
+        conn.tls_state = "handshake"
+        with self._lock:
+            self._reading[conn.sock.fileno()] = conn
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._tls_handshake(conn)
+
+    def _tls_handshake(self, conn: _Conn) -> None:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, conn)
+            return
+        except (OSError, ValueError) as e:  # bad certificate, wrong protocol, reset
+            log.debug("TLS handshake with %s failed: %s", conn.address, e)
+            self._drop(conn)
+            return
+        conn.tls_state = ""
+        self._selector.modify(sock, selectors.EVENT_READ, conn)
+        self._read(conn)  # the request may already sit decrypted in the TLS buffer
+
     def _read(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
+            while isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+                data += conn.sock.recv(min(conn.sock.pending(), MAX_HEAD + 1))
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -193,10 +262,7 @@ class BoundedHTTPServer:
         conn.head += data
         if _head_complete(conn.head):
             self._unregister(conn)
-            try:
-                self._ready.put_nowait(conn)
-            except queue.Full:
-                _close(conn.sock)
+            self._enqueue(conn)
         elif len(conn.head) > MAX_HEAD:
             self._unregister(conn)
             conn.sock.setblocking(True)
@@ -206,6 +272,12 @@ class BoundedHTTPServer:
                     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
                 )
+            _close(conn.sock)
+
+    def _enqueue(self, conn: _Conn) -> None:
+        try:
+            self._ready.put_nowait(conn)
+        except queue.Full:
             _close(conn.sock)
 
     def _expire(self, now: float) -> None:
@@ -253,6 +325,9 @@ class BoundedHTTPServer:
 
     def _serve(self, conn: _Conn) -> None:
         conn.sock.setblocking(True)
+        if conn.plain_on_tls:
+            _answer_plain_http(conn.sock)
+            return
         writer = _DeadlineWriter(conn.sock, self.write_timeout)
         _Handler(bytes(conn.head), writer, conn.address, self.routes)
         writer.flush_all()
@@ -264,6 +339,19 @@ def _head_complete(head: bytearray) -> bool:
     # HTTP/0.9 ("GET /path" and a newline) has no headers; answer it rather than wait.
     first, newline, _ = bytes(head).partition(b"\n")
     return bool(newline) and len(first.split()) < 3
+
+
+def _answer_plain_http(sock: socket.socket) -> None:
+    """The 400, then finish our side and read what the client sent: closing a
+    socket with unread input makes the kernel send a reset, which can destroy
+    the 400 before the client reads it."""
+    sock.settimeout(1.0)
+    with contextlib.suppress(OSError):
+        sock.sendall(PLAIN_HTTP_ANSWER)
+        sock.shutdown(socket.SHUT_WR)
+        received = 0
+        while received < 65536 and (chunk := sock.recv(4096)):
+            received += len(chunk)
 
 
 def _close(sock: socket.socket) -> None:

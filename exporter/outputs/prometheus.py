@@ -5,6 +5,11 @@ Prometheus expects; the format and gzip are negotiated with q-values (q=0
 means no), HEAD is answered like GET without a body, and concurrent scrapes
 share one collect. The families come from the agent's model, read fresh on
 every scrape. HTTP itself is exporter.outputs.http's bounded server.
+
+Extra plain-text routes (/healthz, /readyz from outputs/health.py) and the
+optional web config (TLS + basic auth, outputs/webconfig.py) plug in through
+`routes` and `web_config`: basic auth guards every path but the health ones,
+TLS is the bounded server's own (handshakes driven by its selector).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import html
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -26,7 +31,9 @@ from prometheus_client.metrics_core import (
 
 from exporter.config import Listen
 from exporter.model import MetricFamily
+from exporter.outputs.health import HEALTH_PATHS
 from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route
+from exporter.outputs.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +162,27 @@ class PrometheusServer:
         listen: Listen,
         collect: Callable[[], Iterable[MetricFamily]],
         landing: Callable[[], str],
+        routes: Mapping[str, Callable[[], tuple[int, str]]] | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.registry = build_registry(collect)
         self.coalescer = Coalescer()
         self._landing = landing
         self.routes: dict[str, Route] = {"/metrics": self.metrics, "/": self.landing}
+        for path, answer in (routes or {}).items():
+            self.routes[path] = _plain_text(answer)
+        auth = web_config.auth if web_config is not None else None
+        if auth is not None:
+            for path, route in self.routes.items():
+                if path not in HEALTH_PATHS:
+                    self.routes[path] = _authenticated(route, auth.check)
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-        self.httpd = BoundedHTTPServer((listen.host, listen.port), self.routes, family=family)
+        self.httpd = BoundedHTTPServer(
+            (listen.host, listen.port),
+            self.routes,
+            family=family,
+            tls=web_config.tls if web_config is not None else None,
+        )
         self.address = self.httpd.address
 
     def metrics(self, request: Request) -> Response:
@@ -191,6 +212,28 @@ class PrometheusServer:
 
     def close(self) -> None:
         self.httpd.close()
+
+
+def _plain_text(answer: Callable[[], tuple[int, str]]) -> Route:
+    def route(request: Request) -> Response:
+        status, text = answer()
+        return Response(status, "text/plain; charset=utf-8", text.encode())
+
+    return route
+
+
+def _authenticated(route: Route, check: Callable[[str | None], bool]) -> Route:
+    def guarded(request: Request) -> Response:
+        if not check(request.headers.get("Authorization")):
+            return Response(
+                401,
+                "text/plain; charset=utf-8",
+                b"Unauthorized\n",
+                {"WWW-Authenticate": 'Basic realm="orb8"'},
+            )
+        return route(request)
+
+    return guarded
 
 
 def landing_page(version: str, probes: list[tuple[str, bool | str, str]]) -> str:

@@ -15,7 +15,7 @@ from tests.helpers import ORB8, ROOT
 
 def test_defaults():
     settings = load_settings({}, environ={})
-    assert settings.listen == Listen("0.0.0.0", 9091)
+    assert settings.listen == Listen("0.0.0.0", 9826)
     assert settings.probes == ("syscalls", "network")
     assert settings.syscall_slots == 32768
     assert settings.deleted_cgroup_grace == 60.0
@@ -37,7 +37,7 @@ def test_flag_beats_env_beats_file(tmp_path):
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (":9091", Listen("0.0.0.0", 9091)),
+        (":9826", Listen("0.0.0.0", 9826)),
         ("127.0.0.1:1", Listen("127.0.0.1", 1)),
         ("[::1]:65535", Listen("::1", 65535)),
         ("localhost:8080", Listen("localhost", 8080)),
@@ -51,7 +51,7 @@ def test_parse_listen(value, expected):
     ("flags", "env", "file_text", "message"),
     [
         ({"listen": ":0"}, {}, None, "invalid listen (flag --listen): port 0 is outside 1-65535"),
-        ({"listen": "9091"}, {}, None, "invalid listen (flag --listen): expected HOST:PORT"),
+        ({"listen": "9826"}, {}, None, "invalid listen (flag --listen): expected HOST:PORT"),
         ({"listen": ":http"}, {}, None, "port 'http' is not a number"),
         ({"syscall_slots": "0"}, {}, None, "invalid syscall_slots (flag --syscall-slots)"),
         ({}, {"ORB8_SYSCALL_SLOTS": "-5"}, None, "invalid syscall_slots (environment"),

@@ -19,7 +19,10 @@ def test_kernel_version(release, status):
     ("capeff", "status"),
     [
         ("000001ffffffffff", "ok"),  # root
-        ("000000c000000000", "ok"),  # CAP_BPF + CAP_PERFMON
+        ("000000c000001000", "ok"),  # CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN: the DaemonSet
+        ("000000c000000000", "warn"),  # no CAP_NET_ADMIN: the network probe cannot attach
+        ("0000000000201000", "ok"),  # CAP_SYS_ADMIN implies BPF and PERFMON
+        ("0000004000001000", "fail"),  # no CAP_BPF
         ("0000008000000000", "fail"),  # CAP_BPF alone
         ("0000000000000000", "fail"),
     ],

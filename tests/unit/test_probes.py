@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter import probes
 from exporter.probes import ProbeError, find_kernel_headers
 
 
@@ -52,3 +53,17 @@ def test_configured_headers_must_exist(tmp_path):
         find_kernel_headers(override=tmp_path / "nope")
     found = find_kernel_headers(override=headers_tree(tmp_path / "linux-6.18"))
     assert found.configured and found.path == tmp_path / "linux-6.18"
+
+
+def test_kernel_symbols_are_found_by_name_even_with_zeroed_addresses(tmp_path):
+    # What /proc/kallsyms shows a process without CAP_SYSLOG (a least-privilege pod).
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text(
+        "0000000000000000 T bpf_get_raw_tracepoint\n"
+        "0000000000000000 t tcp_v4_rcv\n"
+        "0000000000000000 t nf_nat_foo\t[nf_nat]\n"
+    )
+    assert probes.kernel_has_symbol(("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint"), kallsyms)
+    assert probes.kernel_has_symbol(("nf_nat_foo",), kallsyms)
+    assert not probes.kernel_has_symbol(("bpf_find_raw_tracepoint",), kallsyms)
+    assert not probes.kernel_has_symbol(("anything",), tmp_path / "missing")
