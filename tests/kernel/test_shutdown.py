@@ -68,7 +68,9 @@ def test_removed_cgroups_retire_without_any_scrape(start_exporter, cgroups, cgro
     cgroups.remove(cgroup)
     # Nobody scrapes: housekeeping (every second with this grace) sees the cgroup go,
     # waits the grace and retires it. Retiring only inside scrapes, the next scrape
-    # would be the first to notice, and the series would still be there.
-    time.sleep(6)
+    # would be the first to notice, and the series would still be there. Bound:
+    # the cgroup tree is re-read every 5 s (Resolver.max_age), + 1 s grace, + one
+    # housekeeping round of 1 s, with margin for a loaded machine.
+    time.sleep(10)
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label) == 0
