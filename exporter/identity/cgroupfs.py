@@ -117,3 +117,23 @@ class CgroupTree:
             self.rescan()
             path = self.paths.get(cgroup_id)
         return path
+
+
+ROOT_CGROUP_ID = 1  # the v2 hierarchy's root directory, whatever namespace looks at it
+
+
+def own_cgroup_id(root: Path, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """cgroup v2 id of this process, or None in the root cgroup (or if unknown).
+
+    The path in /proc/self/cgroup is relative to the cgroup namespace's root,
+    which is also what the v2 mount shows inside that namespace, so
+    stat(mount + path) gives the real id (inode numbers are global).
+    """
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            if line.startswith("0::"):
+                cgroup_id = os.stat(root / line[3:].lstrip("/")).st_ino
+                return None if cgroup_id == ROOT_CGROUP_ID else cgroup_id
+    except OSError:
+        return None
+    return None

@@ -19,8 +19,16 @@ benchmarks/RESULTS.md). A collect
 reads the slot hash and the used prefix of the per-CPU counts array with
 batch operations: a handful of syscalls, whatever the number of series.
 
-Caveats: syscall names are those of the node's native ABI; a 32-bit (compat)
-process's syscalls are counted under native numbers. Counts of a removed
+ABIs: every call is named by the table of the ABI it entered through. On
+x86_64 the kernel flags i386 calls (`int $0x80`, sysenter, 32-bit
+processes) with TS_COMPAT in thread_info.status; the probe reads it at the
+offset the running kernel's BTF gives (exporter/btf.py), so i386 ptrace (26)
+is counted as ptrace, not as x86_64's msync. x32 calls (bit 30 set) are named
+by the x32 table. Numbers no table names count as syscall="unknown", one
+series (and one kernel slot) per cgroup. Without BTF the i386 ABI cannot be
+told apart: orb8_syscall_abi_detected is 0 and `orb8 diagnose` says so.
+
+Caveats: counts of a removed
 cgroup are exported for `deleted_cgroup_grace` seconds, then its kernel
 entries are freed and its slots reused; counts folded into
 cgroup="<unresolved>" are carried in user space so that series stays
@@ -44,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from exporter import probes
+from exporter.btf import Btf, BtfError
 from exporter.baseline import Baselines
 from exporter.config import DEFAULT_DANGEROUS_SYSCALLS, MIB
 from exporter.evidence import (
@@ -54,6 +63,7 @@ from exporter.evidence import (
     parse_event,
 )
 from exporter.identity import Resolver
+from exporter.identity.cgroupfs import own_cgroup_id
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.sources.lifecycle import CgroupLifecycle
@@ -65,7 +75,13 @@ PAIR_DTYPE = np.dtype([("cgroup_id", "<u8"), ("nr", "<u4"), ("pad", "<u4")])
 SLOT_MAP = "syscall_slots"
 DANGEROUS_MAP = "dangerous_counts"
 DANGEROUS_CAPACITY = 4096
-DANGER_TABLE = 1024  # syscall numbers below this can be flagged (bpf/syscalls.c)
+NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)
+ABI_SHIFT = 16  # kernel key = (ABI << ABI_SHIFT) | number
+ABIS = ("native", "i386", "x32")  # ABI index -> table name suffix (bpf/syscalls.c)
+KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
+FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
+TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
+EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
 RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
@@ -86,12 +102,24 @@ class SecurityOptions:
     state_dir: Path | None = None
 
 
-def syscall_table(machine: str | None = None) -> dict[int, str]:
+def _arch(machine: str | None) -> str:
     machine = machine or platform.machine()
-    table = SYSCALLS.get({"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine))
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+
+
+def syscall_table(machine: str | None = None) -> dict[int, str]:
+    table = SYSCALLS.get(_arch(machine))
     if table is None:
-        raise probes.ProbeError(f"no syscall table for architecture {machine}")
+        raise probes.ProbeError(f"no syscall table for architecture {machine or _arch(None)}")
     return table
+
+
+def abi_tables(machine: str | None = None) -> dict[int, dict[int, str]]:
+    """ABI index (bpf/syscalls.c) -> its syscall table, for the ABIs this kernel may see."""
+    tables = {0: syscall_table(machine)}
+    if _arch(machine) == "x86_64":
+        tables[1], tables[2] = SYSCALLS["i386"], SYSCALLS["x32"]
+    return tables
 
 
 def native_syscall_numbers(machine: str | None = None) -> dict[str, int]:
@@ -100,13 +128,31 @@ def native_syscall_numbers(machine: str | None = None) -> dict[str, int]:
 
 
 def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
-    """Name lookup for this architecture; unknown numbers become unknown_<nr>."""
-    table = syscall_table(machine)
+    """Name of a kernel key ((ABI << 16) | number); anything no table names is "unknown"."""
+    tables = abi_tables(machine)
 
-    def name(nr: int) -> str:
-        return table.get(nr) or f"unknown_{nr}"
+    def name(key: int) -> str:
+        table = tables.get(key >> ABI_SHIFT)
+        return (table.get(key & 0xFFFF) if table else None) or "unknown"
 
     return name
+
+
+def abi_status_offset(btf: Btf | None = None) -> tuple[int | None, str]:
+    """Offset of thread_info.status in task_struct from the running kernel's BTF.
+
+    (offset, how it was found) or (None, why the i386 ABI cannot be detected).
+    """
+    if _arch(None) != "x86_64":
+        return None, f"32-bit compat syscalls are not told apart on {_arch(None)}"
+    try:
+        btf = btf or Btf.from_file()
+        offset, size = btf.offset_of("task_struct.thread_info.status")
+    except BtfError as e:
+        return None, f"i386 syscalls cannot be told apart (no usable kernel BTF: {e})"
+    if size != 4:
+        return None, f"i386 syscalls cannot be told apart (thread_info.status is {size} bytes)"
+    return offset, f"i386 calls detected via thread_info.status at offset {offset} (kernel BTF)"
 
 
 class SyscallSource:
@@ -123,9 +169,11 @@ class SyscallSource:
         bpf_dir: Path | None = None,
         deleted_pod_grace: float | None = None,
         security: SecurityOptions | None = None,
+        abi_detection: bool = True,
     ) -> None:
         """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
-        "tracepoint" forces a variant (tests exercise the fallback this way)."""
+        "tracepoint" forces a variant (tests exercise the fallback this way).
+        abi_detection=False leaves the compat flag unread (benchmarks)."""
         self.resolver = resolver
         self.requested_hook = hook
         self.bpf_dir = bpf_dir
@@ -141,6 +189,10 @@ class SyscallSource:
         self.syscall_name = syscall_namer()
         numbers = native_syscall_numbers()
         self.dangerous_numbers = sorted({numbers[name] for name in self.security.dangerous})
+        self.abi_detection = abi_detection
+        self.abi_offset: int | None = None
+        self.abi_detail = "i386 detection off"
+        self._excluded: set[int] = set()
         self.allowlist = Allowlist(self.security.allowlist)
         self.rate_limiter = RateLimiter(self.security.log_per_minute)
         self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
@@ -160,7 +212,8 @@ class SyscallSource:
     def describe(self) -> str:
         return (
             f"hook={self.hook or 'none'} slots={self.capacity} "
-            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size}"
+            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size} "
+            f"abi: {self.abi_detail}"
         )
 
     def start(self) -> None:
@@ -170,9 +223,17 @@ class SyscallSource:
         defines = {
             "SLOT_CAPACITY": self.capacity,
             "DANGEROUS_CAPACITY": DANGEROUS_CAPACITY,
+            "EXCLUDED_CAPACITY": EXCLUDED_CAPACITY,
             "RINGBUF_PAGES": self.security.ring_buffer_size // 4096,
             "RINGBUF_SAMPLE_EVERY": self.security.sample_every,
         }
+        if self.abi_detection:
+            self.abi_offset, self.abi_detail = abi_status_offset()
+            if self.abi_offset is None:
+                log.warning("syscalls probe: %s; they are counted under native names", self.abi_detail)
+            else:
+                defines["ABI_STATUS_OFFSET"] = self.abi_offset
+                defines["ABI_COMPAT_FLAG"] = TS_COMPAT
         bpf = probes.compile_probe("syscalls", defines, self.headers, self.bpf_dir)
         try:
             self._configure(bpf)
@@ -208,13 +269,27 @@ class SyscallSource:
             free.push(ct.c_uint32(slot))
         # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
         bpf[b"syscall_epoch"][ct.c_int(0)] = ct.c_uint64(1)
-        flags = bpf[b"dangerous_syscalls"]
-        for nr in self.dangerous_numbers:
-            if nr >= DANGER_TABLE:
-                raise probes.ProbeError(f"syscall {nr} is beyond the dangerous table")
-            flags[ct.c_int(nr)] = ct.c_uint8(1)
+        flags = bpf[b"syscall_flags"]
+        dangerous = set(self.security.dangerous)
+        for abi, table in abi_tables().items():
+            for nr, name in table.items():
+                if nr >= NR_TABLE:
+                    raise probes.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
+                value = FLAG_KNOWN | (FLAG_DANGEROUS if name in dangerous else 0)
+                flags[ct.c_int(abi * NR_TABLE + nr)] = ct.c_uint8(value)
         if self.security.exclude_self:
-            bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint32(os.getpid())
+            bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint64(os.getpid())
+            own = own_cgroup_id(self.resolver.tree.root)
+            if own is not None:
+                self._exclude(bpf, own)
+
+    def _exclude(self, bpf: Any, cgroup_id: int) -> None:
+        """Stop counting a cgroup's dangerous calls (it runs orb8)."""
+        if cgroup_id in self._excluded or len(self._excluded) >= EXCLUDED_CAPACITY:
+            return
+        bpf[b"dangerous_excluded"][ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
+        self._excluded.add(cgroup_id)
+        log.info("dangerous syscalls of cgroup id %d (orb8) are not counted", cgroup_id)
 
     def close(self) -> None:
         self._stop.set()
@@ -250,8 +325,9 @@ class SyscallSource:
             syscall = self.syscall_name(event.nr)
             admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
             if admitted:
+                abi = ABIS[event.nr >> ABI_SHIFT] if event.nr >> ABI_SHIFT < len(ABIS) else "?"
                 evidence_log.warning(
-                    evidence_line(event, identity, syscall, suppressed, self._boot_offset)
+                    evidence_line(event, identity, syscall, suppressed, self._boot_offset, abi)
                 )
         except Exception:
             log.exception("bad evidence record")
@@ -334,24 +410,24 @@ class SyscallSource:
             "System calls entered, per cgroup and syscall, counted in the kernel.",
             labels,
         )
-        for (identity, nr), value in series.items():
-            syscalls.add((*identity, self.syscall_name(nr)), value)
+        for (identity, name), value in self._by_name(series).items():
+            syscalls.add((*identity, name), value)
         dangerous_family = counter(
             "orb8_dangerous_syscalls_total",
             "Attempts of dangerous syscalls (successful or not), counted in the kernel; "
             "orb8 itself and allowlisted workloads excluded.",
             labels,
         )
-        for (identity, nr), value in dangerous.items():
+        for (identity, name), value in self._by_name(dangerous).items():
             if not self.allowlist.allows(identity):
-                dangerous_family.add((*identity, self.syscall_name(nr)), value)
+                dangerous_family.add((*identity, name), value)
         novel = counter(
             "orb8_syscall_novel_total",
             "Syscalls made outside the workload's learned baseline.",
             labels,
         )
-        for (identity, nr), value in self._novel.items():
-            novel.add((*identity, self.syscall_name(nr)), value)
+        for (identity, name), value in self._by_name(self._novel).items():
+            novel.add((*identity, name), value)
         entries_family = gauge(
             "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
         )
@@ -369,7 +445,20 @@ class SyscallSource:
         )
         failures.add((SLOT_MAP,), self._percpu_sum(b"syscall_update_failures"))
         failures.add((DANGEROUS_MAP,), self._percpu_sum(b"dangerous_update_failures"))
-        return [syscalls, dangerous_family, novel, entries_family, capacity, failures]
+        abi = gauge(
+            "orb8_syscall_abi_detected",
+            "1 when syscalls entering through the i386 ABI are named by the i386 table; "
+            "0 when they cannot be told apart from native ones.",
+        )
+        abi.add((), 1 if self.abi_offset is not None else 0)
+        return [syscalls, dangerous_family, novel, entries_family, capacity, failures, abi]
+
+    def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:
+        """Kernel keys -> syscall names: an i386 and a native ptrace are one series."""
+        named: dict[tuple[Identity, str], int] = defaultdict(int)
+        for (identity, key), value in series.items():
+            named[(identity, self.syscall_name(key))] += value
+        return named
 
     def _ring_buffer_families(self) -> list[MetricFamily]:
         probe = (self.name,)
