@@ -19,7 +19,14 @@ MAGIC = 0xEB9F
 # Kind -> bytes of extra data after the 12-byte btf_type, per vlen entry or fixed.
 _KIND_STRUCT, _KIND_UNION, _KIND_TYPEDEF = 4, 5, 8
 _FIXED = {1: 4, 3: 12, 14: 4, 17: 4}  # INT, ARRAY, VAR, DECL_TAG
-_PER_VLEN = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}  # STRUCT UNION ENUM FUNC_PROTO DATASEC ENUM64
+_PER_VLEN = {
+    4: 12,
+    5: 12,
+    6: 8,
+    13: 8,
+    15: 12,
+    19: 12,
+}  # STRUCT UNION ENUM FUNC_PROTO DATASEC ENUM64
 
 
 class BtfError(RuntimeError):

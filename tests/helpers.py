@@ -46,8 +46,23 @@ def series(samples, name: str, **labels: str) -> float:
     return total
 
 
+def _join_cgroup(cgroup: Path | None):
+    """preexec_fn: start the child in `cgroup` (its whole life, from exec on)."""
+    if cgroup is None:
+        return None
+    procs = str(cgroup / "cgroup.procs")
+
+    def join() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return join
+
+
 class Exporter:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cgroup: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         self.log = Path(f"/tmp/orb8-test-{uuid.uuid4().hex[:8]}.log")
@@ -58,6 +73,7 @@ class Exporter:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
+            preexec_fn=_join_cgroup(cgroup),
         )
         deadline = time.monotonic() + 60
         while True:

@@ -59,8 +59,24 @@ def find_cgroup2_mount(mountinfo: Path = MOUNTINFO) -> Path:
     return min(mounts, key=lambda p: len(p.parts))
 
 
+def label_name(name: str) -> str:
+    """A cgroup directory name as a label: bytes that are not UTF-8 become \\xHH.
+
+    cgroupfs names are bytes; os.scandir hands undecodable ones over as lone
+    surrogates, which no exposition can encode (one such cgroup used to fail
+    every scrape). Valid names are returned unchanged.
+    """
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def walk_cgroup_ids(root: Path) -> dict[int, str]:
-    """Every cgroup under root: {cgroup id: path relative to root, starting with /}."""
+    """Every cgroup under root: {cgroup id: path relative to root, starting with /}.
+
+    Paths are labels: undecodable bytes are escaped (label_name)."""
     ids = {os.stat(root).st_ino: "/"}
     stack = [(str(root), "")]
     while stack:
@@ -73,7 +89,7 @@ def walk_cgroup_ids(root: Path) -> dict[int, str]:
             try:
                 if not entry.is_dir(follow_symlinks=False):
                     continue
-                child = f"{rel}/{entry.name}"
+                child = f"{rel}/{label_name(entry.name)}"
                 ids[entry.inode()] = child
             except OSError:
                 continue

@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 
 from exporter import probes
-from exporter.btf import Btf, BtfError
 from exporter.baseline import Baselines
+from exporter.btf import Btf, BtfError
 from exporter.config import DEFAULT_DANGEROUS_SYSCALLS, MIB
 from exporter.evidence import (
     Allowlist,
@@ -230,7 +230,9 @@ class SyscallSource:
         if self.abi_detection:
             self.abi_offset, self.abi_detail = abi_status_offset()
             if self.abi_offset is None:
-                log.warning("syscalls probe: %s; they are counted under native names", self.abi_detail)
+                log.warning(
+                    "syscalls probe: %s; they are counted under native names", self.abi_detail
+                )
             else:
                 defines["ABI_STATUS_OFFSET"] = self.abi_offset
                 defines["ABI_COMPAT_FLAG"] = TS_COMPAT

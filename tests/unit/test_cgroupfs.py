@@ -131,3 +131,19 @@ def test_resolver_keeps_identity_of_removed_cgroups_and_folds_unknown_ones(tmp_p
     clock.now += 2
     resolver.refresh()
     assert resolver.known == 0
+
+
+def test_non_utf8_cgroup_names_become_escaped_labels(tmp_path):
+    import os
+
+    from exporter.identity.cgroupfs import label_name, walk_cgroup_ids
+
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"x\xff\xfe"))
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"x\xff\xfe", b"child.scope"))
+    assert sorted(walk_cgroup_ids(tmp_path).values()) == [
+        "/",
+        "/x\\xff\\xfe",
+        "/x\\xff\\xfe/child.scope",
+    ]
+    assert label_name("sshd.service") == "sshd.service"
+    assert label_name("dev-disk-by\\x2duuid") == "dev-disk-by\\x2duuid"  # systemd escapes stay

@@ -1,0 +1,259 @@
+"""Adversarial workloads (issue 8): a container must not be able to blind, fool or
+break orb8. Each test reproduces an attack on the real kernel through a real
+`orb8 run` scraped over HTTP, with exact expected counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.sources.syscalls import native_syscall_numbers
+from exporter.syscall_names import SYSCALLS
+from tests.helpers import remove_cgroup, run_workload, series, wait_for
+from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
+
+pytestmark = pytest.mark.kernel
+
+NR = native_syscall_numbers()
+I386 = {name: nr for nr, name in SYSCALLS["i386"].items()}
+NOBODY = "uid:65534"
+
+
+def call(name: str, count: int, arg0: int = 0) -> str:
+    return f"{NR[name]}:{count}:{arg0}"
+
+
+def rel(cgroup: Path, root: Path) -> str:
+    return "/" + str(cgroup.relative_to(root))
+
+
+def evidence(exporter) -> list[dict]:
+    return [json.loads(line) for line in exporter.output().splitlines() if line.startswith("{")]
+
+
+def of_cgroup(samples, name: str, label: str) -> dict[str, float]:
+    """{syscall: value} of one cgroup's series of a family."""
+    found = {}
+    for (sample_name, labels), value in samples.items():
+        labels = dict(labels)
+        if sample_name == name and labels.get("cgroup") == label:
+            found[labels["syscall"]] = value
+    return found
+
+
+# --- 1. label values from the outside world --------------------------------
+
+
+def test_non_utf8_cgroup_name_is_escaped_and_counted_exactly(
+    cgroups, start_exporter, cgroup2_root, workload, tmp_path
+):
+    exporter = start_exporter()
+    name = f"orb8-test-{uuid.uuid4().hex[:8]}-".encode() + b"x\xff\xfe"
+    path = os.path.join(os.fsencode(cgroup2_root), name)
+    os.mkdir(path)
+    try:
+        run_workload(workload, os.fsdecode(path), call("getppid", 10))
+        response = urllib.request.urlopen(exporter.url, timeout=10)
+        assert response.status == 200
+        text = response.read().decode("utf-8")  # strict: the body is valid UTF-8
+        label = "/" + name[:-3].decode() + "x\\xff\\xfe"  # documented: \xHH per bad byte
+        samples = exporter.scrape()
+        assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 10
+        families = list(text_string_to_metric_families(text))
+        assert families
+        (tmp_path / "metrics.txt").write_text(text)
+        check = subprocess.run(
+            f"promtool check metrics < {tmp_path / 'metrics.txt'}",
+            shell=True,
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0 and "error" not in check.stdout + check.stderr
+    finally:
+        remove_cgroup(Path(os.fsdecode(path)))
+
+
+def test_pod_names_that_are_not_valid_unicode_cannot_fail_a_scrape(
+    cgroups, start_exporter, workload, tmp_path
+):
+    server = ApiServer()
+    server.start()
+    try:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+        exporter = start_exporter("--kubeconfig", str(kubeconfig), "--node-name", "node-a")
+        uid, container_id = str(uuid.uuid4()), uuid.uuid4().hex * 2
+        # A lone surrogate arrives from the API as a JSON "\ud800" escape.
+        server.add_pod(
+            make_pod(
+                "web-\ud800",
+                namespace="ns-\udcff",
+                uid=uid,
+                containers=(("app-\ud83d", container_id),),
+                owner=None,
+            )
+        )
+        sd = uid.replace("-", "_")
+        cgroup = cgroups.make(
+            f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{sd}.slice/"
+            f"cri-containerd-{container_id}.scope"
+        )
+        run_workload(workload, cgroup, call("getppid", 7))
+
+        def counted():
+            samples = exporter.scrape()  # raises on HTTP 500
+            return series(samples, "orb8_syscalls_total", pod="web-\\ud800", syscall="getppid")
+
+        assert wait_for(counted, what="the pod's series") == 7
+        samples = exporter.scrape()
+        labels = {"namespace": "ns-\\udcff", "pod": "web-\\ud800", "container": "app-\\ud83d"}
+        assert series(samples, "orb8_syscalls_total", syscall="getppid", **labels) == 7
+        assert series(samples, "orb8_probe_up", probe="syscalls") == 1
+    finally:
+        server.stop()
+
+
+# --- 2. slot map exhaustion ----------------------------------------------------
+
+
+def test_invalid_syscall_numbers_take_one_slot_and_cannot_blind_other_cgroups(
+    cgroups, start_exporter, cgroup2_root, workload
+):
+    exporter = start_exporter("--syscall-slots", "4096")
+    attacker, victim = cgroups.make(), cgroups.make()
+    before = exporter.scrape()
+    # 40,000 different invalid numbers from an unprivileged process.
+    run_workload(workload, attacker, NOBODY, "range:1000:40000")
+    run_workload(
+        workload,
+        victim,
+        call("getppid", 10_000),
+        call("getpid", 10_000),
+        call("ptrace", 5, -1),
+        call("unshare", 5, -1),
+    )
+    samples = exporter.scrape()
+    flood = of_cgroup(samples, "orb8_syscalls_total", rel(attacker, cgroup2_root))
+    assert flood["unknown"] == 40_000
+    assert not [name for name in flood if name.startswith("unknown_")]
+    assert len(flood) <= 40, "a handful of real syscalls plus one 'unknown' bucket"
+    victim_label = rel(victim, cgroup2_root)
+    assert series(samples, "orb8_syscalls_total", cgroup=victim_label, syscall="getppid") == 10_000
+    assert series(samples, "orb8_syscalls_total", cgroup=victim_label, syscall="getpid") == 10_000
+    assert (
+        series(samples, "orb8_dangerous_syscalls_total", cgroup=victim_label, syscall="ptrace") == 5
+    )
+    failures = "orb8_bpf_map_update_failures_total"
+    assert series(samples, failures, map="syscall_slots") == series(
+        before, failures, map="syscall_slots"
+    )
+
+
+def test_dangerous_calls_are_counted_and_evidenced_when_the_slot_map_is_full(
+    cgroups, start_exporter, cgroup2_root, workload
+):
+    # 16 slots: the host's own activity fills them within the first second.
+    exporter = start_exporter("--syscall-slots", "16", "--evidence-log-per-minute", "1000")
+    wait_for(
+        lambda: series(
+            exporter.scrape(), "orb8_bpf_map_update_failures_total", map="syscall_slots"
+        ),
+        what="a full slot map",
+    )
+    cgroup = cgroups.make()
+    run_workload(workload, cgroup, call("ptrace", 5, -1), call("unshare", 5, -1))
+    label = rel(cgroup, cgroup2_root)
+    samples = exporter.scrape()
+    assert series(samples, "orb8_dangerous_syscalls_total", cgroup=label, syscall="ptrace") == 5
+    assert series(samples, "orb8_dangerous_syscalls_total", cgroup=label, syscall="unshare") == 5
+    wait_for(
+        lambda: len([e for e in evidence(exporter) if e["cgroup"] == label]) >= 10,
+        what="10 evidence lines",
+    )
+    lines = [e["syscall"] for e in evidence(exporter) if e["cgroup"] == label]
+    assert sorted(lines) == ["ptrace"] * 5 + ["unshare"] * 5
+
+
+def test_unresolved_series_stay_bounded_by_the_syscall_table(cgroups, start_exporter, workload):
+    exporter = start_exporter("--deleted-cgroup-grace", "0")
+    before = exporter.scrape()
+    cgroup = cgroups.make()
+    run_workload(workload, cgroup, NOBODY, "range:1000:20000")
+    cgroups.remove(cgroup)  # removed before orb8 resolved it: folds into <unresolved>
+
+    def folded():
+        samples = exporter.scrape()
+        value = series(samples, "orb8_syscalls_total", cgroup="<unresolved>", syscall="unknown")
+        return (
+            samples
+            if value
+            - series(before, "orb8_syscalls_total", cgroup="<unresolved>", syscall="unknown")
+            >= 20_000
+            else None
+        )
+
+    samples = wait_for(folded, what="the flood under <unresolved>")
+    unresolved = of_cgroup(samples, "orb8_syscalls_total", "<unresolved>")
+    assert not [name for name in unresolved if name.startswith("unknown_")]
+    assert len(unresolved) <= len(SYSCALLS["x86_64"]) + len(SYSCALLS["i386"]) + 1
+
+
+# --- 3. i386 ABI ---------------------------------------------------------------
+
+
+def test_i386_syscalls_are_named_by_the_i386_table(cgroups, start_exporter, cgroup2_root, workload):
+    exporter = start_exporter("--evidence-log-per-minute", "1000")
+    cgroup = cgroups.make()
+    calls = {"ptrace": -1, "unshare": -1, "setns": -1, "mount": 0}
+    run_workload(
+        workload, cgroup, NOBODY, *(f"int80:{I386[name]}:100:{arg}" for name, arg in calls.items())
+    )
+    label = rel(cgroup, cgroup2_root)
+    samples = exporter.scrape()
+    counted = of_cgroup(samples, "orb8_syscalls_total", label)
+    dangerous = of_cgroup(samples, "orb8_dangerous_syscalls_total", label)
+    for name in calls:
+        assert counted[name] == 100, name
+        assert dangerous[name] == 100, name
+    # What the x86_64 table would have called them: none of it.
+    for wrong in ("msync", "process_vm_readv", "access", "unknown"):
+        assert wrong not in counted, wrong
+    assert "process_vm_readv" not in dangerous
+    assert series(samples, "orb8_syscall_abi_detected") == 1
+    wait_for(
+        lambda: len([e for e in evidence(exporter) if e["cgroup"] == label]) >= 400,
+        what="400 evidence lines",
+    )
+    lines = [e for e in evidence(exporter) if e["cgroup"] == label]
+    assert {e["abi"] for e in lines} == {"i386"}
+    assert sorted({e["syscall"] for e in lines}) == sorted(calls)
+
+
+# --- 6. two orb8 instances side by side ------------------------------------------
+
+
+def test_two_orb8_instances_do_not_flag_each_other(cgroups, start_exporter, cgroup2_root, workload):
+    home = cgroups.make()
+    first = start_exporter(cgroup=home)
+    second = start_exporter(cgroup=home)
+    for _ in range(3):  # every scrape makes bpf() calls the other one sees
+        first.scrape()
+        second.scrape()
+    other = cgroups.make()
+    run_workload(workload, other, call("ptrace", 3, -1))
+    home_label, other_label = rel(home, cgroup2_root), rel(other, cgroup2_root)
+    for exporter in (first, second):
+        samples = exporter.scrape()
+        assert series(samples, "orb8_dangerous_syscalls_total", cgroup=home_label) == 0
+        assert series(samples, "orb8_syscalls_total", cgroup=home_label, syscall="bpf") > 0
+        assert (
+            series(samples, "orb8_dangerous_syscalls_total", cgroup=other_label, syscall="ptrace")
+            == 3
+        )
+        assert not [e for e in evidence(exporter) if e["cgroup"] == home_label]
