@@ -53,7 +53,7 @@ import numpy as np
 
 from exporter import probes
 from exporter.baseline import Baselines
-from exporter.btf import Btf, BtfError
+from exporter.btf import VMLINUX, Btf, BtfError
 from exporter.config import DEFAULT_DANGEROUS_SYSCALLS, MIB
 from exporter.evidence import (
     Allowlist,
@@ -138,16 +138,17 @@ def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
     return name
 
 
-def abi_status_offset(btf: Btf | None = None) -> tuple[int | None, str]:
+def abi_status_offset(
+    btf_path: Path = VMLINUX, machine: str | None = None
+) -> tuple[int | None, str]:
     """Offset of thread_info.status in task_struct from the running kernel's BTF.
 
     (offset, how it was found) or (None, why the i386 ABI cannot be detected).
     """
-    if _arch(None) != "x86_64":
-        return None, f"32-bit compat syscalls are not told apart on {_arch(None)}"
+    if _arch(machine) != "x86_64":
+        return None, f"32-bit compat syscalls are not told apart on {_arch(machine)}"
     try:
-        btf = btf or Btf.from_file()
-        offset, size = btf.offset_of("task_struct.thread_info.status")
+        offset, size = Btf.from_file(btf_path).offset_of("task_struct.thread_info.status")
     except BtfError as e:
         return None, f"i386 syscalls cannot be told apart (no usable kernel BTF: {e})"
     if size != 4:
