@@ -66,7 +66,7 @@ from exporter.identity import Resolver
 from exporter.identity.cgroupfs import own_cgroup_id
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
-from exporter.sources.lifecycle import CgroupLifecycle
+from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.syscall_names import SYSCALLS
 
 log = logging.getLogger(__name__)
@@ -203,12 +203,13 @@ class SyscallSource:
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
         self._boot_offset = monotonic_to_wall_offset()
-        # Final counts of retired cgroups whose series must stay monotonic:
-        # {(identity, nr): count}, for all syscalls and for dangerous ones.
-        self._carried: Series = defaultdict(int)
-        self._carried_dangerous: Series = defaultdict(int)
+        # Final counts of retired cgroups, keyed (identity, key), for all
+        # syscalls and for dangerous ones; novel calls are counted in user
+        # space under the same rule (exporter/sources/lifecycle.py).
+        self._carried = CarriedCounts()
+        self._carried_dangerous = CarriedCounts()
+        self._novel = CarriedCounts()
         self._last_counts: Series = {}
-        self._novel: Series = defaultdict(int)
 
     def describe(self) -> str:
         return (
@@ -371,18 +372,27 @@ class SyscallSource:
         identities, retire = self.lifecycle.resolve(
             map(int, np.unique(np.concatenate([cgroup_ids, d_cgroup_ids]))), now
         )
-        series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried)
-        dangerous = _aggregate(identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous)
+        present = set(identities.values())
+        series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried, present)
+        dangerous = _aggregate(
+            identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous, present
+        )
         self._observe_baselines(series)
 
+        novel = {key: value for key, (value,) in self._novel.items(present)}
         families = [
-            *self._families(series, dangerous, len(cgroup_ids), len(d_cgroup_ids)),
+            *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             *self._ring_buffer_families(),
         ]
         if retire:
             self._retire(
                 retire, identities, (cgroup_ids, nrs, counts), (d_cgroup_ids, d_nrs, d_counts)
             )
+        dropped = set()
+        for ledger in (self._carried, self._carried_dangerous, self._novel):
+            dropped |= ledger.expire(present, now)
+        for key in [key for key in self._last_counts if key[0] in dropped]:
+            del self._last_counts[key]
         return families
 
     def _observe_baselines(self, series: Series) -> None:
@@ -401,11 +411,16 @@ class SyscallSource:
             else:
                 workload = f"cgroup:{identity.cgroup}"
             if self.baselines.observe(workload, self.syscall_name(nr)):
-                self._novel[key] += delta
+                self._novel.add(key, delta)
         self.baselines.save()
 
     def _families(
-        self, series: Series, dangerous: Series, entries: int, dangerous_entries: int
+        self,
+        series: Series,
+        dangerous: Series,
+        novel_series: Series,
+        entries: int,
+        dangerous_entries: int,
     ) -> list[MetricFamily]:
         labels = (*IDENTITY_LABELS, "syscall")
         syscalls = counter(
@@ -429,7 +444,7 @@ class SyscallSource:
             "Syscalls made outside the workload's learned baseline.",
             labels,
         )
-        for (identity, name), value in self._by_name(self._novel).items():
+        for (identity, name), value in self._by_name(novel_series).items():
             novel.add((*identity, name), value)
         entries_family = gauge(
             "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
@@ -509,12 +524,13 @@ class SyscallSource:
     ) -> None:
         """Free the kernel entries of removed cgroups once their grace is over.
 
-        Their final counts are carried where the series continues: under
-        <unresolved>, or under an identity another live cgroup still has
-        (a restarted service keeps its path but gets a new cgroup id).
+        Their final counts always go to the carried counts (the one carry
+        rule, exporter/sources/lifecycle.py): the series continues if its
+        identity is, or comes back, in use (<unresolved>; a restarted
+        service keeps its path but gets a new cgroup id). A removed cgroup
+        runs no task, so nothing is counted between the read and the delete.
         """
         retiring = set(retire)
-        live = {identity for cid, identity in identities.items() if cid not in retiring}
         slots_table = self._bpf[SLOT_MAP.encode()]
         counts_table = self._bpf[b"syscall_counts"]
         free = self._bpf[b"syscall_free_slots"]
@@ -522,7 +538,7 @@ class SyscallSource:
         for cgroup_id, nr, count in _rows(*pairs):
             if cgroup_id not in retiring:
                 continue
-            self._carry(self._carried, identities[cgroup_id], nr, count, live)
+            self._carried.add((identities[cgroup_id], nr), count)
             key = slots_table.Key(cgroup_id, nr, 0)
             slot = slots_table.get(key)
             if slot is None:
@@ -533,20 +549,10 @@ class SyscallSource:
         dangerous_table = self._bpf[DANGEROUS_MAP.encode()]
         for cgroup_id, nr, count in _rows(*dangerous):
             if cgroup_id in retiring:
-                self._carry(self._carried_dangerous, identities[cgroup_id], nr, count, live)
+                self._carried_dangerous.add((identities[cgroup_id], nr), count)
                 dangerous_table.pop(dangerous_table.Key(cgroup_id, nr, 0), None)
         self.lifecycle.retired(retire)
-        for table in (self._carried, self._carried_dangerous, self._novel, self._last_counts):
-            for key in [k for k in table if k[0] != UNRESOLVED and k[0] not in live]:
-                del table[key]
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
-
-    @staticmethod
-    def _carry(
-        carried: Series, identity: Identity, nr: int, count: int, live: set[Identity]
-    ) -> None:
-        if identity == UNRESOLVED or identity in live:
-            carried[(identity, nr)] += count
 
 
 def _rows(cgroup_ids: np.ndarray, nrs: np.ndarray, counts: np.ndarray):
@@ -558,10 +564,13 @@ def _aggregate(
     cgroup_ids: np.ndarray,
     nrs: np.ndarray,
     counts: np.ndarray,
-    carried: Series,
+    carried: CarriedCounts,
+    present: set[Identity],
 ) -> Series:
-    """Sum kernel counts (plus carried ones) per (identity, syscall number)."""
-    series: Series = defaultdict(int, carried)
+    """Sum kernel counts (plus carried ones) per (identity, syscall key)."""
+    series: Series = defaultdict(int)
+    for key, (value,) in carried.items(present):
+        series[key] += value  # type: ignore[index]
     for cgroup_id, nr, count in _rows(cgroup_ids, nrs, counts):
         series[(identities[cgroup_id], nr)] += count
     return series

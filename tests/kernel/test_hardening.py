@@ -257,3 +257,98 @@ def test_two_orb8_instances_do_not_flag_each_other(cgroups, start_exporter, cgro
             == 3
         )
         assert not [e for e in evidence(exporter) if e["cgroup"] == home_label]
+
+
+# --- 4. counters never go backwards ----------------------------------------------
+
+
+def test_cgroup_path_reused_after_retirement_continues_its_series(
+    cgroups, start_exporter, cgroup2_root, workload
+):
+    exporter = start_exporter("--deleted-cgroup-grace", "0")
+    rel_path = f"orb8-test-{uuid.uuid4().hex[:12]}.service"
+    label = "/" + rel_path
+    expected, seen = 0, []
+    for calls in (1000, 100, 10):
+        cgroup = cgroups.make(rel_path)
+        run_workload(workload, cgroup, call("getppid", calls))
+        expected += calls
+
+        def getppid():
+            return series(exporter.scrape(), "orb8_syscalls_total", cgroup=label, syscall="getppid")
+
+        seen.append(wait_for(lambda e=expected: getppid() == e and e, what=f"{expected}"))
+        cgroups.remove(cgroup)
+        wait_for(lambda: getppid() == 0, what="the retired incarnation to leave the output")
+    assert seen == [1000, 1100, 1110]
+
+
+SOCKET_CHILD = """
+import socket, sys
+for line in sys.stdin:
+    cmd, _, arg = line.strip().partition(" ")
+    if cmd == "join":
+        open(arg + "/cgroup.procs", "w").write("0")
+    elif cmd == "socket":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    elif cmd == "send":
+        for _ in range(int(arg)):
+            s.sendto(b"x" * 10, ("127.0.0.1", int(sys.argv[1])))
+    print("ok", flush=True)
+"""
+
+
+def test_socket_outliving_its_cgroup_never_makes_its_series_go_backwards(
+    cgroups, start_exporter, cgroup2_root
+):
+    import socket
+    import sys
+
+    exporter = start_exporter("--deleted-cgroup-grace", "0")
+    old, new = cgroups.make(), cgroups.make()
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    child = subprocess.Popen(
+        [sys.executable, "-c", SOCKET_CHILD, str(receiver.getsockname()[1])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def tell(command: str) -> None:
+        assert child.stdin and child.stdout
+        child.stdin.write(command + "\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "ok"
+
+    label = rel(old, cgroup2_root)
+    egress = {"cgroup": label, "direction": "egress", "protocol": "udp"}
+    try:
+        tell(f"join {old}")
+        tell("socket")  # the socket belongs to `old` for its whole life
+        history: list[float] = []
+
+        def packets(expected: int) -> bool:
+            value = series(exporter.scrape(), "orb8_network_packets_total", **egress)
+            if value:
+                history.append(value)
+            return value == expected
+
+        tell("send 50")
+        wait_for(lambda: packets(50), what="50 packets while the cgroup exists")
+        tell(f"join {new}")
+        cgroups.remove(old)
+        for sent in (100, 150, 200):
+            # Retired (grace 0) before the next packets re-create its entries.
+            wait_for(
+                lambda: not series(exporter.scrape(), "orb8_network_packets_total", **egress),
+                what="retirement",
+            )
+            tell("send 50")
+            wait_for(lambda s=sent: packets(s), what=f"{sent} packets after the cgroup is gone")
+        assert history == sorted(history), f"went backwards: {history}"
+        assert history[-1] == 200
+    finally:
+        child.kill()
+        child.wait()
+        receiver.close()
