@@ -114,6 +114,7 @@ from exporter.netflows import (
     parse_cidrs,
     pod_ip_index,
 )
+from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 
 log = logging.getLogger(__name__)
@@ -506,6 +507,7 @@ class NetworkSource:
             *self._tcp_families(identities, tcp_keys, tcp),
             *self._flow_families(identities),
             *self._map_families(len(traffic_keys), len(tcp_keys), n_flows, stats),
+            *program_families(self._bpf),
         ]
 
     def _traffic_families(

@@ -66,6 +66,7 @@ from exporter.identity import Resolver
 from exporter.identity.cgroupfs import own_cgroup_id
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
+from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.syscall_names import SYSCALLS
 
@@ -194,6 +195,8 @@ class SyscallSource:
         self.abi_offset: int | None = None
         self.abi_detail = "i386 detection off"
         self._excluded: set[int] = set()
+        self._own_cgroup: int | None = None
+        self._own_workload: tuple[str, str] | None = None  # (namespace, owner) in Kubernetes
         self.allowlist = Allowlist(self.security.allowlist)
         self.rate_limiter = RateLimiter(self.security.log_per_minute)
         self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
@@ -283,9 +286,9 @@ class SyscallSource:
                 flags[ct.c_int(abi * NR_TABLE + nr)] = ct.c_uint8(value)
         if self.security.exclude_self:
             bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint64(os.getpid())
-            own = own_cgroup_id(self.resolver.tree.root)
-            if own is not None:
-                self._exclude(bpf, own)
+            self._own_cgroup = own_cgroup_id(self.resolver.tree.root)
+            if self._own_cgroup is not None:
+                self._exclude(bpf, self._own_cgroup)
 
     def _exclude(self, bpf: Any, cgroup_id: int) -> None:
         """Stop counting a cgroup's dangerous calls (it runs orb8)."""
@@ -294,6 +297,33 @@ class SyscallSource:
         bpf[b"dangerous_excluded"][ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
         self._excluded.add(cgroup_id)
         log.info("dangerous syscalls of cgroup id %d (orb8) are not counted", cgroup_id)
+
+    def _exclude_own_workload(self, identities: dict[int, Identity]) -> None:
+        """In Kubernetes, other pods of orb8's own workload (the old and new
+        pods of a DaemonSet rollout) are orb8 too: exclude their cgroups."""
+        if self._own_cgroup is None:
+            return
+        if self._own_workload is None:
+            own = identities.get(self._own_cgroup)
+            if own is None or not own.pod:
+                return
+            owner = self.resolver.owners().get((own.namespace, own.pod))
+            if not owner:
+                return
+            self._own_workload = own_workload = (own.namespace, owner)
+            log.info("dangerous syscalls of orb8's workload %s/%s are not counted", *own_workload)
+        for cgroup_id, identity in identities.items():
+            if cgroup_id not in self._excluded and self._is_own_workload(identity):
+                self._exclude(self._bpf, cgroup_id)
+
+    def _is_own_workload(self, identity: Identity) -> bool:
+        if self._own_workload is None or not identity.pod:
+            return False
+        namespace, owner = self._own_workload
+        return (
+            identity.namespace == namespace
+            and self.resolver.owners().get((namespace, identity.pod)) == owner
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -324,7 +354,7 @@ class SyscallSource:
         try:
             event = parse_event(data, size)
             identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
-            if self.allowlist.allows(identity):
+            if self.allowlist.allows(identity) or self._is_own_workload(identity):
                 return 0
             syscall = self.syscall_name(event.nr)
             admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
@@ -372,6 +402,7 @@ class SyscallSource:
         identities, retire = self.lifecycle.resolve(
             map(int, np.unique(np.concatenate([cgroup_ids, d_cgroup_ids]))), now
         )
+        self._exclude_own_workload(identities)
         present = set(identities.values())
         series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried, present)
         dangerous = _aggregate(
@@ -383,6 +414,7 @@ class SyscallSource:
         families = [
             *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             *self._ring_buffer_families(),
+            *program_families(self._bpf),
         ]
         if retire:
             self._retire(
@@ -437,7 +469,7 @@ class SyscallSource:
             labels,
         )
         for (identity, name), value in self._by_name(dangerous).items():
-            if not self.allowlist.allows(identity):
+            if not self.allowlist.allows(identity) and not self._is_own_workload(identity):
                 dangerous_family.add((*identity, name), value)
         novel = counter(
             "orb8_syscall_novel_total",

@@ -352,3 +352,97 @@ def test_socket_outliving_its_cgroup_never_makes_its_series_go_backwards(
         child.kill()
         child.wait()
         receiver.close()
+
+
+def test_old_and_new_pods_of_orb8s_daemonset_do_not_flag_each_other(
+    cgroups, start_exporter, workload, tmp_path
+):
+    server = ApiServer()
+    server.start()
+    try:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
+        homes = []
+        for name in ("orb8-old12", "orb8-new34"):  # a rollout: two pods of one DaemonSet
+            uid, container_id = str(uuid.uuid4()), uuid.uuid4().hex * 2
+            server.add_pod(
+                make_pod(
+                    name,
+                    namespace="orb8",
+                    uid=uid,
+                    containers=(("orb8", container_id),),
+                    owner=("DaemonSet", "orb8"),
+                )
+            )
+            sd = uid.replace("-", "_")
+            homes.append(
+                cgroups.make(
+                    f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{sd}.slice/"
+                    f"cri-containerd-{container_id}.scope"
+                )
+            )
+        uid, container_id = str(uuid.uuid4()), uuid.uuid4().hex * 2
+        server.add_pod(
+            make_pod("debug", namespace="orb8", uid=uid, containers=(("sh", container_id),))
+        )
+        sd = uid.replace("-", "_")
+        other = cgroups.make(
+            f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{sd}.slice/"
+            f"cri-containerd-{container_id}.scope"
+        )
+        args = ("--kubeconfig", str(kubeconfig), "--node-name", "node-a")
+        old = start_exporter(*args, cgroup=homes[0])
+        wait_for(lambda: series(old.scrape(), "orb8_k8s_pods_tracked") == 3, what="pods")
+        new = start_exporter(*args, cgroup=homes[1])
+        for _ in range(3):  # both make bpf() calls the other one sees
+            old.scrape()
+            new.scrape()
+        # Same namespace, another owner: still counted.
+        run_workload(workload, other, call("ptrace", 2, -1))
+        for exporter in (old, new):
+            samples = exporter.scrape()
+            for pod in ("orb8-old12", "orb8-new34"):
+                assert series(samples, "orb8_dangerous_syscalls_total", pod=pod) == 0, pod
+                assert series(samples, "orb8_syscalls_total", pod=pod, syscall="bpf") > 0, pod
+            assert series(samples, "orb8_dangerous_syscalls_total", pod="debug") == 2
+            assert not [e for e in evidence(exporter) if e["pod"].startswith("orb8-")]
+    finally:
+        server.stop()
+
+
+# --- the kernel's own per-program counters -----------------------------------------
+
+
+def test_bpf_program_counters_are_exported(cgroups, start_exporter, workload):
+    import ctypes
+
+    exporter = start_exporter()
+    before = exporter.scrape()
+    programs = {
+        dict(labels)["program"]
+        for (name, labels), _ in before.items()
+        if name == "orb8_bpf_program_runs_total"
+    }
+    assert {"syscalls_enter_raw", "syscalls_switch_raw"} <= programs
+    for program in programs:
+        key = (("program", program),)
+        assert ("orb8_bpf_program_recursion_misses_total", key) in before, program
+        assert ("orb8_bpf_program_run_seconds_total", key) in before, program
+    # BPF_ENABLE_STATS: run counts and times are kept while this fd is open
+    # (the same switch as kernel.bpf_stats_enabled, released on close).
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(8)  # union bpf_attr { .enable_stats.type = RUN_TIME }
+    fd = libc.syscall(321, 32, attr, ctypes.sizeof(attr))
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        run_workload(workload, cgroups.make(), call("getppid", 20_000))
+        samples = exporter.scrape()
+    finally:
+        os.close(fd)
+    program = {"program": "syscalls_enter_raw"}
+    runs = series(samples, "orb8_bpf_program_runs_total", **program) - series(
+        before, "orb8_bpf_program_runs_total", **program
+    )
+    assert runs >= 20_000  # every getppid ran the counter once, plus everything else
+    seconds = series(samples, "orb8_bpf_program_run_seconds_total", **program)
+    assert seconds > series(before, "orb8_bpf_program_run_seconds_total", **program)
+    assert series(samples, "orb8_bpf_stats_enabled") == 1
