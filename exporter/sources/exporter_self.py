@@ -45,7 +45,7 @@ def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> 
         duration.add((name,), seconds)
     stats_enabled = gauge(
         "orb8_bpf_stats_enabled",
-        "1 while kernel.bpf_stats_enabled is on, so BPF program runs and run time are counted.",
+        "The sysctl kernel.bpf_stats_enabled: 1 while BPF program runs and run time are counted.",
     )
     stats_enabled.add((), 1 if probes.bpf_stats_enabled() else 0)
     return [build, up, duration, stats_enabled]

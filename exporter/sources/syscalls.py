@@ -317,8 +317,15 @@ class SyscallSource:
                 self._exclude(self._bpf, cgroup_id)
 
     def _is_own_workload(self, identity: Identity) -> bool:
-        if self._own_workload is None or not identity.pod:
+        if not identity.pod or self._own_cgroup is None:
             return False
+        if self._own_workload is None:
+            # Evidence can arrive before the first collect: look orb8 up now.
+            own = self.resolver.resolve(self._own_cgroup, self.clock()).identity
+            owner = self.resolver.owners().get((own.namespace, own.pod)) if own.pod else None
+            if not owner:
+                return False
+            self._own_workload = (own.namespace, owner)
         namespace, owner = self._own_workload
         return (
             identity.namespace == namespace
