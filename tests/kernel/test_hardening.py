@@ -448,3 +448,23 @@ def test_bpf_program_counters_are_exported(cgroups, start_exporter, workload):
     # The gauge mirrors the sysctl (which an fd holder does not change).
     sysctl = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
     assert series(samples, "orb8_bpf_stats_enabled") == int(sysctl)
+
+
+# --- 7. the dangerous set's newer members --------------------------------------------
+
+
+def test_new_mount_api_io_uring_and_handles_are_dangerous(
+    cgroups, start_exporter, cgroup2_root, workload
+):
+    exporter = start_exporter()
+    newer = (
+        "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
+        "mount_setattr", "io_uring_setup", "name_to_handle_at", "pidfd_getfd",
+    )  # fmt: skip
+    cgroup = cgroups.make()
+    # Bad first arguments (-1: EBADF, EINVAL or EFAULT) as nobody: attempts, no effect.
+    run_workload(workload, cgroup, NOBODY, *(call(name, 3, -1) for name in newer))
+    dangerous = of_cgroup(
+        exporter.scrape(), "orb8_dangerous_syscalls_total", rel(cgroup, cgroup2_root)
+    )
+    assert dangerous == dict.fromkeys(newer, 3)
