@@ -42,7 +42,9 @@ class MetricFamily:
             raise ValueError(f"{self.name}: expected {len(self.labels)} label values")
         if not "".join(label_values).isascii():  # cheap for the usual ASCII labels
             label_values = tuple(map(safe_label, label_values))
-        self.samples.append((label_values, value))
+        # A value that is not a number fails here, in the source's collect
+        # (the source is reported down), not in rendering (the whole scrape).
+        self.samples.append((label_values, float(value)))
 
 
 def safe_label(value: str) -> str:
