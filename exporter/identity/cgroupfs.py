@@ -138,18 +138,26 @@ class CgroupTree:
 ROOT_CGROUP_ID = 1  # the v2 hierarchy's root directory, whatever namespace looks at it
 
 
-def own_cgroup_id(root: Path, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
-    """cgroup v2 id of this process, or None in the root cgroup (or if unknown).
+def own_cgroup(root: Path, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path | None:
+    """This process's cgroup v2 directory, or None in the root cgroup (or if unknown).
 
     The path in /proc/self/cgroup is relative to the cgroup namespace's root,
     which is also what the v2 mount shows inside that namespace, so
-    stat(mount + path) gives the real id (inode numbers are global).
+    mount + path is the right directory either way (and its inode number,
+    global, is the real cgroup id).
     """
     try:
         for line in proc_cgroup.read_text().splitlines():
             if line.startswith("0::"):
-                cgroup_id = os.stat(root / line[3:].lstrip("/")).st_ino
-                return None if cgroup_id == ROOT_CGROUP_ID else cgroup_id
+                directory = root / line[3:].lstrip("/")
+                return None if os.stat(directory).st_ino == ROOT_CGROUP_ID else directory
     except OSError:
         return None
     return None
+
+
+def cgroup_pids(directory: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []

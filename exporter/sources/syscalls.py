@@ -63,7 +63,7 @@ from exporter.evidence import (
     parse_event,
 )
 from exporter.identity import Resolver
-from exporter.identity.cgroupfs import own_cgroup_id
+from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families
@@ -286,8 +286,21 @@ class SyscallSource:
                 flags[ct.c_int(abi * NR_TABLE + nr)] = ct.c_uint8(value)
         if self.security.exclude_self:
             bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint64(os.getpid())
-            self._own_cgroup = own_cgroup_id(self.resolver.tree.root)
-            if self._own_cgroup is not None:
+            directory = own_cgroup(self.resolver.tree.root)
+            others = [] if directory is None else _foreign_processes(cgroup_pids(directory))
+            if directory is not None and others:
+                # A shared cgroup (e.g. a login session): excluding it would
+                # hide other processes' calls. Only orb8's own pid is excluded.
+                log.warning(
+                    "orb8's cgroup %s also holds %d other process(es) (e.g. pid %d): only "
+                    "orb8's own dangerous calls are excluded; run orb8 in its own cgroup "
+                    "(container, systemd service) so that a second orb8 beside it is too",
+                    directory,
+                    len(others),
+                    others[0],
+                )
+            elif directory is not None:
+                self._own_cgroup = directory.stat().st_ino
                 self._exclude(bpf, self._own_cgroup)
 
     def _exclude(self, bpf: Any, cgroup_id: int) -> None:
@@ -592,6 +605,23 @@ class SyscallSource:
                 dangerous_table.pop(dangerous_table.Key(cgroup_id, nr, 0), None)
         self.lifecycle.retired(retire)
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
+
+
+def _foreign_processes(pids: list[int], proc: Path = Path("/proc")) -> list[int]:
+    """The pids that are neither this process nor another orb8."""
+    foreign = []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited
+        if not any(
+            arg == b"exporter.cli" or arg.endswith(b"/orb8") or arg == b"orb8" for arg in argv[:3]
+        ):
+            foreign.append(pid)
+    return foreign
 
 
 def _rows(cgroup_ids: np.ndarray, nrs: np.ndarray, counts: np.ndarray):
