@@ -137,12 +137,27 @@ def run_workload(binary: Path, cgroup: Path | str, *specs: str) -> None:
     subprocess.run([str(binary), str(cgroup), *specs], check=True, timeout=120)
 
 
-def kernel_pairs_of(cgroup_id: int) -> int:
-    """Entries for a cgroup id in every loaded syscall_slots map (bpftool's view)."""
-    dump = json.loads(
-        subprocess.check_output(["bpftool", "-j", "map", "dump", "name", "syscall_slots"])
+def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
+    """Entries for a cgroup id in the syscall_slots map of process `pid` (bpftool's
+    view); without a pid, in every such map on the host (other orb8s included)."""
+    shown = json.loads(
+        subprocess.check_output(["bpftool", "-j", "map", "show", "name", "syscall_slots"])
     )
-    return sum(1 for entry in dump if entry["formatted"]["key"]["cgroup_id"] == cgroup_id)
+    ids = [m["id"] for m in (shown if isinstance(shown, list) else [shown])]
+    if pid is not None:
+        held = set()
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            for line in info.read_text().splitlines():
+                if line.startswith("map_id:"):
+                    held.add(int(line.split()[1]))
+        ids = [map_id for map_id in ids if map_id in held]
+    total = 0
+    for map_id in ids:
+        dump = json.loads(
+            subprocess.check_output(["bpftool", "-j", "map", "dump", "id", str(map_id)])
+        )
+        total += sum(1 for e in dump if e["formatted"]["key"]["cgroup_id"] == cgroup_id)
+    return total
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.2):
