@@ -60,8 +60,12 @@ def check_btf(btf: Path) -> Check:
 
 
 def check_syscall_abi(btf: Path, machine: str | None = None) -> Check:
-    from exporter.sources.syscalls import abi_status_offset
+    from exporter.sources.syscalls import abi_status_offset, ia32_emulation
 
+    if machine is None:
+        possible, why = ia32_emulation()
+        if not possible:
+            return Check("syscall ABI", "ok", why)
     offset, detail = abi_status_offset(btf, machine)
     if offset is not None:
         return Check("syscall ABI", "ok", detail)

@@ -139,6 +139,49 @@ def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
     return name
 
 
+def ia32_emulation(
+    config: str | None = None, cmdline: str | None = None, release: str | None = None
+) -> tuple[bool, str]:
+    """Can this x86_64 kernel run i386 syscalls at all? (answer, why).
+
+    From the kernel config (/proc/config.gz or /boot/config-<release>) and
+    the ia32_emulation= boot parameter. Unknown means yes: the probe then
+    pays for detection rather than risk misnaming.
+    """
+    if config is None:
+        config = _kernel_config(release or platform.release())
+    if cmdline is None:
+        try:
+            cmdline = Path("/proc/cmdline").read_text()
+        except OSError:
+            cmdline = ""
+    options = {
+        line.split("=", 1)[0]: line.split("=", 1)[1] for line in config.splitlines() if "=" in line
+    }
+    if config and options.get("CONFIG_IA32_EMULATION") != "y":
+        return False, "kernel built without IA32 emulation: no i386 syscalls possible"
+    enabled = options.get("CONFIG_IA32_EMULATION_DEFAULT_DISABLED") != "y"
+    for word in cmdline.split():
+        if word.startswith("ia32_emulation="):
+            enabled = word.split("=", 1)[1].lower() in ("1", "y", "yes", "on", "true")
+    if not enabled:
+        return False, "IA32 emulation disabled at boot: no i386 syscalls possible"
+    return True, "IA32 emulation enabled" if config else "kernel config unknown"
+
+
+def _kernel_config(release: str) -> str:
+    import gzip
+
+    try:
+        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode(errors="replace")
+    except OSError:
+        pass
+    try:
+        return Path(f"/boot/config-{release}").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def abi_status_offset(
     btf_path: Path = VMLINUX, machine: str | None = None
 ) -> tuple[int | None, str]:
@@ -194,6 +237,7 @@ class SyscallSource:
         self.abi_detection = abi_detection
         self.abi_offset: int | None = None
         self.abi_detail = "i386 detection off"
+        self.abi_told_apart = False  # no syscall can be misnamed by its ABI
         self._excluded: set[int] = set()
         self._own_cgroup: int | None = None
         self._own_workload: tuple[str, str] | None = None  # (namespace, owner) in Kubernetes
@@ -232,8 +276,13 @@ class SyscallSource:
             "RINGBUF_PAGES": self.security.ring_buffer_size // 4096,
             "RINGBUF_SAMPLE_EVERY": self.security.sample_every,
         }
-        if self.abi_detection:
+        possible, why = ia32_emulation() if _arch(None) == "x86_64" else (True, "")
+        if self.abi_detection and not possible:
+            # Nothing to tell apart, and the hot path skips the read.
+            self.abi_detail, self.abi_told_apart = why, True
+        elif self.abi_detection:
             self.abi_offset, self.abi_detail = abi_status_offset()
+            self.abi_told_apart = self.abi_offset is not None
             if self.abi_offset is None:
                 log.warning(
                     "syscalls probe: %s; they are counted under native names", self.abi_detail
@@ -517,10 +566,10 @@ class SyscallSource:
         failures.add((DANGEROUS_MAP,), self._percpu_sum(b"dangerous_update_failures"))
         abi = gauge(
             "orb8_syscall_abi_detected",
-            "1 when syscalls entering through the i386 ABI are named by the i386 table; "
-            "0 when they cannot be told apart from native ones.",
+            "1 when syscalls entering through the i386 ABI are named by the i386 table "
+            "(or this kernel cannot run any); 0 when they cannot be told apart from native ones.",
         )
-        abi.add((), 1 if self.abi_offset is not None else 0)
+        abi.add((), 1 if self.abi_told_apart else 0)
         return [syscalls, dangerous_family, novel, entries_family, capacity, failures, abi]
 
     def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:

@@ -89,3 +89,24 @@ def test_i386_and_x32_tables():
     assert all(nr in i386 for nr in range(424, 470) if nr != 453)
     assert max(i386) < 1024 and max(x32) < 1024  # NR_TABLE in bpf/syscalls.c
     assert x32[0] == "read" and x32[547] == "pwritev2"
+
+
+@pytest.mark.parametrize(
+    ("config", "cmdline", "possible"),
+    [
+        ("CONFIG_IA32_EMULATION=y\n", "root=/dev/vda", True),
+        ("CONFIG_IA32_EMULATION=y\n", "ia32_emulation=0 quiet", False),
+        ("CONFIG_IA32_EMULATION=y\nCONFIG_IA32_EMULATION_DEFAULT_DISABLED=y\n", "", False),
+        (
+            "CONFIG_IA32_EMULATION=y\nCONFIG_IA32_EMULATION_DEFAULT_DISABLED=y\n",
+            "ia32_emulation=true",
+            True,
+        ),
+        ("# CONFIG_IA32_EMULATION is not set\nCONFIG_COMPAT=n\n", "", False),
+        ("", "", True),  # config unknown: detect rather than risk misnaming
+    ],
+)
+def test_whether_the_kernel_can_run_i386_syscalls(config, cmdline, possible):
+    from exporter.sources.syscalls import ia32_emulation
+
+    assert ia32_emulation(config, cmdline)[0] is possible
