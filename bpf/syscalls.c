@@ -4,7 +4,9 @@
 // per-event cost is what matters. Measured on the dev VM (benchmarks/), a
 // hash lookup per event costs about as much as the tracepoint itself, and
 // even bpf_get_current_cgroup_id() costs a third of it. So the hot path
-// makes no helper call and no hash lookup:
+// makes no hash lookup, and no helper call except the one that tells an
+// i386 syscall from a native one (syscall_key; skipped on kernels that
+// cannot run i386 syscalls):
 //
 //  - The current task's cgroup id is cached per CPU. sched_switch
 //    invalidates it (a different task runs), and cgroup_attach_task bumps a
