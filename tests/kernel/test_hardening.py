@@ -226,13 +226,14 @@ def test_i386_syscalls_are_named_by_the_i386_table(cgroups, start_exporter, cgro
         assert wrong not in counted, wrong
     assert "process_vm_readv" not in dangerous
     assert series(samples, "orb8_syscall_abi_detected") == 1
+    # Evidence lines may be sampled away when the host floods the ring buffer
+    # (counts above stay exact): each syscall needs a line, each line its ABI.
     wait_for(
-        lambda: len([e for e in evidence(exporter) if e["cgroup"] == label]) >= 400,
-        what="400 evidence lines",
+        lambda: {e["syscall"] for e in evidence(exporter) if e["cgroup"] == label} == set(calls),
+        what="evidence lines for every call",
     )
     lines = [e for e in evidence(exporter) if e["cgroup"] == label]
     assert {e["abi"] for e in lines} == {"i386"}
-    assert sorted({e["syscall"] for e in lines}) == sorted(calls)
 
 
 # --- 6. two orb8 instances side by side ------------------------------------------
