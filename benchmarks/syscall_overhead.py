@@ -8,6 +8,8 @@ Modes:
          one hash lookup per event), for reference;
   orb8   orb8's syscall probe, loaded by the same code as `orb8 run`
          (with its sched_switch and cgroup_attach_task hooks).
+  orb8_native  the same probe without i386 ABI detection (no read of
+         thread_info.status): the price of naming compat calls correctly.
 
 Every program is compiled and loaded once; the benchmark then attaches one
 mode at a time and runs short bursts of getppid calls in a pinned,
@@ -44,7 +46,7 @@ from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
 from exporter.sources.syscalls import SyscallSource, native_syscall_numbers  # noqa: E402
 
-MODES = ("none", "floor", "naive", "orb8")
+MODES = ("none", "floor", "naive", "orb8", "orb8_native")
 GETPPID = native_syscall_numbers()["getppid"]
 ORB8_HOOKS = [
     (b"sched_switch", b"syscalls_switch_raw"),
@@ -82,6 +84,17 @@ class Programs:
         self.orb8: Any = self.source._bpf  # the exact object `orb8 run` uses
         for tp, _ in ORB8_HOOKS:
             self.orb8.detach_raw_tracepoint(tp=tp)
+        self.native_source = SyscallSource(
+            Resolver(CgroupTree(find_cgroup2_mount())),
+            32768,
+            60,
+            headers=probes.find_kernel_headers(),
+            abi_detection=False,
+        )
+        self.native_source.start()
+        self.orb8_native: Any = self.native_source._bpf
+        for tp, _ in ORB8_HOOKS:
+            self.orb8_native.detach_raw_tracepoint(tp=tp)
         self.attached: str = "none"
 
     def hooks(self, mode: str) -> list[tuple[bytes, bytes]]:
@@ -90,14 +103,15 @@ class Programs:
             "floor": [(b"sys_enter", b"floor_enter")],
             "naive": [(b"sys_enter", b"naive_enter")],
             "orb8": ORB8_HOOKS,
+            "orb8_native": ORB8_HOOKS,
         }[mode]
 
     def switch(self, mode: str) -> None:
         for tp, _ in self.hooks(self.attached):
             getattr(self, self.attached).detach_raw_tracepoint(tp=tp)
-        if mode == "orb8":
+        if mode in ("orb8", "orb8_native"):
             # Context switches went unseen while detached: invalidate caches.
-            epoch = self.orb8[b"syscall_epoch"]
+            epoch = getattr(self, mode)[b"syscall_epoch"]
             epoch[ct.c_int(0)] = ct.c_uint64(epoch[ct.c_int(0)].value + 1)
         for tp, fn in self.hooks(mode):
             getattr(self, mode).attach_raw_tracepoint(tp=tp, fn_name=fn)
@@ -108,6 +122,7 @@ class Programs:
         self.floor.cleanup()
         self.naive.cleanup()
         self.source.close()
+        self.native_source.close()
 
 
 class Loop:
@@ -212,6 +227,9 @@ per burst; medians of {args.cycles} bursts per mode.
 **Overhead ratio (orb8 - none) / (floor - none) = {orb8:.2f}** (90% bootstrap
 interval {low:.2f}-{high:.2f}); {verdict} the goal of <= 1.25. The naive per-CPU
 hash design measured {naive:.2f} in the same run.
+i386 ABI detection (orb8 vs orb8_native, same run): {medians["orb8"] - medians["orb8_native"]:+.1f}
+ns/syscall, {(medians["orb8"] / medians["orb8_native"] - 1) * 100:+.1f}% of the ns per syscall,
+ratio {ratio(medians, "orb8_native"):.2f} without it.
 """
     print(report)
     with args.results.open("a") as f:

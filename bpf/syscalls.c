@@ -4,7 +4,9 @@
 // per-event cost is what matters. Measured on the dev VM (benchmarks/), a
 // hash lookup per event costs about as much as the tracepoint itself, and
 // even bpf_get_current_cgroup_id() costs a third of it. So the hot path
-// makes no helper call and no hash lookup:
+// makes no hash lookup, and no helper call except the one that tells an
+// i386 syscall from a native one (syscall_key; skipped on kernels that
+// cannot run i386 syscalls):
 //
 //  - The current task's cgroup id is cached per CPU. sched_switch
 //    invalidates it (a different task runs), and cgroup_attach_task bumps a
@@ -29,9 +31,19 @@
 // ring buffer. Every event is accounted for: written, or dropped (buffer
 // full, or sampled away while the buffer is over 90% full).
 //
+// Syscalls are keyed by the ABI they entered through (see syscall_key): a
+// 64-bit process may use `int $0x80`, and the i386 numbers mean other calls
+// (i386 26 is ptrace, x86_64 26 is msync). Numbers outside every table share
+// one "unknown" key per cgroup, so one cgroup can take at most
+// (table entries + 1) slots however many invalid numbers it tries.
+//
 // Only stable interfaces are used: the sys_enter raw tracepoint arguments
 // (args[1] = syscall number), the classic tracepoint's `id` field (its offset
-// is checked against tracefs by the loader), helpers.
+// is checked against tracefs by the loader), helpers. One exception, on
+// x86_64: the compat flag in thread_info.status, read at an offset the loader
+// took from the running kernel's BTF (never from the headers); without BTF
+// ABI_STATUS_OFFSET is not defined and compat calls are counted under the
+// native table (the loader reports that, see orb8_syscall_abi_detected).
 
 #include "orb8.h"
 
@@ -41,12 +53,30 @@
 
 // Power of two; syscall numbers are dense below ~470 on x86_64 and arm64.
 #define CACHE_WAYS 512
-// Syscall numbers that can be marked dangerous.
-#define DANGER_TABLE 1024
+// Every ABI's syscall numbers are below this (x86_64, i386, x32 and arm64
+// all stay under 600); anything else is an invalid number.
+#define NR_TABLE 1024
 #define DANGER_BIT 0x80000000u
+
+// Key = (ABI << ABI_SHIFT) | number. ABI 0 is the native one.
+#define ABI_SHIFT 16
+#define ABI_I386 1
+#define ABI_X32 2
+#define ABI_TABLES 3
+#define X32_SYSCALL_BIT 0x40000000ul
+// Out of range for its ABI (before the table check in the slow path).
+#define NR_INVALID 0xffffu
+// The one key under which a cgroup's calls of numbers no table names count.
+#define KEY_UNKNOWN 0xffffffffu
+// syscall_flags bits, per (ABI, number), filled by user space.
+#define FLAG_KNOWN 1
+#define FLAG_DANGEROUS 2
 
 #ifndef DANGEROUS_CAPACITY
 #define DANGEROUS_CAPACITY 4096
+#endif
+#ifndef EXCLUDED_CAPACITY
+#define EXCLUDED_CAPACITY 64
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256
@@ -114,10 +144,18 @@ BPF_ARRAY(syscall_epoch, u64, 1);
 // Events that could not be counted because every slot was taken.
 BPF_PERCPU_ARRAY(syscall_update_failures, u64, 1);
 
-// 1 for the syscall numbers user space marked dangerous.
-BPF_ARRAY(dangerous_syscalls, u8, DANGER_TABLE);
-// [0]: orb8's own tgid, whose dangerous calls (it loads BPF) are not counted.
-BPF_ARRAY(dangerous_config, u32, 1);
+// FLAG_* per ABI_TABLES * NR_TABLE (ABI, number): which numbers name a
+// syscall of that ABI, and which of those user space marked dangerous.
+BPF_ARRAY(syscall_flags, u8, ABI_TABLES * NR_TABLE);
+// orb8 loads BPF, and so does a second orb8 beside it (a DaemonSet rollout,
+// `orb8 check` in the agent's container): their dangerous calls are not
+// counted. Excluded by cgroup id: orb8's own, and those of other instances of
+// orb8's own workload (user space adds them). Unlike a pid or a comm, a cgroup
+// cannot be taken over by a workload without the privilege to move itself
+// into it. An orb8 in the root cgroup (a plain host, tests) excludes only
+// its own process: [0] = its tgid.
+BPF_HASH(dangerous_excluded, u64, u8, EXCLUDED_CAPACITY);
+BPF_ARRAY(dangerous_config, u64, 1);
 BPF_PERCPU_HASH(dangerous_counts, struct syscall_pair, u64, DANGEROUS_CAPACITY);
 BPF_PERCPU_ARRAY(dangerous_update_failures, u64, 1);
 BPF_RINGBUF_OUTPUT(dangerous_events, RINGBUF_PAGES);
@@ -145,8 +183,10 @@ static __always_inline void count_dangerous(u64 cgroup_id, u32 nr)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 zero = 0, one = 1;
-    u32 *self = dangerous_config.lookup(&zero);
-    if (self && *self == (u32)(pid_tgid >> 32))
+    if (dangerous_excluded.lookup(&cgroup_id))
+        return;
+    u64 *self_tgid = dangerous_config.lookup(&zero);
+    if (self_tgid && *self_tgid == (pid_tgid >> 32))
         return;
 
     struct syscall_pair key = {.cgroup_id = cgroup_id, .nr = nr};
@@ -199,48 +239,98 @@ static __always_inline void count_dangerous(u64 cgroup_id, u32 nr)
     ringbuf_stat_add(RB_WRITTEN, 1);
 }
 
-static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u32 nr)
+// FLAG_* of a key; 0 for a key no table names.
+static __always_inline u8 key_flags(u32 key)
 {
-    struct syscall_pair key = {.cgroup_id = cgroup_id, .nr = nr};
+    u32 nr = key & ((1u << ABI_SHIFT) - 1);
+    u32 abi = key >> ABI_SHIFT;
+    if (nr >= NR_TABLE || abi >= ABI_TABLES)
+        return 0;
+    u32 index = abi * NR_TABLE + nr;
+    u8 *flags = syscall_flags.lookup(&index);
+    return flags ? *flags : 0;
+}
+
+static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u32 key)
+{
+    u8 flags = key_flags(key);
+    bool dangerous = flags & FLAG_DANGEROUS;
+    // Numbers that name no syscall share one slot per cgroup: an attacker
+    // trying 40,000 numbers takes one slot, not 40,000.
+    struct syscall_pair pair = {
+        .cgroup_id = cgroup_id,
+        .nr = flags & FLAG_KNOWN ? key : KEY_UNKNOWN,
+    };
     u32 slot;
-    u32 *found = syscall_slots.lookup(&key);
+    u32 *found = syscall_slots.lookup(&pair);
 
     if (found) {
         slot = *found;
     } else {
         if (syscall_free_slots.pop(&slot) != 0) {
+            // Map full: this call goes uncounted in syscall_counts, but a
+            // dangerous one is still counted and evidenced on its own map.
             count_failure();
+            if (dangerous)
+                count_dangerous(cgroup_id, key);
             return 0;
         }
-        if (syscall_slots.insert(&key, &slot) != 0) {
+        if (syscall_slots.insert(&pair, &slot) != 0) {
             // Another CPU inserted the same pair first: give the slot back
             // and use the winner's.
             syscall_free_slots.push(&slot, 0);
-            found = syscall_slots.lookup(&key);
+            found = syscall_slots.lookup(&pair);
             if (!found) {
                 count_failure();
+                if (dangerous)
+                    count_dangerous(cgroup_id, key);
                 return 0;
             }
             slot = *found;
         }
     }
 
-    u32 index = nr;
-    u8 *dangerous = index < DANGER_TABLE ? dangerous_syscalls.lookup(&index) : 0;
     way->cgroup_id = cgroup_id;
-    way->nr = nr;
-    way->slot = slot | (dangerous && *dangerous ? DANGER_BIT : 0);
+    way->nr = key;
+    way->slot = slot | (dangerous ? DANGER_BIT : 0);
 
     u64 *count = syscall_counts.lookup(&slot);
     if (count)
         (*count)++;
-    if (dangerous && *dangerous)
-        count_dangerous(cgroup_id, nr);
+    if (dangerous)
+        count_dangerous(cgroup_id, key);
     return 0;
 }
 
-static __always_inline int count_syscall(u32 nr)
+// The key a syscall is counted under: its number in the table of the ABI it
+// entered through. Cheap on the common path: one compare, plus on x86_64 one
+// load of the current task's thread_info.status.
+static __always_inline u32 syscall_key(long id)
 {
+    u32 key;
+    if ((unsigned long)id < NR_TABLE) {
+        key = (u32)id;
+    } else if ((id & X32_SYSCALL_BIT) && (unsigned long)(id & ~X32_SYSCALL_BIT) < NR_TABLE) {
+        // x32: a 64-bit syscall with the x32 bit set. Kernels without x32
+        // support refuse it (ENOSYS); it is named by the x32 table anyway.
+        return (ABI_X32 << ABI_SHIFT) | (u32)(id & ~X32_SYSCALL_BIT);
+    } else {
+        key = NR_INVALID;
+    }
+#ifdef ABI_STATUS_OFFSET
+    // TS_COMPAT: set by the kernel's i386 entry paths (int $0x80, sysenter,
+    // 32-bit syscall) for the duration of the call, whatever the process.
+    void *task = (void *)bpf_get_current_task_btf();
+    u32 status = *(volatile u32 *)((char *)task + ABI_STATUS_OFFSET);
+    if (status & ABI_COMPAT_FLAG)
+        key |= ABI_I386 << ABI_SHIFT;
+#endif
+    return key;
+}
+
+static __always_inline int count_syscall(long id)
+{
+    u32 nr = syscall_key(id);
     u32 zero = 0;
     struct cpu_cache *cache = syscall_cache.lookup(&zero);
     u64 *epoch = syscall_epoch.lookup(&zero);
@@ -315,11 +405,11 @@ int syscalls_attach_tp(void *ctx)
 // Preferred: raw tracepoint, TP_PROTO(struct pt_regs *regs, long id).
 int syscalls_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-    return count_syscall((u32)ctx->args[1]);
+    return count_syscall((long)ctx->args[1]);
 }
 
 // Fallback for kernels without raw tracepoint support.
 int syscalls_enter_tp(struct sys_enter_args *args)
 {
-    return count_syscall((u32)args->id);
+    return count_syscall(args->id);
 }

@@ -62,7 +62,26 @@ def check_btf(btf: Path) -> Check:
         "btf",
         "warn",
         f"{btf} missing",
-        "not needed by the current probes; enable CONFIG_DEBUG_INFO_BTF for future fentry probes",
+        "enable CONFIG_DEBUG_INFO_BTF: the syscalls probe needs it to tell i386 calls apart",
+    )
+
+
+def check_syscall_abi(btf: Path, machine: str | None = None) -> Check:
+    from exporter.sources.syscalls import abi_status_offset, ia32_emulation
+
+    if machine is None:
+        possible, why = ia32_emulation()
+        if not possible:
+            return Check("syscall ABI", "ok", why)
+    offset, detail = abi_status_offset(btf, machine)
+    if offset is not None:
+        return Check("syscall ABI", "ok", detail)
+    return Check(
+        "syscall ABI",
+        "warn",
+        detail,
+        "enable CONFIG_DEBUG_INFO_BTF: without it 32-bit (int $0x80) syscalls are counted "
+        "under native names, e.g. i386 ptrace as msync (orb8_syscall_abi_detected 0)",
     )
 
 
@@ -176,6 +195,7 @@ def run_checks(
     checks: list[Callable[[], Check]] = [
         lambda: check_kernel(release or platform.release()),
         lambda: check_btf(btf),
+        lambda: check_syscall_abi(btf),
         lambda: check_capabilities(proc / "self" / "status"),
         check_bcc,
         lambda: check_headers(kernel_headers, modules_root),

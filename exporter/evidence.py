@@ -105,7 +105,12 @@ class RateLimiter:
 
 
 def evidence_line(
-    event: DangerousEvent, identity: Identity, syscall: str, suppressed: int, boot_offset: float
+    event: DangerousEvent,
+    identity: Identity,
+    syscall: str,
+    suppressed: int,
+    boot_offset: float,
+    abi: str = "native",
 ) -> str:
     record = {
         "time": datetime.datetime.fromtimestamp(
@@ -113,6 +118,7 @@ def evidence_line(
         ).isoformat(timespec="milliseconds"),
         "msg": "dangerous syscall",
         "syscall": syscall,
+        "abi": abi,
         "namespace": identity.namespace,
         "pod": identity.pod,
         "container": identity.container,

@@ -40,7 +40,26 @@ class MetricFamily:
     def add(self, label_values: tuple[str, ...], value: float) -> None:
         if len(label_values) != len(self.labels):
             raise ValueError(f"{self.name}: expected {len(self.labels)} label values")
-        self.samples.append((label_values, value))
+        if not "".join(label_values).isascii():  # cheap for the usual ASCII labels
+            label_values = tuple(map(safe_label, label_values))
+        # A value that is not a number fails here, in the source's collect
+        # (the source is reported down), not in rendering (the whole scrape).
+        self.samples.append((label_values, float(value)))
+
+
+def safe_label(value: str) -> str:
+    """A label value every exposition can encode.
+
+    Label values come from the outside world (cgroup names, pod and
+    container names): one that is not valid Unicode (a lone surrogate, e.g.
+    from a JSON "\\ud800" escape) would fail the whole scrape. Such code
+    points are written as \\uXXXX; valid values are unchanged.
+    """
+    try:
+        value.encode()
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
 
 
 def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> MetricFamily:

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from exporter.model import UNRESOLVED, Identity
+from exporter.sources.lifecycle import CarriedCounts
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,8 @@ class FlowLedger:
         self.idle_timeout = idle_timeout
         self.flows: dict[bytes, Flow] = {}
         self.carried: dict[int, dict[SeriesKey, list[int]]] = {}
-        self.carried_identity: dict[tuple[Identity, SeriesKey], list[int]] = {}
+        # Counts of retired cgroups, per (identity, series): the shared carry rule.
+        self.carried_identity = CarriedCounts()
         self.named: dict[Identity, dict[PodName, None]] = {}
         self.deleted = 0  # entries removed through a Deleter
         self.vanished = 0  # entries that disappeared without orb8 (LRU evictions)
@@ -308,6 +310,7 @@ class FlowLedger:
                 flow.peer = classify(flow.address)
         self._label(identities, pods)
         self._expire(now, delete)
+        self.carried_identity.expire(identities.values(), now)
 
     def _label(self, identities: Mapping[int, Identity], pods: set[PodName]) -> None:
         gone = self._free_slots(pods)
@@ -368,8 +371,7 @@ class FlowLedger:
             identity = identities[cgroup_id]
             for series in [series for series in carried if is_gone(identity, series[2])]:
                 del carried[series]
-        for key in [key for key in self.carried_identity if is_gone(key[0], key[1][2])]:
-            del self.carried_identity[key]
+        self.carried_identity.discard(lambda key: is_gone(key[0], key[1][2]))
 
     def _carry(self, flow: Flow, rebase: bool = False, final: tuple[int, int] | None = None):
         """Carry what an entry counted under its current label.
@@ -404,30 +406,21 @@ class FlowLedger:
         self,
         cgroups: set[int],
         identities: Mapping[int, Identity],
-        continues: Callable[[Identity], bool],
         delete: Deleter,
     ) -> None:
-        """Delete the entries of removed cgroups; carry their counts where the
-        series continues (<unresolved>, or an identity a live cgroup has)."""
+        """Delete the entries of removed cgroups; their counts go to the carried
+        counts (exporter/sources/lifecycle.py), where the series continues if
+        its identity is, or comes back, in use."""
         for raw in [raw for raw, flow in self.flows.items() if flow.cgroup_id in cgroups]:
             self._remove(raw, delete)
         for cgroup_id in cgroups:
             carried = self.carried.pop(cgroup_id, {})
             identity = identities[cgroup_id]
-            if not continues(identity):
-                continue
             for (direction, protocol, peer), (nbytes, npackets) in carried.items():
                 # <unresolved> gathers any number of cgroups: no named peers.
                 if identity == UNRESOLVED and peer.peer_class == "pod":
                     peer = OTHER
-                _add(
-                    self.carried_identity, (identity, (direction, protocol, peer)), nbytes, npackets
-                )
-        live = {identities[cid] for cid in identities if cid not in cgroups}
-        for key in [
-            key for key in self.carried_identity if key[0] != UNRESOLVED and key[0] not in live
-        ]:
-            del self.carried_identity[key]
+                self.carried_identity.add((identity, (direction, protocol, peer)), nbytes, npackets)
 
     def series(
         self, identities: Mapping[int, Identity]
@@ -436,7 +429,7 @@ class FlowLedger:
         {identity: entries in the kernel map})."""
         totals: dict[tuple[Identity, SeriesKey], list[int]] = {}
         active: dict[Identity, int] = defaultdict(int)
-        for key, (nbytes, npackets) in self.carried_identity.items():
+        for key, (nbytes, npackets) in self.carried_identity.items(identities.values()):
             _add(totals, key, nbytes, npackets)
             active[key[0]] += 0
         for cgroup_id, carried in self.carried.items():

@@ -252,3 +252,53 @@ def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
     _, values, n = lookup_batch(table, count)
     per_slot = np.frombuffer(values, dtype=np.uint64).reshape(n, -1)
     return per_slot.sum(axis=1, dtype=np.uint64)
+
+
+# struct bpf_prog_info (UAPI, append-only): offsets of the kernel's own
+# per-program counters. run_cnt and run_time_ns only advance while
+# kernel.bpf_stats_enabled is 1; recursion_misses always does.
+PROG_INFO_SIZE = 232
+PROG_RUN_TIME_NS, PROG_RUN_CNT, PROG_RECURSION_MISSES = 192, 200, 208
+BPF_STATS_ENABLED = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    program: str
+    runs: int
+    run_time_ns: int
+    recursion_misses: int
+
+
+def program_stats(bpf: Any) -> list[ProgramStats]:
+    """The kernel's counters of every loaded program of a BCC object."""
+    from bcc.libbcc import lib
+
+    fn = lib.bpf_obj_get_info
+    fn.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    fn.restype = ct.c_int
+    stats = []
+    for name, function in sorted(bpf.funcs.items()):
+        info = ct.create_string_buffer(PROG_INFO_SIZE)
+        length = ct.c_uint32(PROG_INFO_SIZE)
+        if fn(function.fd, info, ct.byref(length)) != 0 or length.value <= PROG_RECURSION_MISSES:
+            continue  # kernel too old to report these: nothing to export
+        run_time, runs, misses = np.frombuffer(
+            info.raw, dtype="<u8", count=3, offset=PROG_RUN_TIME_NS
+        )
+        stats.append(
+            ProgramStats(
+                name.decode() if isinstance(name, bytes) else str(name),
+                int(runs),
+                int(run_time),
+                int(misses),
+            )
+        )
+    return stats
+
+
+def bpf_stats_enabled(path: Path = BPF_STATS_ENABLED) -> bool:
+    try:
+        return path.read_text().strip() == "1"
+    except OSError:
+        return False

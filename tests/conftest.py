@@ -22,8 +22,10 @@ from tests.helpers import ROOT, CgroupFactory, Exporter
 def start_exporter() -> Iterator:
     started: list[Exporter] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Exporter:
-        exporter = Exporter(list(args), env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, cgroup: Path | None = None
+    ) -> Exporter:
+        exporter = Exporter(list(args), env, cgroup)
         started.append(exporter)
         return exporter
 

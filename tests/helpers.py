@@ -46,8 +46,23 @@ def series(samples, name: str, **labels: str) -> float:
     return total
 
 
+def _join_cgroup(cgroup: Path | None):
+    """preexec_fn: start the child in `cgroup` (its whole life, from exec on)."""
+    if cgroup is None:
+        return None
+    procs = str(cgroup / "cgroup.procs")
+
+    def join() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return join
+
+
 class Exporter:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cgroup: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         self.log = Path(f"/tmp/orb8-test-{uuid.uuid4().hex[:8]}.log")
@@ -58,6 +73,7 @@ class Exporter:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
+            preexec_fn=_join_cgroup(cgroup),
         )
         deadline = time.monotonic() + 60
         while True:
@@ -121,12 +137,27 @@ def run_workload(binary: Path, cgroup: Path | str, *specs: str) -> None:
     subprocess.run([str(binary), str(cgroup), *specs], check=True, timeout=120)
 
 
-def kernel_pairs_of(cgroup_id: int) -> int:
-    """Entries for a cgroup id in every loaded syscall_slots map (bpftool's view)."""
-    dump = json.loads(
-        subprocess.check_output(["bpftool", "-j", "map", "dump", "name", "syscall_slots"])
+def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
+    """Entries for a cgroup id in the syscall_slots map of process `pid` (bpftool's
+    view); without a pid, in every such map on the host (other orb8s included)."""
+    shown = json.loads(
+        subprocess.check_output(["bpftool", "-j", "map", "show", "name", "syscall_slots"])
     )
-    return sum(1 for entry in dump if entry["formatted"]["key"]["cgroup_id"] == cgroup_id)
+    ids = [m["id"] for m in (shown if isinstance(shown, list) else [shown])]
+    if pid is not None:
+        held = set()
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            for line in info.read_text().splitlines():
+                if line.startswith("map_id:"):
+                    held.add(int(line.split()[1]))
+        ids = [map_id for map_id in ids if map_id in held]
+    total = 0
+    for map_id in ids:
+        dump = json.loads(
+            subprocess.check_output(["bpftool", "-j", "map", "dump", "id", str(map_id)])
+        )
+        total += sum(1 for e in dump if e["formatted"]["key"]["cgroup_id"] == cgroup_id)
+    return total
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.2):

@@ -1,6 +1,12 @@
 // Test workload: joins a cgroup, then makes an exact number of syscalls.
 //
-//   workload CGROUP_DIR NR:COUNT[:ARG0] ...
+//   workload CGROUP_DIR SPEC ...
+//
+// SPEC is one of:
+//   NR:COUNT[:ARG0]          syscall(NR, ARG0, 0, 0, 0) COUNT times
+//   range:START:COUNT        syscall(START + i) for i in 0..COUNT-1
+//   uid:UID                  drop to UID (setresgid/setresuid; not counted)
+//   int80:NR:COUNT[:ARG0]    the i386 syscall NR through `int $0x80` (x86_64)
 //
 // Moves itself into CGROUP_DIR (writes its pid to cgroup.procs) before the
 // first counted call, so every listed syscall is attributed to that cgroup.
@@ -29,6 +35,33 @@ int main(int argc, char **argv)
     }
     for (int i = 2; i < argc; i++) {
         long nr = 0, count = 0, arg0 = 0;
+        if (sscanf(argv[i], "range:%ld:%ld", &nr, &count) == 2) {
+            for (long n = 0; n < count; n++)
+                syscall(nr + n, 0, 0, 0, 0);
+            continue;
+        }
+        if (sscanf(argv[i], "uid:%ld", &nr) == 1) {
+            if (syscall(SYS_setresgid, nr, nr, nr) != 0 || syscall(SYS_setresuid, nr, nr, nr) != 0) {
+                perror("setresuid");
+                return 1;
+            }
+            continue;
+        }
+        if (sscanf(argv[i], "int80:%ld:%ld:%ld", &nr, &count, &arg0) >= 2) {
+#if defined(__x86_64__)
+            for (long n = 0; n < count; n++) {
+                long ret = nr;
+                __asm__ volatile("int $0x80"
+                                 : "+a"(ret)
+                                 : "b"(arg0), "c"(0), "d"(0), "S"(0), "D"(0)
+                                 : "memory");
+            }
+            continue;
+#else
+            fprintf(stderr, "int80 needs x86_64\n");
+            return 2;
+#endif
+        }
         if (sscanf(argv[i], "%ld:%ld:%ld", &nr, &count, &arg0) < 2) {
             fprintf(stderr, "bad spec %s\n", argv[i]);
             return 2;

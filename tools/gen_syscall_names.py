@@ -1,7 +1,11 @@
-"""Generate exporter/syscall_names.py: complete syscall tables for x86_64 and arm64.
+"""Generate exporter/syscall_names.py: complete syscall tables per ABI.
+
+x86_64, and the two other ABIs an x86_64 kernel accepts (i386: `int $0x80`,
+sysenter and 32-bit processes; x32: 64-bit calls with bit 30 set, numbered
+without that bit here), and arm64.
 
 Sources are the UAPI headers of the installed distribution kernel headers
-(x86_64: the generated unistd_64.h; arm64: asm-generic/unistd.h with the
+(x86: the generated unistd_64.h, unistd_32.h, unistd_x32.h; arm64: asm-generic/unistd.h with the
 feature macros arm64's own unistd.h defines), expanded with the C
 preprocessor so conditional entries resolve exactly as for that
 architecture. Syscalls added after those headers (numbers shared by every
@@ -40,8 +44,10 @@ NEWER = {
     468: "file_getattr",
     469: "file_setattr",
 }
-# map_shadow_stack is x86-only; arm64 leaves 453 unassigned.
+# map_shadow_stack is x86_64-only: arm64, i386 and x32 leave 453 unassigned.
 ARM64_ABSENT = {453}
+I386_ABSENT = X32_ABSENT = {453}
+X32_SYSCALL_BIT = 0x40000000
 ARM64_FEATURES = [
     "__ARCH_WANT_RENAMEAT",
     "__ARCH_WANT_NEW_STAT",
@@ -71,6 +77,10 @@ def syscall_table(macros: dict[str, str]) -> dict[int, str]:
         value = value.strip("() ")
         if value.isdigit():
             return int(value)
+        if "+" in value:  # x32: (__X32_SYSCALL_BIT + n), kept without the bit
+            base, _, offset = value.partition("+")
+            if base.strip() == "__X32_SYSCALL_BIT" and offset.strip().isdigit():
+                return int(offset)
         if depth < 8 and value in macros:
             return resolve(macros[value], depth + 1)
         return None
@@ -106,9 +116,10 @@ def main() -> None:
     else:
         common = Path(sorted(glob.glob("/usr/src/linux-headers-*-common"))[-1])
         arch_dir = Path(sorted(glob.glob("/usr/src/linux-headers-*-amd64"))[-1])
-    x86 = syscall_table(
-        preprocess_defines(arch_dir / "arch/x86/include/generated/uapi/asm/unistd_64.h", [], [])
-    )
+    generated = arch_dir / "arch/x86/include/generated/uapi/asm"
+    x86 = syscall_table(preprocess_defines(generated / "unistd_64.h", [], []))
+    i386 = syscall_table(preprocess_defines(generated / "unistd_32.h", [], []))
+    x32 = syscall_table(preprocess_defines(generated / "unistd_x32.h", [], []))
     arm = syscall_table(
         preprocess_defines(
             common / "include/uapi/asm-generic/unistd.h",
@@ -120,9 +131,14 @@ def main() -> None:
         x86.setdefault(nr, name)
         if nr not in ARM64_ABSENT:
             arm.setdefault(nr, name)
+        if nr not in I386_ABSENT:
+            i386.setdefault(nr, name)
+        if nr not in X32_ABSENT:
+            x32.setdefault(nr, name)
     out = Path(__file__).resolve().parent.parent / "exporter" / "syscall_names.py"
-    out.write_text(render({"x86_64": x86, "aarch64": arm}))
-    print(f"wrote {out}: x86_64 {len(x86)} entries, aarch64 {len(arm)} entries")
+    tables = {"x86_64": x86, "i386": i386, "x32": x32, "aarch64": arm}
+    out.write_text(render(tables))
+    print(f"wrote {out}: " + ", ".join(f"{arch} {len(t)} entries" for arch, t in tables.items()))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,24 @@ def find_cgroup2_mount(mountinfo: Path = MOUNTINFO) -> Path:
     return min(mounts, key=lambda p: len(p.parts))
 
 
+def label_name(name: str) -> str:
+    """A cgroup directory name as a label: bytes that are not UTF-8 become \\xHH.
+
+    cgroupfs names are bytes; os.scandir hands undecodable ones over as lone
+    surrogates, which no exposition can encode (one such cgroup used to fail
+    every scrape). Valid names are returned unchanged.
+    """
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def walk_cgroup_ids(root: Path) -> dict[int, str]:
-    """Every cgroup under root: {cgroup id: path relative to root, starting with /}."""
+    """Every cgroup under root: {cgroup id: path relative to root, starting with /}.
+
+    Paths are labels: undecodable bytes are escaped (label_name)."""
     ids = {os.stat(root).st_ino: "/"}
     stack = [(str(root), "")]
     while stack:
@@ -73,7 +89,7 @@ def walk_cgroup_ids(root: Path) -> dict[int, str]:
             try:
                 if not entry.is_dir(follow_symlinks=False):
                     continue
-                child = f"{rel}/{entry.name}"
+                child = f"{rel}/{label_name(entry.name)}"
                 ids[entry.inode()] = child
             except OSError:
                 continue
@@ -117,3 +133,31 @@ class CgroupTree:
             self.rescan()
             path = self.paths.get(cgroup_id)
         return path
+
+
+ROOT_CGROUP_ID = 1  # the v2 hierarchy's root directory, whatever namespace looks at it
+
+
+def own_cgroup(root: Path, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path | None:
+    """This process's cgroup v2 directory, or None in the root cgroup (or if unknown).
+
+    The path in /proc/self/cgroup is relative to the cgroup namespace's root,
+    which is also what the v2 mount shows inside that namespace, so
+    mount + path is the right directory either way (and its inode number,
+    global, is the real cgroup id).
+    """
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            if line.startswith("0::"):
+                directory = root / line[3:].lstrip("/")
+                return None if os.stat(directory).st_ino == ROOT_CGROUP_ID else directory
+    except OSError:
+        return None
+    return None
+
+
+def cgroup_pids(directory: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in (directory / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []

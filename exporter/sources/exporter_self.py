@@ -2,7 +2,10 @@
 
 No kernel hook. Metrics: orb8_build_info{version,kernel},
 orb8_probe_up{probe}, orb8_collect_duration_seconds{probe},
-orb8_cgroups_unresolved, and with Kubernetes: orb8_k8s_watch_connected,
+orb8_cgroups_unresolved, orb8_bpf_stats_enabled, and per loaded BPF program
+(program_families, called by each probe source): orb8_bpf_program_runs_total,
+orb8_bpf_program_run_seconds_total, orb8_bpf_program_recursion_misses_total
+{program}. And with Kubernetes: orb8_k8s_watch_connected,
 orb8_k8s_watch_reconnections_total, orb8_k8s_last_sync_timestamp,
 orb8_k8s_pods_tracked, orb8_k8s_watch_malformed_events_total. The process_*
 metrics come from prometheus_client's ProcessCollector in the output.
@@ -11,9 +14,9 @@ metrics come from prometheus_client's ProcessCollector in the output.
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from exporter import __version__
+from exporter import __version__, probes
 from exporter.model import MetricFamily, counter, gauge
 
 if TYPE_CHECKING:
@@ -40,7 +43,42 @@ def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> 
     )
     for name, seconds in sorted(durations.items()):
         duration.add((name,), seconds)
-    return [build, up, duration]
+    stats_enabled = gauge(
+        "orb8_bpf_stats_enabled",
+        "The sysctl kernel.bpf_stats_enabled: 1 while BPF program runs and run time are counted.",
+    )
+    stats_enabled.add((), 1 if probes.bpf_stats_enabled() else 0)
+    return [build, up, duration, stats_enabled]
+
+
+def program_families(bpf: Any) -> list[MetricFamily]:
+    """The kernel's own counters of a source's BPF programs (bpftool prog show).
+
+    A recursion miss is a run the kernel skipped because a program of the
+    same kind was already running on that CPU (e.g. a tracepoint hit from
+    inside another BPF program): an event that was not counted.
+    """
+    labels = ("program",)
+    runs = counter(
+        "orb8_bpf_program_runs_total",
+        "Runs of an orb8 BPF program (counted only while kernel.bpf_stats_enabled is 1).",
+        labels,
+    )
+    run_time = counter(
+        "orb8_bpf_program_run_seconds_total",
+        "Time spent in an orb8 BPF program (counted only while kernel.bpf_stats_enabled is 1).",
+        labels,
+    )
+    misses = counter(
+        "orb8_bpf_program_recursion_misses_total",
+        "Runs of an orb8 BPF program the kernel skipped (recursion): events not counted.",
+        labels,
+    )
+    for stats in probes.program_stats(bpf):
+        runs.add((stats.program,), stats.runs)
+        run_time.add((stats.program,), stats.run_time_ns / 1e9)
+        misses.add((stats.program,), stats.recursion_misses)
+    return [runs, run_time, misses]
 
 
 _process = None

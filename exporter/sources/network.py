@@ -101,7 +101,7 @@ import numpy as np
 
 from exporter import probes
 from exporter.identity import Resolver
-from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
+from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.netflows import (
     FLOW_KEY,
     FlowLedger,
@@ -114,7 +114,8 @@ from exporter.netflows import (
     parse_cidrs,
     pod_ip_index,
 )
-from exporter.sources.lifecycle import CgroupLifecycle
+from exporter.sources.exporter_self import program_families
+from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,10 @@ class NetworkSource:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        # Exact counters of retired cgroups, where their series continues.
-        self._traffic_carried: dict[tuple[Identity, int, int, int], list[int]] = {}
-        self._tcp_carried: dict[tuple[Identity, int], int] = defaultdict(int)
+        # Exact counters of retired cgroups: the shared carry rule
+        # (exporter/sources/lifecycle.py).
+        self._traffic_carried = CarriedCounts()
+        self._tcp_carried = CarriedCounts()
         self._ledger = FlowLedger(self.peer_limit, self.flow_idle_timeout)
         self._evictions = 0
         self._node_ips: set[IPAddress] = set()
@@ -483,6 +485,9 @@ class NetworkSource:
         families = self._families(identities, traffic_keys, traffic, tcp_keys, tcp, n_flows, stats)
         if retire:
             self._retire(retire, identities, traffic_keys, traffic, tcp_keys, tcp)
+        present = identities.values()
+        self._traffic_carried.expire(present, now)
+        self._tcp_carried.expire(present, now)
         return families
 
     # --- exposition ---------------------------------------------------------
@@ -502,13 +507,14 @@ class NetworkSource:
             *self._tcp_families(identities, tcp_keys, tcp),
             *self._flow_families(identities),
             *self._map_families(len(traffic_keys), len(tcp_keys), n_flows, stats),
+            *program_families(self._bpf),
         ]
 
     def _traffic_families(
         self, identities: dict[int, Identity], keys: np.ndarray, values: np.ndarray
     ) -> list[MetricFamily]:
         series: dict[tuple[Identity, int, int, int], list[int]] = {}
-        for key, (nbytes, npackets) in self._traffic_carried.items():
+        for key, (nbytes, npackets) in self._traffic_carried.items(identities.values()):
             _add(series, key, nbytes, npackets)
         for cgroup_id, direction, protocol, family, nbytes, npackets in zip(
             keys["cgroup_id"].tolist(),
@@ -546,8 +552,8 @@ class NetworkSource:
         self, identities: dict[int, Identity], keys: np.ndarray, values: np.ndarray
     ) -> list[MetricFamily]:
         series: dict[tuple[Identity, int], int] = defaultdict(int)
-        for key, count in self._tcp_carried.items():
-            series[key] += count
+        for key, (count,) in self._tcp_carried.items(identities.values()):
+            series[key] += count  # type: ignore[index]
         for cgroup_id, event, count in zip(
             keys["cgroup_id"].tolist(), keys["event"].tolist(), values[:, 0].tolist(), strict=True
         ):
@@ -656,42 +662,33 @@ class NetworkSource:
     ) -> None:
         """Free the kernel entries of removed cgroups once their grace is over.
 
-        As in the syscalls source, final counts are carried where the series
-        continues: under <unresolved>, or under an identity a live cgroup
-        still has (a restarted service keeps its path, not its cgroup id).
+        Final counts always go to the carried counts (the shared carry rule,
+        exporter/sources/lifecycle.py). A socket can outlive its cgroup, so
+        packets may still be counted between the collect's read and the
+        delete: each entry is read and deleted in one atomic step, and its
+        final value is what is carried. A later packet re-creates the entry,
+        and the series continues from its carried counts.
         """
         retiring = set(retire)
-        live = {identity for cid, identity in identities.items() if cid not in retiring}
-
-        def continues(identity: Identity) -> bool:
-            return identity == UNRESOLVED or identity in live
-
         table = self._bpf[TRAFFIC_MAP.encode()]
-        for row, (nbytes, npackets) in zip(traffic_keys, traffic.tolist(), strict=True):
+        for row, read in zip(traffic_keys, traffic.tolist(), strict=True):
             cgroup_id = int(row["cgroup_id"])
             if cgroup_id not in retiring:
                 continue
             identity = identities[cgroup_id]
             key = (identity, int(row["direction"]), int(row["protocol"]), int(row["family"]))
-            if continues(identity):
-                _add(self._traffic_carried, key, nbytes, npackets)
-            _delete(table, row.tobytes())
+            nbytes, npackets = _take(table, row.tobytes(), 2) or read
+            self._traffic_carried.add(key, nbytes, npackets)
         table = self._bpf[TCP_MAP.encode()]
-        for row, (count,) in zip(tcp_keys, tcp.tolist(), strict=True):
+        for row, read in zip(tcp_keys, tcp.tolist(), strict=True):
             cgroup_id = int(row["cgroup_id"])
             if cgroup_id not in retiring:
                 continue
-            identity = identities[cgroup_id]
-            if continues(identity):
-                self._tcp_carried[(identity, int(row["event"]))] += count
-            _delete(table, row.tobytes())
+            (count,) = _take(table, row.tobytes(), 1) or read
+            self._tcp_carried.add((identities[cgroup_id], int(row["event"])), count)
 
-        self._ledger.retire(retiring, identities, continues, self._delete_flow)
+        self._ledger.retire(retiring, identities, self._delete_flow)
         self.lifecycle.retired(retire)
-        stores: list[dict[Any, Any]] = [self._traffic_carried, self._tcp_carried]
-        for store in stores:
-            for stale in [key for key in store if key[0] != UNRESOLVED and key[0] not in live]:
-                del store[stale]
         log.info("retired %d removed cgroup(s) from the network maps", len(retire))
 
 
@@ -715,7 +712,18 @@ def _name(names: tuple[str, ...], index: int) -> str:
     return names[index] if 0 <= index < len(names) else "other"
 
 
-def _delete(table: Any, raw_key: bytes) -> bool:
+def _take(table: Any, raw_key: bytes, width: int) -> list[int] | None:
+    """Read and delete a per-CPU hash entry in one step: its per-CPU sums of
+    `width` u64 counters; None if it was gone, or if the kernel cannot do it
+    in one step (before 5.14: then it is just deleted, as before)."""
     lib = _libbcc()
+    fn = lib.bpf_map_lookup_and_delete_elem
+    fn.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    fn.restype = ct.c_int
     key = ct.create_string_buffer(raw_key, len(raw_key))
-    return lib.bpf_delete_elem(table.map_fd, key) == 0
+    value = ct.create_string_buffer(8 * width * probes.possible_cpus())
+    if fn(table.map_fd, key, value) != 0:
+        lib.bpf_delete_elem(table.map_fd, key)
+        return None
+    sums = np.frombuffer(value.raw, dtype=np.uint64).reshape(-1, width).sum(axis=0)
+    return [int(v) for v in sums]

@@ -19,8 +19,16 @@ benchmarks/RESULTS.md). A collect
 reads the slot hash and the used prefix of the per-CPU counts array with
 batch operations: a handful of syscalls, whatever the number of series.
 
-Caveats: syscall names are those of the node's native ABI; a 32-bit (compat)
-process's syscalls are counted under native numbers. Counts of a removed
+ABIs: every call is named by the table of the ABI it entered through. On
+x86_64 the kernel flags i386 calls (`int $0x80`, sysenter, 32-bit
+processes) with TS_COMPAT in thread_info.status; the probe reads it at the
+offset the running kernel's BTF gives (exporter/btf.py), so i386 ptrace (26)
+is counted as ptrace, not as x86_64's msync. x32 calls (bit 30 set) are named
+by the x32 table. Numbers no table names count as syscall="unknown", one
+series (and one kernel slot) per cgroup. Without BTF the i386 ABI cannot be
+told apart: orb8_syscall_abi_detected is 0 and `orb8 diagnose` says so.
+
+Caveats: counts of a removed
 cgroup are exported for `deleted_cgroup_grace` seconds, then its kernel
 entries are freed and its slots reused; counts folded into
 cgroup="<unresolved>" are carried in user space so that series stays
@@ -45,6 +53,7 @@ import numpy as np
 
 from exporter import probes
 from exporter.baseline import Baselines
+from exporter.btf import VMLINUX, Btf, BtfError
 from exporter.config import DEFAULT_DANGEROUS_SYSCALLS, MIB
 from exporter.evidence import (
     Allowlist,
@@ -54,9 +63,11 @@ from exporter.evidence import (
     parse_event,
 )
 from exporter.identity import Resolver
+from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
-from exporter.sources.lifecycle import CgroupLifecycle
+from exporter.sources.exporter_self import program_families
+from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.syscall_names import SYSCALLS
 
 log = logging.getLogger(__name__)
@@ -65,7 +76,13 @@ PAIR_DTYPE = np.dtype([("cgroup_id", "<u8"), ("nr", "<u4"), ("pad", "<u4")])
 SLOT_MAP = "syscall_slots"
 DANGEROUS_MAP = "dangerous_counts"
 DANGEROUS_CAPACITY = 4096
-DANGER_TABLE = 1024  # syscall numbers below this can be flagged (bpf/syscalls.c)
+NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)
+ABI_SHIFT = 16  # kernel key = (ABI << ABI_SHIFT) | number
+ABIS = ("native", "i386", "x32")  # ABI index -> table name suffix (bpf/syscalls.c)
+KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
+FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
+TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
+EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
 RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
@@ -86,12 +103,24 @@ class SecurityOptions:
     state_dir: Path | None = None
 
 
-def syscall_table(machine: str | None = None) -> dict[int, str]:
+def _arch(machine: str | None) -> str:
     machine = machine or platform.machine()
-    table = SYSCALLS.get({"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine))
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+
+
+def syscall_table(machine: str | None = None) -> dict[int, str]:
+    table = SYSCALLS.get(_arch(machine))
     if table is None:
-        raise probes.ProbeError(f"no syscall table for architecture {machine}")
+        raise probes.ProbeError(f"no syscall table for architecture {machine or _arch(None)}")
     return table
+
+
+def abi_tables(machine: str | None = None) -> dict[int, dict[int, str]]:
+    """ABI index (bpf/syscalls.c) -> its syscall table, for the ABIs this kernel may see."""
+    tables = {0: syscall_table(machine)}
+    if _arch(machine) == "x86_64":
+        tables[1], tables[2] = SYSCALLS["i386"], SYSCALLS["x32"]
+    return tables
 
 
 def native_syscall_numbers(machine: str | None = None) -> dict[str, int]:
@@ -100,13 +129,75 @@ def native_syscall_numbers(machine: str | None = None) -> dict[str, int]:
 
 
 def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
-    """Name lookup for this architecture; unknown numbers become unknown_<nr>."""
-    table = syscall_table(machine)
+    """Name of a kernel key ((ABI << 16) | number); anything no table names is "unknown"."""
+    tables = abi_tables(machine)
 
-    def name(nr: int) -> str:
-        return table.get(nr) or f"unknown_{nr}"
+    def name(key: int) -> str:
+        table = tables.get(key >> ABI_SHIFT)
+        return (table.get(key & 0xFFFF) if table else None) or "unknown"
 
     return name
+
+
+def ia32_emulation(
+    config: str | None = None, cmdline: str | None = None, release: str | None = None
+) -> tuple[bool, str]:
+    """Can this x86_64 kernel run i386 syscalls at all? (answer, why).
+
+    From the kernel config (/proc/config.gz or /boot/config-<release>) and
+    the ia32_emulation= boot parameter. Unknown means yes: the probe then
+    pays for detection rather than risk misnaming.
+    """
+    if config is None:
+        config = _kernel_config(release or platform.release())
+    if cmdline is None:
+        try:
+            cmdline = Path("/proc/cmdline").read_text()
+        except OSError:
+            cmdline = ""
+    options = {
+        line.split("=", 1)[0]: line.split("=", 1)[1] for line in config.splitlines() if "=" in line
+    }
+    if config and options.get("CONFIG_IA32_EMULATION") != "y":
+        return False, "kernel built without IA32 emulation: no i386 syscalls possible"
+    enabled = options.get("CONFIG_IA32_EMULATION_DEFAULT_DISABLED") != "y"
+    for word in cmdline.split():
+        if word.startswith("ia32_emulation="):
+            enabled = word.split("=", 1)[1].lower() in ("1", "y", "yes", "on", "true")
+    if not enabled:
+        return False, "IA32 emulation disabled at boot: no i386 syscalls possible"
+    return True, "IA32 emulation enabled" if config else "kernel config unknown"
+
+
+def _kernel_config(release: str) -> str:
+    import gzip
+
+    try:
+        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode(errors="replace")
+    except OSError:
+        pass
+    try:
+        return Path(f"/boot/config-{release}").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def abi_status_offset(
+    btf_path: Path = VMLINUX, machine: str | None = None
+) -> tuple[int | None, str]:
+    """Offset of thread_info.status in task_struct from the running kernel's BTF.
+
+    (offset, how it was found) or (None, why the i386 ABI cannot be detected).
+    """
+    if _arch(machine) != "x86_64":
+        return None, f"32-bit compat syscalls are not told apart on {_arch(machine)}"
+    try:
+        offset, size = Btf.from_file(btf_path).offset_of("task_struct.thread_info.status")
+    except BtfError as e:
+        return None, f"i386 syscalls cannot be told apart (no usable kernel BTF: {e})"
+    if size != 4:
+        return None, f"i386 syscalls cannot be told apart (thread_info.status is {size} bytes)"
+    return offset, f"i386 calls detected via thread_info.status at offset {offset} (kernel BTF)"
 
 
 class SyscallSource:
@@ -123,9 +214,11 @@ class SyscallSource:
         bpf_dir: Path | None = None,
         deleted_pod_grace: float | None = None,
         security: SecurityOptions | None = None,
+        abi_detection: bool = True,
     ) -> None:
         """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
-        "tracepoint" forces a variant (tests exercise the fallback this way)."""
+        "tracepoint" forces a variant (tests exercise the fallback this way).
+        abi_detection=False leaves the compat flag unread (benchmarks)."""
         self.resolver = resolver
         self.requested_hook = hook
         self.bpf_dir = bpf_dir
@@ -141,6 +234,13 @@ class SyscallSource:
         self.syscall_name = syscall_namer()
         numbers = native_syscall_numbers()
         self.dangerous_numbers = sorted({numbers[name] for name in self.security.dangerous})
+        self.abi_detection = abi_detection
+        self.abi_offset: int | None = None
+        self.abi_detail = "i386 detection off"
+        self.abi_told_apart = False  # no syscall can be misnamed by its ABI
+        self._excluded: set[int] = set()
+        self._own_cgroup: int | None = None
+        self._own_workload: tuple[str, str] | None = None  # (namespace, owner) in Kubernetes
         self.allowlist = Allowlist(self.security.allowlist)
         self.rate_limiter = RateLimiter(self.security.log_per_minute)
         self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
@@ -150,17 +250,19 @@ class SyscallSource:
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
         self._boot_offset = monotonic_to_wall_offset()
-        # Final counts of retired cgroups whose series must stay monotonic:
-        # {(identity, nr): count}, for all syscalls and for dangerous ones.
-        self._carried: Series = defaultdict(int)
-        self._carried_dangerous: Series = defaultdict(int)
+        # Final counts of retired cgroups, keyed (identity, key), for all
+        # syscalls and for dangerous ones; novel calls are counted in user
+        # space under the same rule (exporter/sources/lifecycle.py).
+        self._carried = CarriedCounts()
+        self._carried_dangerous = CarriedCounts()
+        self._novel = CarriedCounts()
         self._last_counts: Series = {}
-        self._novel: Series = defaultdict(int)
 
     def describe(self) -> str:
         return (
             f"hook={self.hook or 'none'} slots={self.capacity} "
-            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size}"
+            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size} "
+            f"abi: {self.abi_detail}"
         )
 
     def start(self) -> None:
@@ -170,9 +272,24 @@ class SyscallSource:
         defines = {
             "SLOT_CAPACITY": self.capacity,
             "DANGEROUS_CAPACITY": DANGEROUS_CAPACITY,
+            "EXCLUDED_CAPACITY": EXCLUDED_CAPACITY,
             "RINGBUF_PAGES": self.security.ring_buffer_size // 4096,
             "RINGBUF_SAMPLE_EVERY": self.security.sample_every,
         }
+        possible, why = ia32_emulation() if _arch(None) == "x86_64" else (True, "")
+        if self.abi_detection and not possible:
+            # Nothing to tell apart, and the hot path skips the read.
+            self.abi_detail, self.abi_told_apart = why, True
+        elif self.abi_detection:
+            self.abi_offset, self.abi_detail = abi_status_offset()
+            self.abi_told_apart = self.abi_offset is not None
+            if self.abi_offset is None:
+                log.warning(
+                    "syscalls probe: %s; they are counted under native names", self.abi_detail
+                )
+            else:
+                defines["ABI_STATUS_OFFSET"] = self.abi_offset
+                defines["ABI_COMPAT_FLAG"] = TS_COMPAT
         bpf = probes.compile_probe("syscalls", defines, self.headers, self.bpf_dir)
         try:
             self._configure(bpf)
@@ -208,13 +325,74 @@ class SyscallSource:
             free.push(ct.c_uint32(slot))
         # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
         bpf[b"syscall_epoch"][ct.c_int(0)] = ct.c_uint64(1)
-        flags = bpf[b"dangerous_syscalls"]
-        for nr in self.dangerous_numbers:
-            if nr >= DANGER_TABLE:
-                raise probes.ProbeError(f"syscall {nr} is beyond the dangerous table")
-            flags[ct.c_int(nr)] = ct.c_uint8(1)
+        flags = bpf[b"syscall_flags"]
+        dangerous = set(self.security.dangerous)
+        for abi, table in abi_tables().items():
+            for nr, name in table.items():
+                if nr >= NR_TABLE:
+                    raise probes.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
+                value = FLAG_KNOWN | (FLAG_DANGEROUS if name in dangerous else 0)
+                flags[ct.c_int(abi * NR_TABLE + nr)] = ct.c_uint8(value)
         if self.security.exclude_self:
-            bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint32(os.getpid())
+            bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint64(os.getpid())
+            directory = own_cgroup(self.resolver.tree.root)
+            others = [] if directory is None else _foreign_processes(cgroup_pids(directory))
+            if directory is not None and others:
+                # A shared cgroup (e.g. a login session): excluding it would
+                # hide other processes' calls. Only orb8's own pid is excluded.
+                log.warning(
+                    "orb8's cgroup %s also holds %d other process(es) (e.g. pid %d): only "
+                    "orb8's own dangerous calls are excluded; run orb8 in its own cgroup "
+                    "(container, systemd service) so that a second orb8 beside it is too",
+                    directory,
+                    len(others),
+                    others[0],
+                )
+            elif directory is not None:
+                self._own_cgroup = directory.stat().st_ino
+                self._exclude(bpf, self._own_cgroup)
+
+    def _exclude(self, bpf: Any, cgroup_id: int) -> None:
+        """Stop counting a cgroup's dangerous calls (it runs orb8)."""
+        if cgroup_id in self._excluded or len(self._excluded) >= EXCLUDED_CAPACITY:
+            return
+        bpf[b"dangerous_excluded"][ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
+        self._excluded.add(cgroup_id)
+        log.info("dangerous syscalls of cgroup id %d (orb8) are not counted", cgroup_id)
+
+    def _exclude_own_workload(self, identities: dict[int, Identity]) -> None:
+        """In Kubernetes, other pods of orb8's own workload (the old and new
+        pods of a DaemonSet rollout) are orb8 too: exclude their cgroups."""
+        if self._own_cgroup is None:
+            return
+        if self._own_workload is None:
+            own = identities.get(self._own_cgroup)
+            if own is None or not own.pod:
+                return
+            owner = self.resolver.owners().get((own.namespace, own.pod))
+            if not owner:
+                return
+            self._own_workload = own_workload = (own.namespace, owner)
+            log.info("dangerous syscalls of orb8's workload %s/%s are not counted", *own_workload)
+        for cgroup_id, identity in identities.items():
+            if cgroup_id not in self._excluded and self._is_own_workload(identity):
+                self._exclude(self._bpf, cgroup_id)
+
+    def _is_own_workload(self, identity: Identity) -> bool:
+        if not identity.pod or self._own_cgroup is None:
+            return False
+        if self._own_workload is None:
+            # Evidence can arrive before the first collect: look orb8 up now.
+            own = self.resolver.resolve(self._own_cgroup, self.clock()).identity
+            owner = self.resolver.owners().get((own.namespace, own.pod)) if own.pod else None
+            if not owner:
+                return False
+            self._own_workload = (own.namespace, owner)
+        namespace, owner = self._own_workload
+        return (
+            identity.namespace == namespace
+            and self.resolver.owners().get((namespace, identity.pod)) == owner
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -250,13 +428,14 @@ class SyscallSource:
         try:
             event = parse_event(data, size)
             identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
-            if self.allowlist.allows(identity):
+            if self.allowlist.allows(identity) or self._is_own_workload(identity):
                 return 0
             syscall = self.syscall_name(event.nr)
             admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
             if admitted:
+                abi = ABIS[event.nr >> ABI_SHIFT] if event.nr >> ABI_SHIFT < len(ABIS) else "?"
                 evidence_log.warning(
-                    evidence_line(event, identity, syscall, suppressed, self._boot_offset)
+                    evidence_line(event, identity, syscall, suppressed, self._boot_offset, abi)
                 )
         except Exception as e:  # one line, rate-limited by the log filter
             log.error("bad evidence record: %s: %s", type(e).__name__, e)
@@ -297,18 +476,29 @@ class SyscallSource:
         identities, retire = self.lifecycle.resolve(
             map(int, np.unique(np.concatenate([cgroup_ids, d_cgroup_ids]))), now
         )
-        series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried)
-        dangerous = _aggregate(identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous)
+        self._exclude_own_workload(identities)
+        present = set(identities.values())
+        series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried, present)
+        dangerous = _aggregate(
+            identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous, present
+        )
         self._observe_baselines(series)
 
+        novel = {key: value for key, (value,) in self._novel.items(present)}
         families = [
-            *self._families(series, dangerous, len(cgroup_ids), len(d_cgroup_ids)),
+            *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             *self._ring_buffer_families(),
+            *program_families(self._bpf),
         ]
         if retire:
             self._retire(
                 retire, identities, (cgroup_ids, nrs, counts), (d_cgroup_ids, d_nrs, d_counts)
             )
+        dropped = set()
+        for ledger in (self._carried, self._carried_dangerous, self._novel):
+            dropped |= ledger.expire(present, now)
+        for key in [key for key in self._last_counts if key[0] in dropped]:
+            del self._last_counts[key]
         return families
 
     def _observe_baselines(self, series: Series) -> None:
@@ -327,10 +517,15 @@ class SyscallSource:
             else:
                 workload = f"cgroup:{identity.cgroup}"
             if self.baselines.observe(workload, self.syscall_name(nr)):
-                self._novel[key] += delta
+                self._novel.add(key, delta)
 
     def _families(
-        self, series: Series, dangerous: Series, entries: int, dangerous_entries: int
+        self,
+        series: Series,
+        dangerous: Series,
+        novel_series: Series,
+        entries: int,
+        dangerous_entries: int,
     ) -> list[MetricFamily]:
         labels = (*IDENTITY_LABELS, "syscall")
         syscalls = counter(
@@ -338,24 +533,24 @@ class SyscallSource:
             "System calls entered, per cgroup and syscall, counted in the kernel.",
             labels,
         )
-        for (identity, nr), value in series.items():
-            syscalls.add((*identity, self.syscall_name(nr)), value)
+        for (identity, name), value in self._by_name(series).items():
+            syscalls.add((*identity, name), value)
         dangerous_family = counter(
             "orb8_dangerous_syscalls_total",
             "Attempts of dangerous syscalls (successful or not), counted in the kernel; "
             "orb8 itself and allowlisted workloads excluded.",
             labels,
         )
-        for (identity, nr), value in dangerous.items():
-            if not self.allowlist.allows(identity):
-                dangerous_family.add((*identity, self.syscall_name(nr)), value)
+        for (identity, name), value in self._by_name(dangerous).items():
+            if not self.allowlist.allows(identity) and not self._is_own_workload(identity):
+                dangerous_family.add((*identity, name), value)
         novel = counter(
             "orb8_syscall_novel_total",
             "Syscalls made outside the workload's learned baseline.",
             labels,
         )
-        for (identity, nr), value in self._novel.items():
-            novel.add((*identity, self.syscall_name(nr)), value)
+        for (identity, name), value in self._by_name(novel_series).items():
+            novel.add((*identity, name), value)
         entries_family = gauge(
             "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
         )
@@ -373,7 +568,20 @@ class SyscallSource:
         )
         failures.add((SLOT_MAP,), self._percpu_sum(b"syscall_update_failures"))
         failures.add((DANGEROUS_MAP,), self._percpu_sum(b"dangerous_update_failures"))
-        return [syscalls, dangerous_family, novel, entries_family, capacity, failures]
+        abi = gauge(
+            "orb8_syscall_abi_detected",
+            "1 when syscalls entering through the i386 ABI are named by the i386 table "
+            "(or this kernel cannot run any); 0 when they cannot be told apart from native ones.",
+        )
+        abi.add((), 1 if self.abi_told_apart else 0)
+        return [syscalls, dangerous_family, novel, entries_family, capacity, failures, abi]
+
+    def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:
+        """Kernel keys -> syscall names: an i386 and a native ptrace are one series."""
+        named: dict[tuple[Identity, str], int] = defaultdict(int)
+        for (identity, key), value in series.items():
+            named[(identity, self.syscall_name(key))] += value
+        return named
 
     def _ring_buffer_families(self) -> list[MetricFamily]:
         probe = (self.name,)
@@ -421,12 +629,13 @@ class SyscallSource:
     ) -> None:
         """Free the kernel entries of removed cgroups once their grace is over.
 
-        Their final counts are carried where the series continues: under
-        <unresolved>, or under an identity another live cgroup still has
-        (a restarted service keeps its path but gets a new cgroup id).
+        Their final counts always go to the carried counts (the one carry
+        rule, exporter/sources/lifecycle.py): the series continues if its
+        identity is, or comes back, in use (<unresolved>; a restarted
+        service keeps its path but gets a new cgroup id). A removed cgroup
+        runs no task, so nothing is counted between the read and the delete.
         """
         retiring = set(retire)
-        live = {identity for cid, identity in identities.items() if cid not in retiring}
         slots_table = self._bpf[SLOT_MAP.encode()]
         counts_table = self._bpf[b"syscall_counts"]
         free = self._bpf[b"syscall_free_slots"]
@@ -434,7 +643,7 @@ class SyscallSource:
         for cgroup_id, nr, count in _rows(*pairs):
             if cgroup_id not in retiring:
                 continue
-            self._carry(self._carried, identities[cgroup_id], nr, count, live)
+            self._carried.add((identities[cgroup_id], nr), count)
             key = slots_table.Key(cgroup_id, nr, 0)
             slot = slots_table.get(key)
             if slot is None:
@@ -445,20 +654,27 @@ class SyscallSource:
         dangerous_table = self._bpf[DANGEROUS_MAP.encode()]
         for cgroup_id, nr, count in _rows(*dangerous):
             if cgroup_id in retiring:
-                self._carry(self._carried_dangerous, identities[cgroup_id], nr, count, live)
+                self._carried_dangerous.add((identities[cgroup_id], nr), count)
                 dangerous_table.pop(dangerous_table.Key(cgroup_id, nr, 0), None)
         self.lifecycle.retired(retire)
-        for table in (self._carried, self._carried_dangerous, self._novel, self._last_counts):
-            for key in [k for k in table if k[0] != UNRESOLVED and k[0] not in live]:
-                del table[key]
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
 
-    @staticmethod
-    def _carry(
-        carried: Series, identity: Identity, nr: int, count: int, live: set[Identity]
-    ) -> None:
-        if identity == UNRESOLVED or identity in live:
-            carried[(identity, nr)] += count
+
+def _foreign_processes(pids: list[int], proc: Path = Path("/proc")) -> list[int]:
+    """The pids that are neither this process nor another orb8."""
+    foreign = []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited
+        if not any(
+            arg == b"exporter.cli" or arg.endswith(b"/orb8") or arg == b"orb8" for arg in argv[:3]
+        ):
+            foreign.append(pid)
+    return foreign
 
 
 def _rows(cgroup_ids: np.ndarray, nrs: np.ndarray, counts: np.ndarray):
@@ -470,10 +686,13 @@ def _aggregate(
     cgroup_ids: np.ndarray,
     nrs: np.ndarray,
     counts: np.ndarray,
-    carried: Series,
+    carried: CarriedCounts,
+    present: set[Identity],
 ) -> Series:
-    """Sum kernel counts (plus carried ones) per (identity, syscall number)."""
-    series: Series = defaultdict(int, carried)
+    """Sum kernel counts (plus carried ones) per (identity, syscall key)."""
+    series: Series = defaultdict(int)
+    for key, (value,) in carried.items(present):
+        series[key] += value  # type: ignore[index]
     for cgroup_id, nr, count in _rows(cgroup_ids, nrs, counts):
         series[(identities[cgroup_id], nr)] += count
     return series

@@ -242,7 +242,7 @@ def test_deleted_pod_series_disappear_after_grace_and_kernel_entries_are_freed(
     run_workload(workload, cgroup, f"{GETPPID}:50", f"{GETPGID}:5:0")
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", pod="doomed", syscall="getpgid") == 5
-    assert kernel_pairs_of(cgroup.stat().st_ino) >= 2
+    assert kernel_pairs_of(cgroup.stat().st_ino, exporter.proc.pid) >= 2
     apiserver.delete_pod(uid)
     time.sleep(0.5)
     # Within the grace period: still exported.
@@ -252,4 +252,4 @@ def test_deleted_pod_series_disappear_after_grace_and_kernel_entries_are_freed(
         what="series gone",
     )
     # The cgroup directory still exists; the deleted pod's entries are freed.
-    assert kernel_pairs_of(cgroup.stat().st_ino) == 0
+    assert kernel_pairs_of(cgroup.stat().st_ino, exporter.proc.pid) == 0

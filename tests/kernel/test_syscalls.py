@@ -80,7 +80,7 @@ def test_removed_cgroup_is_exported_then_freed(start_exporter, cgroups, cgroup2_
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 333
     cgroup_id = cgroup.stat().st_ino
-    assert kernel_pairs_of(cgroup_id) > 0
+    assert kernel_pairs_of(cgroup_id, exporter.proc.pid) > 0
     cgroups.remove(cgroup)
 
     # Gone but within grace: still exported under its path.
@@ -94,7 +94,7 @@ def test_removed_cgroup_is_exported_then_freed(start_exporter, cgroups, cgroup2_
         time.sleep(0.5)
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label) == 0
-    assert kernel_pairs_of(cgroup_id) == 0, "its kernel entries were freed"
+    assert kernel_pairs_of(cgroup_id, exporter.proc.pid) == 0, "its kernel entries were freed"
 
 
 def test_slots_are_reused_after_retirement(start_exporter, cgroups, cgroup2_root, workload):

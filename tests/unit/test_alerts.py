@@ -63,3 +63,18 @@ def test_workload_alerts_name_the_workload_and_syscall():
         if "orb8_dangerous_syscalls_total" in rule["expr"] or "novel" in rule["expr"]:
             for label in ("namespace", "pod", "container", "syscall"):
                 assert f"$labels.{label}" in rule["annotations"]["description"], rule["alert"]
+
+
+def test_newer_dangerous_syscalls_each_have_a_firing_alert_test():
+    from exporter.config import DEFAULT_DANGEROUS_SYSCALLS
+
+    newer = DEFAULT_DANGEROUS_SYSCALLS[DEFAULT_DANGEROUS_SYSCALLS.index("open_tree") :]
+    assert "io_uring_setup" in newer and "mount_setattr" in newer
+    fired = set()
+    for group in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for case in group.get("alert_rule_test", []):
+            for alert in case.get("exp_alerts") or []:
+                fired.add((case["alertname"], alert["exp_labels"].get("syscall")))
+    for name in newer:
+        assert ("Orb8DangerousSyscall", name) in fired, name
+        assert f"`{name}`" in RUNBOOKS.read_text(), f"{name}: reason missing in docs/alerts.md"

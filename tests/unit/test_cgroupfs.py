@@ -131,3 +131,48 @@ def test_resolver_keeps_identity_of_removed_cgroups_and_folds_unknown_ones(tmp_p
     clock.now += 2
     resolver.refresh()
     assert resolver.known == 0
+
+
+def test_non_utf8_cgroup_names_become_escaped_labels(tmp_path):
+    import os
+
+    from exporter.identity.cgroupfs import label_name, walk_cgroup_ids
+
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"x\xff\xfe"))
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"x\xff\xfe", b"child.scope"))
+    assert sorted(walk_cgroup_ids(tmp_path).values()) == [
+        "/",
+        "/x\\xff\\xfe",
+        "/x\\xff\\xfe/child.scope",
+    ]
+    assert label_name("sshd.service") == "sshd.service"
+    assert label_name("dev-disk-by\\x2duuid") == "dev-disk-by\\x2duuid"  # systemd escapes stay
+
+
+def test_own_cgroup_and_who_else_is_in_it(tmp_path):
+    import os
+
+    from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
+    from exporter.sources.syscalls import _foreign_processes
+
+    (tmp_path / "system.slice" / "orb8.service").mkdir(parents=True)
+    (tmp_path / "system.slice" / "orb8.service" / "cgroup.procs").write_text("7\n8\n9\n")
+    proc_cgroup = tmp_path / "self-cgroup"
+    proc_cgroup.write_text("12:cpu:/\n0::/system.slice/orb8.service\n")
+    directory = own_cgroup(tmp_path, proc_cgroup)
+    assert directory == tmp_path / "system.slice" / "orb8.service"
+    assert cgroup_pids(directory) == [7, 8, 9]
+    proc = tmp_path / "proc"
+    for pid, argv in ((7, [b"/usr/bin/python3", b"-m", b"exporter.cli", b"run"]),
+                      (8, [b"/usr/local/bin/orb8", b"check"]),
+                      (9, [b"/bin/bash"])):  # fmt: skip
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    assert _foreign_processes([7, 8, 9, 10, os.getpid()], proc) == [9]  # 10 has exited
+    # "/" inside a cgroup namespace: the mount itself is this process's cgroup.
+    proc_cgroup.write_text("0::/\n")
+    assert own_cgroup(tmp_path, proc_cgroup) == tmp_path
+    # The real hierarchy's root (id 1) is never "own": it would exclude the host.
+    from exporter.identity.cgroupfs import find_cgroup2_mount
+
+    assert own_cgroup(find_cgroup2_mount(), proc_cgroup) is None

@@ -52,3 +52,17 @@ def test_broken_host_reports_every_problem_with_a_fix(tmp_path):
     text = format_checks(results)
     assert "-> run as root" in text
     assert "check(s) failed" in text
+
+
+def test_syscall_abi_detection_is_reported(tmp_path):
+    from pathlib import Path
+
+    from exporter.diagnose import check_syscall_abi
+
+    missing = check_syscall_abi(tmp_path / "no-btf", machine="x86_64")
+    assert missing.status == "warn" and "i386 syscalls cannot be told apart" in missing.detail
+    assert "orb8_syscall_abi_detected 0" in (missing.fix or "")
+    arm = check_syscall_abi(Path("/sys/kernel/btf/vmlinux"), machine="aarch64")
+    assert arm.status == "warn" and "not told apart on aarch64" in arm.detail
+    live = check_syscall_abi(Path("/sys/kernel/btf/vmlinux"), machine="x86_64")
+    assert live.status == "ok" and "thread_info.status at offset" in live.detail

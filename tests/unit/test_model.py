@@ -28,3 +28,12 @@ def test_rendering_escapes_label_values():
 def test_landing_page_escapes_html():
     page = landing_page("1.0", [("syscalls", False, "<boom>")])
     assert "&lt;boom&gt;" in page and "DOWN" in page
+
+
+def test_label_values_that_are_not_valid_unicode_are_escaped():
+    from exporter.model import counter
+
+    family = counter("orb8_x_total", "x", ("pod", "cgroup"))
+    family.add(("web-\ud800", "/x\udcff"), 1)  # lone surrogates: JSON escapes, bad bytes
+    family.add(("é", "/plain"), 2)  # valid non-ASCII is unchanged
+    assert family.samples == [(("web-\\ud800", "/x\\udcff"), 1), (("é", "/plain"), 2)]

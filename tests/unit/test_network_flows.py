@@ -197,7 +197,7 @@ def test_retired_cgroup_is_carried_where_its_series_continues(identity, kept):
     world.kernel.add(7, "203.0.113.1", 5)
     world.kernel.add(2, "203.0.113.1", 1)
     world.collect()
-    world.ledger.retire({7}, world.identities, lambda i: i in (UNRESOLVED, DB), world.kernel.delete)
+    world.ledger.retire({7}, world.identities, world.kernel.delete)
     assert key in world.kernel.deletes and key not in world.kernel.entries
     del world.identities[7]
     series = world.collect()
@@ -209,6 +209,12 @@ def test_retired_cgroup_is_carried_where_its_series_continues(identity, kept):
         assert mine[(EGRESS, UDP, Peer("pod", "shop", "db"))] == [100, 1]
         assert mine[(EGRESS, UDP, EXTERNAL)] == [6, 2]
     assert bool(mine) == kept
+    # An identity no cgroup has is not exported, but kept: if it comes back
+    # (a reused path, late traffic), its series continues from there.
+    world.identities[8] = identity
+    world.kernel.add(8, "203.0.113.1", 3)
+    series = world.collect()
+    assert series[(identity, EGRESS, UDP, EXTERNAL)][0] >= 5 + 3
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -90,12 +90,15 @@ def test_evidence_line_is_one_json_object():
     event = DangerousEvent(
         time_ns=5_000_000_000, cgroup_id=7, pid=12, tgid=11, uid=0, nr=101, comm=b"sh"
     )
-    line = evidence_line(event, Identity("shop", "web", "app"), "ptrace", 3, boot_offset=1e9)
+    line = evidence_line(
+        event, Identity("shop", "web", "app"), "ptrace", 3, boot_offset=1e9, abi="i386"
+    )
     record = json.loads(line)
     assert record == {
         "time": "2001-09-09T01:46:45.000+00:00",
         "msg": "dangerous syscall",
         "syscall": "ptrace",
+        "abi": "i386",
         "namespace": "shop",
         "pod": "web",
         "container": "app",

@@ -36,10 +36,33 @@ def test_known_numbers(arch, nr, name):
     assert syscall_namer(arch)(nr) == name
 
 
+I386, X32 = 1 << 16, 2 << 16  # kernel keys: (ABI << 16) | number (bpf/syscalls.c)
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        (I386 | 26, "ptrace"),  # x86_64 26 is msync
+        (I386 | 310, "unshare"),  # x86_64 310 is process_vm_readv
+        (I386 | 346, "setns"),
+        (I386 | 21, "mount"),  # x86_64 21 is access
+        (I386 | 102, "socketcall"),
+        (X32 | 521, "ptrace"),
+        (X32 | 165, "mount"),
+        (X32 | 101, "unknown"),  # 64-bit-only entry: not an x32 syscall
+        (26, "msync"),
+    ],
+)
+def test_keys_are_named_by_the_abi_they_entered_through(key, name):
+    assert syscall_namer("x86_64")(key) == name
+
+
 def test_unknown_numbers_and_aliases():
     namer = syscall_namer("amd64")
-    assert namer(999) == "unknown_999"
-    assert namer(4294967295) == "unknown_4294967295"
+    assert namer(999) == "unknown"
+    assert namer(400) == "unknown"  # a hole in the x86_64 table
+    assert namer(4294967295) == "unknown"
+    assert syscall_namer("arm64")(I386 | 26) == "unknown"  # no i386 table on arm64
     assert syscall_namer("arm64")(173) == "getppid"
     with pytest.raises(ProbeError, match="no syscall table for architecture sparc"):
         syscall_namer("sparc")
@@ -56,3 +79,34 @@ def test_tables_are_complete():
     assert all(nr in arm for nr in [*range(244), *range(260, 295)])
     assert all(nr in arm for nr in range(424, 470) if nr != 453)
     assert len(set(x86.values())) == len(x86)
+
+
+def test_i386_and_x32_tables():
+    i386, x32 = SYSCALLS["i386"], SYSCALLS["x32"]
+    assert (i386[1], i386[11], i386[26], i386[120], i386[386]) == (
+        "exit", "execve", "ptrace", "clone", "rseq",
+    )  # fmt: skip
+    assert all(nr in i386 for nr in range(424, 470) if nr != 453)
+    assert max(i386) < 1024 and max(x32) < 1024  # NR_TABLE in bpf/syscalls.c
+    assert x32[0] == "read" and x32[547] == "pwritev2"
+
+
+@pytest.mark.parametrize(
+    ("config", "cmdline", "possible"),
+    [
+        ("CONFIG_IA32_EMULATION=y\n", "root=/dev/vda", True),
+        ("CONFIG_IA32_EMULATION=y\n", "ia32_emulation=0 quiet", False),
+        ("CONFIG_IA32_EMULATION=y\nCONFIG_IA32_EMULATION_DEFAULT_DISABLED=y\n", "", False),
+        (
+            "CONFIG_IA32_EMULATION=y\nCONFIG_IA32_EMULATION_DEFAULT_DISABLED=y\n",
+            "ia32_emulation=true",
+            True,
+        ),
+        ("# CONFIG_IA32_EMULATION is not set\nCONFIG_COMPAT=n\n", "", False),
+        ("", "", True),  # config unknown: detect rather than risk misnaming
+    ],
+)
+def test_whether_the_kernel_can_run_i386_syscalls(config, cmdline, possible):
+    from exporter.sources.syscalls import ia32_emulation
+
+    assert ia32_emulation(config, cmdline)[0] is possible

@@ -1,0 +1,51 @@
+"""The BTF reader: member offsets from a hand-built BTF blob and from the running kernel."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from exporter.btf import Btf, BtfError
+from exporter.sources.syscalls import abi_status_offset
+
+
+def blob() -> bytes:
+    """BTF with: 1 int u32; 2 struct thread_info {long flags; long work; u32 status};
+    3 struct task_struct {struct thread_info thread_info; u32 pid at 64}."""
+    strings = b"\0u32\0thread_info\0flags\0work\0status\0task_struct\0pid\0"
+
+    def off(name: bytes) -> int:
+        return strings.index(name + b"\0")
+
+    types = b""
+    types += struct.pack("<III", off(b"u32"), 1 << 24, 4) + struct.pack("<I", 32)
+    types += struct.pack("<III", off(b"thread_info"), (4 << 24) | 3, 24)
+    for name, bit_offset in ((b"flags", 0), (b"work", 64), (b"status", 128)):
+        types += struct.pack("<III", off(name), 1, bit_offset)
+    types += struct.pack("<III", off(b"task_struct"), (4 << 24) | 2, 128)
+    types += struct.pack("<III", off(b"thread_info"), 2, 0)
+    types += struct.pack("<III", off(b"pid"), 1, 512)
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def test_member_offsets_from_a_blob():
+    btf = Btf(blob())
+    assert btf.offset_of("task_struct.thread_info.status") == (16, 4)
+    assert btf.offset_of("task_struct.pid") == (64, 4)
+    with pytest.raises(BtfError, match="has no member cpu"):
+        btf.offset_of("thread_info.cpu")
+    with pytest.raises(BtfError, match="struct mm_struct not found"):
+        btf.find_struct("mm_struct")
+    with pytest.raises(BtfError, match="bad BTF magic"):
+        Btf(b"\0" * 32)
+
+
+def test_running_kernel_offset_matches_bpftool():
+    offset, detail = abi_status_offset()
+    assert offset is not None, detail
+    assert "kernel BTF" in detail
+    # thread_info is the first member of task_struct on x86 (THREAD_INFO_IN_TASK)
+    # and its status follows two longs on every kernel since 5.x.
+    assert offset == Btf.from_file().offset_of("thread_info.status")[0]
