@@ -140,9 +140,7 @@ DASHBOARD = DashboardSpec(
                     "not mean every SM was busy (see the DCGM engine activity).",
                     "percent",
                     (
-                        Query(
-                            device("orb8_gpu_device_utilization"), DEVICE_LEGEND + " kernel"
-                        ),
+                        Query(device("orb8_gpu_device_utilization"), DEVICE_LEGEND + " kernel"),
                         Query(
                             device("orb8_gpu_memory_bandwidth_utilization"),
                             DEVICE_LEGEND + " memory",
@@ -158,9 +156,7 @@ DASHBOARD = DashboardSpec(
                     "memory size.",
                     "bytes",
                     (
-                        Query(
-                            device("orb8_gpu_device_memory_used_bytes"), DEVICE_LEGEND + " used"
-                        ),
+                        Query(device("orb8_gpu_device_memory_used_bytes"), DEVICE_LEGEND + " used"),
                         Query(
                             device("orb8_gpu_device_memory_total_bytes"), DEVICE_LEGEND + " total"
                         ),
@@ -225,8 +221,7 @@ DASHBOARD = DashboardSpec(
                     "short",
                     (
                         Query(
-                            "sum by (instance, reason) "
-                            f"(orb8_gpu_clocks_event_active{{{DEVICE}}})",
+                            f"sum by (instance, reason) (orb8_gpu_clocks_event_active{{{DEVICE}}})",
                             "{{instance}} {{reason}}",
                         ),
                     ),
