@@ -253,12 +253,15 @@ DASHBOARD = DashboardSpec(
                     "XID errors",
                     "XID errors the driver reported for each GPU since orb8 started, by XID "
                     "code (NVIDIA's XID catalogue says what each means: 13 and 31 are usually "
-                    "the application, 48, 63, 64, 74, 79 and 94/95 the hardware). Empty when "
-                    "no XID has occurred.",
+                    "the application, 48, 63, 64, 74, 79 and 94/95 the hardware). A GPU "
+                    "without any XID shows one row with no code and 0.",
                     "short",
                     (
                         Query(
-                            f"sum by ({DEVICE_BY}, xid) (orb8_gpu_xid_errors_total{{{DEVICE}}})",
+                            f"sum by ({DEVICE_BY}, xid) (orb8_gpu_xid_errors_total{{{DEVICE}}})"
+                            # XID series exist only once an XID happened: a 0 row
+                            # per healthy GPU says "none" rather than "no data".
+                            f" or on ({DEVICE_BY}) (0 * {device('orb8_gpu_info')})",
                             "errors",
                         ),
                     ),
@@ -360,6 +363,7 @@ DASHBOARD = DashboardSpec(
                         _dcgm("orb8_dcgm_dram_active_ratio", "DRAM"),
                     ),
                     width=12,
+                    max_value=1,
                 ),
                 Panel(
                     "timeseries",

@@ -333,10 +333,12 @@ def test_every_panel_of_every_dashboard_returns_data(stack, workload):
         "gpu": UUID,
     }
     checked, failures = 0, []
+    chosen = {}
     for path in dashboard_files():
         dashboard = load(path)
         values = resolve_variables(dashboard, prometheus, wanted)
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        chosen[dashboard["title"]] = values, variables
         # Once with one node, namespace and pod chosen, once with "All" for
         # every variable that offers it (the dashboards' default view).
         every = {name for name, v in variables.items() if v.get("includeAll")}
@@ -373,3 +375,28 @@ def test_every_panel_of_every_dashboard_returns_data(stack, workload):
         f"{checked} panel queries ({len(targets())} x 2 selections) returned data; "
         f"min up, max scrape duration: {scrapes}"
     )
+    shows_the_capture_per_pod(prometheus, pods, *chosen["orb8 / GPU"])
+
+
+def shows_the_capture_per_pod(prometheus: Prometheus, pods: PodPair, values, variables) -> None:
+    """With pod A chosen, the GPU panels show what the capture says (busy.0:
+    pid 437, now in pod A, and 438, in pod B, share the one H200)."""
+
+    def panel(title: str) -> dict[tuple[str, ...], float]:
+        [target] = [t for t in targets() if t.dashboard == "orb8 / GPU" and t.panel == title]
+        result = evaluate(prometheus, substitute(target.expr, values, variables), instant=True)
+        return {
+            tuple(s["metric"].get(k, "") for k in ("pod", "uuid", "xid")): float(s["value"][1])
+            for s in result
+        }
+
+    a, b = pods.a.name, pods.b.name
+    # The shared GPU: both pods on one uuid, though only pod A is selected.
+    assert panel("Pods on the selected GPUs") == {
+        (a, UUID, ""): 4271898624,
+        (b, UUID, ""): 7493124096,
+    }
+    assert panel("Pods per GPU") == {("", UUID, ""): 2}
+    assert panel("GPU utilisation by pod") == {(a, "", ""): 49}
+    assert panel("XID errors") == {("", UUID, "13"): 2, ("", UUID, "31"): 1}
+    assert panel("GPU allocations") == {(a, UUID, ""): 1}
