@@ -126,7 +126,10 @@ def kernel_pairs_of(cgroup_id: int) -> int:
     dump = json.loads(
         subprocess.check_output(["bpftool", "-j", "map", "dump", "name", "syscall_slots"])
     )
-    return sum(1 for entry in dump if entry["formatted"]["key"]["cgroup_id"] == cgroup_id)
+    # With several such maps loaded (other orb8 processes on the machine),
+    # bpftool lists one {"id", "name", "elements": [...]} object per map.
+    entries = [e for m in dump for e in m["elements"]] if dump and "elements" in dump[0] else dump
+    return sum(1 for entry in entries if entry["formatted"]["key"]["cgroup_id"] == cgroup_id)
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.2):
