@@ -5,7 +5,7 @@ registry lists them. Regenerate the JSON next to them with
 `python -m dashboards` (or `make dashboards`); `python -m dashboards --check`
 fails when a committed file differs from what the code generates.
 
-Adding a dashboard (the GPU one is next) is one new module defining
+Adding a dashboard is one new module defining
 `DASHBOARD = DashboardSpec(...)` and one line below.
 """
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dashboards import health, network, security
+from dashboards import gpu, health, network, security
 from dashboards.builder import DashboardSpec
 
 DIRECTORY = Path(__file__).resolve().parent
 DASHBOARDS: tuple[DashboardSpec, ...] = (
     network.DASHBOARD,
     security.DASHBOARD,
+    gpu.DASHBOARD,
     health.DASHBOARD,
 )

@@ -67,7 +67,7 @@ def test_check_names_an_edited_and_a_missing_file(tmp_path, capsys):
     for spec in DASHBOARDS:
         shutil.copy(DIRECTORY / spec.file, tmp_path)
     assert main(["--check", "--directory", str(tmp_path)]) == 0
-    edited, missing, untouched = (tmp_path / spec.file for spec in DASHBOARDS)
+    edited, missing, *untouched = (tmp_path / spec.file for spec in DASHBOARDS)
     data = json.loads(edited.read_text())
     data["panels"][1]["title"] = "edited by hand"
     edited.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -76,7 +76,7 @@ def test_check_names_an_edited_and_a_missing_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{edited.name} (differs)" in err
     assert f"{missing.name} (missing)" in err
-    assert untouched.name not in err
+    assert untouched and not [path.name for path in untouched if path.name in err]
     assert not missing.exists(), "--check writes nothing"
 
 
@@ -181,6 +181,7 @@ def test_uids_are_stable_and_unique():
         "orb8-network": "orb8-network.json",
         "orb8-security": "orb8-security.json",
         "orb8-health": "orb8-health.json",
+        "orb8-gpu": "orb8-gpu.json",
     }
     for path in dashboard_files():
         ids = [panel["id"] for panel in panels(load(path))]
@@ -221,11 +222,24 @@ def test_every_panel_has_a_description_a_unit_and_the_datasource_variable():
             assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in refs), where
 
 
+def workload_chained(dashboard: dict) -> dict[str, str]:
+    """{label: "$variable"} of the extra variables listed under the pod selection
+    (the GPU dashboard's `gpu`: the uuids the selected pods use)."""
+    found = {}
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query", "")
+        if variable["name"] not in WORKLOAD_VARIABLES and 'pod=~"$pod"' in query:
+            label = re.fullmatch(r"label_values\(.*,\s*(\w+)\)", query).group(1)
+            found[label] = f"${variable['name']}"
+    return found
+
+
 def test_queries_select_by_variables_and_use_the_rate_interval():
     variables_of = {
         load(path)["title"]: {v["name"] for v in load(path)["templating"]["list"]}
         for path in dashboard_files()
     }
+    chained_of = {load(path)["title"]: workload_chained(load(path)) for path in dashboard_files()}
     for target in targets():
         for window in re.findall(r"\[([^\]]*)\]", target.expr):
             assert window == "$__rate_interval", f"{target.name}: window [{window}]"
@@ -238,10 +252,32 @@ def test_queries_select_by_variables_and_use_the_rate_interval():
                 continue
             required = dict(TARGET_VARIABLES)
             per_workload = "namespace" in variables_of[target.dashboard]
-            if per_workload and "namespace" in catalogue().get(metric, ()):
+            # A device selected by a variable chained on the pods (uuid=~"$gpu")
+            # is filtered by workload already: it is one the selected pods use.
+            chained = chained_of[target.dashboard]
+            by_device = any(by_label.get(label) == ("=~", v) for label, v in chained.items())
+            if per_workload and "namespace" in catalogue().get(metric, ()) and not by_device:
                 required |= WORKLOAD_VARIABLES
             missing = required.keys() - by_label.keys()
             assert not missing, f"{target.name}: {metric} not filtered by {sorted(missing)}"
+
+
+def test_gpu_dashboard_selects_every_gpu_series_by_the_gpu_variable():
+    """$gpu lists the uuids the selected pods use; every GPU series is
+    selected with it, so picking a pod narrows the device panels too."""
+    dashboard = load(DIRECTORY / "orb8-gpu.json")
+    assert workload_chained(dashboard) == {"uuid": "$gpu"}
+    [gpu] = [v for v in dashboard["templating"]["list"] if v["name"] == "gpu"]
+    assert gpu["multi"] and gpu["includeAll"] and gpu["allValue"] == ".*"
+    checked = 0
+    for target in targets():
+        if target.dashboard != dashboard["title"]:
+            continue
+        for metric, matchers in selectors(target.expr):
+            if "uuid" in catalogue()[metric]:
+                assert ("uuid", "=~", "$gpu") in matchers, f"{target.name}: {metric}"
+                checked += 1
+    assert checked >= 20
 
 
 def test_queries_use_only_catalogued_metrics_and_labels():
