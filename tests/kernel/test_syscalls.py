@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +139,25 @@ def _orb8_bpf_objects() -> tuple[set[int], set[int]]:
     return prog_ids, map_ids
 
 
+def _held_by(pid: int) -> tuple[set[int], set[int]]:
+    """Program and map ids process `pid` holds open (its fdinfo), so that other
+    BPF users on the machine (another orb8, a tracer) do not count as ours."""
+    progs: set[int] = set()
+    maps: set[int] = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:  # the fd closed meanwhile
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key == "prog_id":
+                progs.add(int(value))
+            elif key == "map_id":
+                maps.add(int(value))
+    return progs, maps
+
+
 def _wait_released(prog_ids: set[int], map_ids: set[int]) -> tuple[set[int], set[int]]:
     """The kernel frees programs and maps shortly after the last fd closes."""
     deadline = time.monotonic() + 10
@@ -150,10 +170,10 @@ def _wait_released(prog_ids: set[int], map_ids: set[int]) -> tuple[set[int], set
 
 
 def test_stopping_leaves_no_program_or_map_loaded(start_exporter):
-    progs_before, maps_before = _orb8_bpf_objects()
     exporter = start_exporter()
     progs_running, maps_running = _orb8_bpf_objects()
-    ours = (progs_running - progs_before, maps_running - maps_before)
+    held_progs, held_maps = _held_by(exporter.proc.pid)
+    ours = (progs_running & held_progs, maps_running & held_maps)
     assert ours[0], "the running exporter's program is not visible"
     assert len(ours[1]) >= 5, "the running exporter's maps are not visible"
     assert exporter.stop() == 0
@@ -163,12 +183,12 @@ def test_stopping_leaves_no_program_or_map_loaded(start_exporter):
 def test_sigint_also_detaches(start_exporter):
     import signal
 
-    progs_before, maps_before = _orb8_bpf_objects()
     exporter = start_exporter()
     progs_running, maps_running = _orb8_bpf_objects()
+    held_progs, held_maps = _held_by(exporter.proc.pid)
     exporter.proc.send_signal(signal.SIGINT)
     assert exporter.proc.wait(timeout=30) == 0
-    ours = (progs_running - progs_before, maps_running - maps_before)
+    ours = (progs_running & held_progs, maps_running & held_maps)
     assert ours[0]
     assert _wait_released(*ours) == (set(), set())
 
