@@ -100,8 +100,9 @@ def main() -> None:
             vec_t = statistics.median(t for t, _ in vec)
             cur_m = max(m for _, m in cur)
             vec_m = max(m for _, m in vec)
+            size = ct.sizeof(buffer) >> 20
             print(
-                f"| {n} x {label} ({ct.sizeof(buffer) >> 20} MiB) | {cpus} | {loop_t * 1000:.0f} ms "
+                f"| {n} x {label} ({size} MiB) | {cpus} | {loop_t * 1000:.0f} ms "
                 f"| {cur_t * 1000:.1f} ms | {vec_t * 1000:.1f} ms | {cur_t / vec_t:.2f} "
                 f"| {cur_m / 2**20:.1f} MiB / {vec_m / 2**20:.2f} MiB |"
             )
