@@ -46,7 +46,9 @@ def main() -> None:
         now = map_memory(m, args.cpus, occupancy.get(m.name))
         worst = map_memory(m, args.cpus)
         used, full = used + now, full + worst
-        entries = f"{m.max_entries}" + (f" ({occupancy[m.name]} used)" if m.name in occupancy else "")
+        entries = f"{m.max_entries}" + (
+            f" ({occupancy[m.name]} used)" if m.name in occupancy else ""
+        )
         print(f"| {m.name} | {m.type} | {entries} | {now / MiB:.2f} MiB | {worst / MiB:.2f} MiB |")
     print(f"| **total** | | | **{used / MiB:.1f} MiB** | **{full / MiB:.1f} MiB** |")
 
