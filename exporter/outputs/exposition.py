@@ -3,15 +3,17 @@ prometheus_client writes, at a fraction of the cost.
 
 prometheus_client's encoders build a Sample namedtuple and a label dict per
 series, sort and escape every label on every scrape, and format the value:
-about 4-5 us per series, so 55,000 series (1,000 containers x 50 syscalls
-plus network and flows) took ~250-350 ms. Between two scrapes almost every
-series keeps its labels; only its number changes. So the text up to the
+6-12 us per series on the dev VM, so 57,000 series (1,000 containers x 50
+syscalls plus network and flows) took 680 ms (benchmarks/scrape_render.py).
+Between two scrapes almost every series keeps its labels; only its number
+changes. So the text up to the
 value (`name{label="escaped",...} `) is built once per (family, label
 values) and kept, and a scrape formats the numbers and joins strings.
 
-The cache holds only the series of the previous render: each render builds
-a new one from the series it wrote, so deleted pods' prefixes go with their
-series (bounded by the number of series exported, at ~150 bytes each).
+The cache holds the series of the last render and the ones new in this
+one; when series have gone it is rebuilt from those just written, so deleted
+pods' prefixes go with their series. It costs memory: ~25 MiB of RssAnon at
+52,000 series (benchmarks/RESULTS.md), the price of the 10x.
 
 Byte identity with prometheus_client (classic text 0.0.4 and OpenMetrics
 1.0) is tested in tests/unit/test_exposition.py on a fixture of the odd
