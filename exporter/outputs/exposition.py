@@ -6,9 +6,9 @@ series, sort and escape every label on every scrape, and format the value:
 6-12 us per series on the dev VM, so 57,000 series (1,000 containers x 50
 syscalls plus network and flows) took 680 ms (benchmarks/scrape_render.py).
 Between two scrapes almost every series keeps its labels; only its number
-changes. So the text up to the
-value (`name{label="escaped",...} `) is built once per (family, label
-values) and kept, and a scrape formats the numbers and joins strings.
+changes. So the text up to the value (`name{label="escaped",...} `) is
+built once per (family, label values) and kept, and a scrape formats the
+numbers and joins strings.
 
 The cache holds the series of the last render and the ones new in this
 one; when series have gone it is rebuilt from those just written, so deleted
@@ -19,9 +19,10 @@ Byte identity with prometheus_client (classic text 0.0.4 and OpenMetrics
 1.0) is tested in tests/unit/test_exposition.py on a fixture of the odd
 cases (escapes, NaN/Inf, large numbers, empty labels, counters, gauges,
 _info). What this renderer does not reproduce exactly it declines:
-`supports()` says False for names outside the legacy character set (or with a colon),
-duplicate label names, and escaping schemes that rewrite names (dots,
-values); the caller then uses prometheus_client's encoder.
+`supports()` says False for names outside the legacy character set (or
+with a colon) and duplicate label names, `exposition_form()` says None for
+escaping schemes that rewrite names (dots, values); the caller then uses
+prometheus_client's encoder.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ by exporter.outputs.exposition's renderer, which produces the bytes
 prometheus_client's encoder would (tested) about ten times faster, and
 falls back to the encoder for anything it does not reproduce exactly. gzip
 is negotiated the same way, HEAD is answered like GET without a body, and
-concurrent scrapes share one collect. The families come from the agent's model, read fresh on
-every scrape. HTTP itself is exporter.outputs.http's bounded server.
+concurrent scrapes share one collect. The families come from the agent's
+model, read fresh on every scrape. HTTP itself is exporter.outputs.http's
+bounded server.
 
 Extra plain-text routes (/healthz, /readyz from outputs/health.py) and the
 optional web config (TLS + basic auth, outputs/webconfig.py) plug in through
