@@ -1,10 +1,14 @@
 """Prometheus output: /metrics (text or OpenMetrics, gzip) and a landing page at /.
 
-Rendering goes through prometheus_client's encoders so escaping matches what
-Prometheus expects; the format and gzip are negotiated with q-values (q=0
-means no), HEAD is answered like GET without a body, and concurrent scrapes
-share one collect. The families come from the agent's model, read fresh on
-every scrape. HTTP itself is exporter.outputs.http's bounded server.
+prometheus_client chooses the format (with q-values, q=0 means no) and
+writes process_*; the model's families, nearly all of the body, are written
+by exporter.outputs.exposition's renderer, which produces the bytes
+prometheus_client's encoder would (tested) about ten times faster, and
+falls back to the encoder for anything it does not reproduce exactly. gzip
+is negotiated the same way, HEAD is answered like GET without a body, and
+concurrent scrapes share one collect. The families come from the agent's
+model, read fresh on every scrape. HTTP itself is exporter.outputs.http's
+bounded server.
 
 Extra plain-text routes (/healthz, /readyz from outputs/health.py) and the
 optional web config (TLS + basic auth, outputs/webconfig.py) plug in through
@@ -31,6 +35,7 @@ from prometheus_client.metrics_core import (
 
 from exporter.config import Listen
 from exporter.model import MetricFamily
+from exporter.outputs.exposition import Renderer, exposition_form, supports
 from exporter.outputs.health import HEALTH_PATHS
 from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route
 from exporter.outputs.webconfig import WebConfig
@@ -58,10 +63,14 @@ class _ModelCollector:
             yield to_prometheus(family)
 
 
-def build_registry(collect: Callable[[], Iterable[MetricFamily]]) -> CollectorRegistry:
+def build_registry(
+    collect: Callable[[], Iterable[MetricFamily]], process: bool = True
+) -> CollectorRegistry:
+    """The model's families, then (process=True) process_* for the exporter itself."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ModelCollector(collect))  # type: ignore[arg-type]
-    ProcessCollector(registry=registry)  # process_* for the exporter itself
+    if process:
+        ProcessCollector(registry=registry)
     return registry
 
 
@@ -165,7 +174,13 @@ class PrometheusServer:
         routes: Mapping[str, Callable[[], tuple[int, str]]] | None = None,
         web_config: WebConfig | None = None,
     ) -> None:
-        self.registry = build_registry(collect)
+        self.registry = build_registry(collect, process=False)
+        self._collect = collect
+        self._process = ProcessCollector(registry=None)
+        self.registry.register(self._process)  # the whole registry, for the fallback
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        self.process_registry.register(self._process)
+        self.renderer = Renderer()
         self.coalescer = Coalescer()
         self._landing = landing
         self.routes: dict[str, Route] = {"/metrics": self.metrics, "/": self.landing}
@@ -188,10 +203,9 @@ class PrometheusServer:
     def metrics(self, request: Request) -> Response:
         encoder, content_type = choose_format(request.headers.get("Accept", ""))
         compress = gzip_wanted(request.headers.get("Accept-Encoding", ""))
-        registry = self.registry
 
         def render() -> bytes:
-            body = encoder(registry)
+            body = self.render(encoder)
             return gzip.compress(body, compresslevel=1) if compress else body
 
         try:
@@ -203,6 +217,20 @@ class PrometheusServer:
         if compress:
             headers["Content-Encoding"] = "gzip"
         return Response(200, content_type, body, headers)
+
+    def render(self, encoder: Callable[[CollectorRegistry], bytes]) -> bytes:
+        """The body `encoder` would write for the whole registry."""
+        form = exposition_form(encoder)
+        if form is None:
+            return encoder(self.registry)
+        families = list(self._collect())
+        if not all(map(supports, families)):
+            whole = build_registry(lambda: families, process=False)
+            whole.register(self._process)
+            return encoder(whole)
+        # process_* follow the model's families, as in the registry; the
+        # encoder writes them and OpenMetrics' closing "# EOF".
+        return self.renderer.render(families, form).encode() + encoder(self.process_registry)
 
     def landing(self, request: Request) -> Response:
         return Response(200, "text/html; charset=utf-8", self._landing().encode())

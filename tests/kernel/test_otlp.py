@@ -237,8 +237,10 @@ def test_table_in_docs_matches_live_output(start_exporter, apiserver, receivers,
         "1",
     )
     # Families with samples in a scrape taken before the export must have points
-    # in it (the host's own traffic may add families at any time, so a scrape
-    # taken after the export could show one the export had no reason to carry).
+    # in it. A scrape taken after the export could show a family the export had
+    # no reason to carry: the host's own traffic, or that scrape's own TCP
+    # connection (the start-up scrape's handshake completed in the listen
+    # backlog before the probes attached, so the first counted one is later).
     before = exporter.scrape()
     export = receiver.wait_for_export(time.time())
     live: dict[str, tuple[str, str, set[str]]] = {}

@@ -1,0 +1,63 @@
+"""Process memory: what /proc says orb8 holds, and giving freed heap back.
+
+Compiling the probes runs LLVM inside orb8 (BCC), which leaves tens of MiB
+of freed but unreturned heap: glibc keeps freed chunks below the top of
+the heap for reuse, and they stay resident (RssAnon, which the kernel cannot
+reclaim and which counts against the container's memory limit). One
+malloc_trim(0) after the last probe is compiled hands the free pages back
+(madvise(MADV_DONTNEED) on every free page, not only the top of the heap).
+See benchmarks/RESULTS.md (footprint) for what it returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# /proc/<pid>/status fields, in kB there.
+FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
+
+
+def parse_status(text: str) -> dict[str, int]:
+    """The memory fields of a /proc/<pid>/status text, in bytes."""
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in FIELDS:
+            number, _, unit = rest.strip().partition(" ")
+            if unit.strip() != "kB" or not number.isdigit():
+                raise ValueError(f"unexpected /proc status line: {line!r}")
+            values[key] = int(number) * 1024
+    return values
+
+
+def process_memory(pid: int | str = "self", proc: Path = Path("/proc")) -> dict[str, int]:
+    return parse_status((proc / str(pid) / "status").read_text())
+
+
+def _libc_malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc (musl has no malloc_trim): nothing to do
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def malloc_trim() -> int:
+    """Give the C heap's free pages back to the kernel; returns the bytes of
+    RssAnon that went (0 where there is no glibc or nothing was free)."""
+    trim = _libc_malloc_trim()
+    if trim is None:
+        return 0
+    before = process_memory().get("RssAnon", 0)
+    trim(0)
+    freed = max(0, before - process_memory().get("RssAnon", 0))
+    log.info("malloc_trim returned %.1f MiB to the kernel", freed / 2**20)
+    return freed
