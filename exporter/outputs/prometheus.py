@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from exporter.config import Listen
+from exporter.listen import Listen
 from exporter.model import MetricFamily
 from exporter.outputs.health import HEALTH_PATHS
 from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route

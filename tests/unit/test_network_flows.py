@@ -9,7 +9,7 @@ import random
 import pytest
 
 from exporter.model import UNRESOLVED, Identity
-from exporter.netflows import EXTERNAL, OTHER, FlowLedger, Peer, encode_flow_key
+from exporter.sources.network.flows import EXTERNAL, OTHER, FlowLedger, Peer, encode_flow_key
 
 EGRESS, INGRESS, UDP, TCP = 1, 0, 1, 0
 WEB = Identity("shop", "web", "app", "")

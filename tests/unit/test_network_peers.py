@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from exporter.identity.kubernetes import PodInfo
-from exporter.netflows import (
+from exporter.sources.network.flows import (
     CLUSTER,
     EXTERNAL,
     FLOW_KEY,

@@ -8,10 +8,17 @@ import logging
 
 import pytest
 
-from exporter.baseline import Baselines
-from exporter.config import ConfigError, load_settings
-from exporter.evidence import Allowlist, DangerousEvent, RateLimiter, evidence_line, parse_event
+from exporter.config import ConfigError
 from exporter.model import Identity
+from exporter.registry import load_settings
+from exporter.sources.syscalls.baseline import Baselines
+from exporter.sources.syscalls.evidence import (
+    Allowlist,
+    DangerousEvent,
+    RateLimiter,
+    evidence_line,
+    parse_event,
+)
 
 
 class Clock:
