@@ -400,7 +400,7 @@ class BpfMaps:
     BCC's table types (the C structs in bpf/include/); counter values as
     uint64 arrays, summed over CPUs for per-CPU maps.
 
-    Sources take any object with these methods: tests/fakes/bpf_maps.py is an
+    Sources take any object with these methods: tests/bpf_maps.py is an
     in-memory one, so collect() and retirement run in unit tests.
     """
 

@@ -1,0 +1,111 @@
+"""In-memory kernel maps with the methods of exporter.probes.BpfMaps: the seam
+through which sources' collect() and retirement run in unit tests.
+
+The key layouts here mirror bpf/include/ by hand; that is the one place
+outside the kernel that does, and the kernel tests check the real ones.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from exporter.sources.network.flows import FLOW_KEY
+
+SYSCALL_PAIR = np.dtype([("cgroup_id", "<u8"), ("nr", "<u4"), ("pad", "<u4")])
+TRAFFIC_KEY = np.dtype(
+    [
+        ("cgroup_id", "<u8"),
+        ("direction", "u1"),
+        ("protocol", "u1"),
+        ("family", "u1"),
+        ("pad", "u1", (5,)),
+    ]
+)
+TCP_EVENT_KEY = np.dtype([("cgroup_id", "<u8"), ("event", "<u4"), ("pad", "<u4")])
+KEYS = {
+    "syscall_slots": SYSCALL_PAIR,
+    "dangerous_counts": SYSCALL_PAIR,
+    "network_traffic": TRAFFIC_KEY,
+    "network_tcp": TCP_EVENT_KEY,
+    "network_flows": FLOW_KEY,
+}
+
+
+def encode(dtype: np.dtype, **fields: int) -> bytes:
+    key = np.zeros(1, dtype=dtype)
+    for name, value in fields.items():
+        key[name] = value
+    return key.tobytes()
+
+
+class InMemoryMaps:
+    """Hashes keyed by raw key bytes (values: lists of counters, already summed
+    over CPUs), arrays by index, stacks as lists. `late` adds counts that
+    arrive between a collect's read and its atomic take, like a packet of a
+    socket that outlived its cgroup."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[bytes, list[int]]] = defaultdict(dict)
+        self.arrays: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self.stacks: dict[str, list[int]] = defaultdict(list)
+        self.late: dict[tuple[str, bytes], list[int]] = {}
+
+    # --- what a test does to the "kernel" ------------------------------------
+
+    def set(self, name: str, values: list[int], **fields: int) -> bytes:
+        raw = encode(KEYS[name], **fields)
+        self.hashes[name][raw] = list(values)
+        return raw
+
+    def count_syscall(self, cgroup_id: int, nr: int, n: int) -> None:
+        """What bpf/syscalls.c does: a slot per pair from the free stack."""
+        raw = encode(SYSCALL_PAIR, cgroup_id=cgroup_id, nr=nr)
+        slots = self.hashes["syscall_slots"]
+        if raw not in slots:
+            slots[raw] = [self.stacks["syscall_free_slots"].pop()]
+        self.arrays["syscall_counts"][slots[raw][0]] += n
+
+    # --- the BpfMaps methods -------------------------------------------------
+
+    def read_hash(self, name: str, capacity: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        items = list(self.hashes[name].items())[:capacity]
+        keys = np.frombuffer(b"".join(k for k, _ in items), dtype=KEYS[name], count=len(items))
+        values = np.array([v for _, v in items], dtype=np.uint64).reshape(len(items), width)
+        return keys, values
+
+    def percpu_array_sums(self, name: str, count: int) -> np.ndarray:
+        return np.array([self.arrays[name][i] for i in range(count)], dtype=np.uint64)
+
+    def percpu_sum(self, name: str, index: int = 0) -> int:
+        return self.arrays[name][index]
+
+    def percpu_values(self, name: str, index: int) -> list[int]:
+        return [self.arrays[name][index]]
+
+    def zero(self, name: str, index: int) -> None:
+        self.arrays[name][index] = 0
+
+    def put(self, name: str, key: int, value: int) -> None:
+        self.arrays[name][key] = value
+
+    def push(self, name: str, value: int) -> None:
+        self.stacks[name].append(value)
+
+    def pop(self, name: str, raw_key: bytes) -> int | None:
+        value = self.hashes[name].pop(raw_key, None)
+        return None if value is None else value[0]
+
+    def delete(self, name: str, raw_key: bytes) -> None:
+        self.hashes[name].pop(raw_key, None)
+
+    def take(self, name: str, raw_key: bytes, width: int) -> list[int] | None:
+        value = self.hashes[name].pop(raw_key, None)
+        if value is None:
+            return None
+        late = self.late.pop((name, raw_key), [0] * width)
+        return [v + extra for v, extra in zip(value, late, strict=True)]
+
+    def programs(self) -> list:
+        return []
