@@ -35,7 +35,8 @@ def value(families: list[MetricFamily], name: str, **labels: str) -> float | Non
         if family.name != name:
             continue
         for values, sample in family.samples:
-            if all(dict(zip(family.labels, values, strict=True))[k] == v for k, v in labels.items()):
+            row = dict(zip(family.labels, values, strict=True))
+            if all(row[k] == v for k, v in labels.items()):
                 return sample
     return None
 
