@@ -102,6 +102,7 @@ from exporter.identity import Resolver
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
+from exporter.sources.mapstats import MapStats, map_families
 from exporter.sources.network.flows import (
     FlowLedger,
     FlowRow,
@@ -579,32 +580,15 @@ class NetworkSource:
     def _map_families(
         self, traffic: int, tcp: int, flows: int, stats: list[int]
     ) -> list[MetricFamily]:
-        entries = gauge(
-            "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
+        return map_families(
+            [
+                MapStats(TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
+                MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
+                MapStats(
+                    FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES], self._evictions
+                ),
+            ]
         )
-        capacity = gauge(
-            "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
-        )
-        failures = counter(
-            "orb8_bpf_map_update_failures_total",
-            "Kernel map updates that failed (map full); the events were not counted.",
-            ("map",),
-        )
-        evictions = counter(
-            "orb8_bpf_map_evictions_total",
-            "Entries an LRU kernel map evicted to make room for new ones.",
-            ("map",),
-        )
-        for name, n, cap, failed in (
-            (TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
-            (TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
-            (FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES]),
-        ):
-            entries.add((name,), n)
-            capacity.add((name,), cap)
-            failures.add((name,), failed)
-        evictions.add((FLOW_MAP,), self._evictions)
-        return [entries, capacity, failures, evictions]
 
     # --- retirement ---------------------------------------------------------
 

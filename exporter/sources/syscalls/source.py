@@ -57,6 +57,7 @@ from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
+from exporter.sources.mapstats import MapStats, map_families
 from exporter.sources.syscalls.baseline import Baselines
 from exporter.sources.syscalls.evidence import (
     Allowlist,
@@ -457,30 +458,29 @@ class SyscallSource:
         )
         for (identity, name), value in self._by_name(novel_series).items():
             novel.add((*identity, name), value)
-        entries_family = gauge(
-            "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
+        maps = map_families(
+            [
+                MapStats(
+                    SLOT_MAP,
+                    entries,
+                    self.capacity,
+                    self._maps.percpu_sum("syscall_update_failures"),
+                ),
+                MapStats(
+                    DANGEROUS_MAP,
+                    dangerous_entries,
+                    DANGEROUS_CAPACITY,
+                    self._maps.percpu_sum("dangerous_update_failures"),
+                ),
+            ]
         )
-        entries_family.add((SLOT_MAP,), entries)
-        entries_family.add((DANGEROUS_MAP,), dangerous_entries)
-        capacity = gauge(
-            "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
-        )
-        capacity.add((SLOT_MAP,), self.capacity)
-        capacity.add((DANGEROUS_MAP,), DANGEROUS_CAPACITY)
-        failures = counter(
-            "orb8_bpf_map_update_failures_total",
-            "Kernel map updates that failed (map full); the events were not counted.",
-            ("map",),
-        )
-        failures.add((SLOT_MAP,), self._maps.percpu_sum("syscall_update_failures"))
-        failures.add((DANGEROUS_MAP,), self._maps.percpu_sum("dangerous_update_failures"))
         abi = gauge(
             "orb8_syscall_abi_detected",
             "1 when syscalls entering through the i386 ABI are named by the i386 table "
             "(or this kernel cannot run any); 0 when they cannot be told apart from native ones.",
         )
         abi.add((), 1 if self.abi_told_apart else 0)
-        return [syscalls, dangerous_family, novel, entries_family, capacity, failures, abi]
+        return [syscalls, dangerous_family, novel, *maps, abi]
 
     def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:
         """Kernel keys -> syscall names: an i386 and a native ptrace are one series."""
