@@ -335,6 +335,44 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     return fd
 
 
+BPF_F_ALLOW_MULTI = 1 << 1
+
+
+def load_program(bpf: Any, name: str, kind: str) -> Any:
+    """Load one program of a compiled probe; kind: "cgroup_skb" or "sock_ops"."""
+    bcc = import_bcc()
+    prog_type = {"cgroup_skb": bcc.BPF.CGROUP_SKB, "sock_ops": bcc.BPF.SOCK_OPS}[kind]
+    return bpf.load_func(name.encode(), prog_type)
+
+
+def prog_attach(fn: Any, target_fd: int, attach_type: int) -> None:
+    """BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI (kernels without BPF links):
+    the kernel keeps it until prog_detach."""
+    import_bcc().BPF.attach_func(fn, target_fd, attach_type, BPF_F_ALLOW_MULTI)
+
+
+def prog_detach(fn: Any, target_fd: int, attach_type: int) -> None:
+    import_bcc().BPF.detach_func(fn, target_fd, attach_type)
+
+
+def attach_tracepoint(bpf: Any, tracepoint: str, fn_name: str, raw: bool) -> None:
+    """Attach a program to a raw tracepoint ("sys_enter") or a classic one
+    ("raw_syscalls:sys_enter")."""
+    if raw:
+        bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
+    else:
+        bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
+
+
+def open_ring_buffer(bpf: Any, name: str, callback: Any) -> None:
+    """Have poll_ring_buffer() call callback(ctx, data, size) per record."""
+    bpf[name.encode()].open_ring_buffer(callback)
+
+
+def poll_ring_buffer(bpf: Any, timeout_ms: int) -> None:
+    bpf.ring_buffer_poll(timeout_ms)
+
+
 def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
     """Sum over CPUs of the first `count` u64 slots of a per-CPU array."""
     if count <= 0:

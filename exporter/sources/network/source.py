@@ -125,7 +125,6 @@ TCP_OPENED_CLIENT, TCP_OPENED_SERVER, TCP_RST_SENT, TCP_RST_RECEIVED, TCP_RETRAN
 STAT_TRAFFIC_FAILURES, STAT_TCP_FAILURES, STAT_FLOW_INSERTS, STAT_FLOW_FAILURES = range(4)
 
 TRAFFIC_MAP, TCP_MAP, FLOW_MAP = "network_traffic", "network_tcp", "network_flows"
-BPF_F_ALLOW_MULTI = 1 << 1
 ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = 0, 1, 3  # enum bpf_attach_type
 NODE_IPS_MAX_AGE = 60.0
 PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
@@ -255,8 +254,6 @@ class NetworkSource:
 
     def _load(self) -> tuple[Any, list[tuple[Any, int]]]:
         """Compile and load; falls back to RSTs only without sock_ops/socket storage."""
-        bcc = probes.import_bcc()
-        BPF = bcc.BPF
         errors = []
         if self.requested_tcp_hook == "auto":
             variants = [True, False]
@@ -267,12 +264,12 @@ class NetworkSource:
             try:
                 bpf = self._compile(sock_ops)
                 programs = [
-                    (bpf.load_func(b"network_ingress", BPF.CGROUP_SKB), ATTACH_INGRESS),
-                    (bpf.load_func(b"network_egress", BPF.CGROUP_SKB), ATTACH_EGRESS),
+                    (probes.load_program(bpf, "network_ingress", "cgroup_skb"), ATTACH_INGRESS),
+                    (probes.load_program(bpf, "network_egress", "cgroup_skb"), ATTACH_EGRESS),
                 ]
                 if sock_ops:
                     programs.append(
-                        (bpf.load_func(b"network_sockops", BPF.SOCK_OPS), ATTACH_SOCK_OPS)
+                        (probes.load_program(bpf, "network_sockops", "sock_ops"), ATTACH_SOCK_OPS)
                     )
             except Exception as e:
                 if bpf is not None:
@@ -315,7 +312,7 @@ class NetworkSource:
                 raise OSError(-fd, f"BPF_LINK_CREATE: {os.strerror(-fd)}")
         # Kernels before 5.7: a plain attachment the kernel keeps until
         # detached, so close() must run (the agent does on SIGTERM/SIGINT).
-        probes.import_bcc().BPF.attach_func(fn, self._cgroup_fd, attach_type, BPF_F_ALLOW_MULTI)
+        probes.prog_attach(fn, self._cgroup_fd, attach_type)
         self.attach_mode = "prog_attach"
         self._attachments.append(_Attachment(fn, attach_type, None))
 
@@ -327,9 +324,7 @@ class NetworkSource:
                 if attachment.link_fd is not None:
                     os.close(attachment.link_fd)
                 elif self._cgroup_fd is not None:
-                    probes.import_bcc().BPF.detach_func(
-                        attachment.fn, self._cgroup_fd, attachment.attach_type
-                    )
+                    probes.prog_detach(attachment.fn, self._cgroup_fd, attachment.attach_type)
             except Exception as e:
                 log.warning("detaching network program failed: %s", e)
         if self._cgroup_fd is not None:

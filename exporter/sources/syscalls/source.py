@@ -90,6 +90,20 @@ TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
 EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
+# (tracepoint, program) per variant, raw first; cache invalidation hooks
+# before the counter itself.
+HOOKS = {
+    True: (
+        ("sched_switch", "syscalls_switch_raw"),
+        ("cgroup_attach_task", "syscalls_attach_raw"),
+        ("sys_enter", "syscalls_enter_raw"),
+    ),
+    False: (
+        ("sched:sched_switch", "syscalls_switch_tp"),
+        ("cgroup:cgroup_attach_task", "syscalls_attach_tp"),
+        ("raw_syscalls:sys_enter", "syscalls_enter_tp"),
+    ),
+}
 RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
 evidence_log = logging.getLogger("orb8.evidence")
 
@@ -205,17 +219,10 @@ class SyscallSource:
         try:
             self._configure(bpf)
             # Cache invalidation hooks first, then the counter itself.
-            if self.hook == "raw_tracepoint":
-                bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"syscalls_switch_raw")
-                bpf.attach_raw_tracepoint(tp=b"cgroup_attach_task", fn_name=b"syscalls_attach_raw")
-                bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"syscalls_enter_raw")
-            else:
-                bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"syscalls_switch_tp")
-                bpf.attach_tracepoint(
-                    tp=b"cgroup:cgroup_attach_task", fn_name=b"syscalls_attach_tp"
-                )
-                bpf.attach_tracepoint(tp=b"raw_syscalls:sys_enter", fn_name=b"syscalls_enter_tp")
-            bpf[b"dangerous_events"].open_ring_buffer(self._on_event)
+            raw = self.hook == "raw_tracepoint"
+            for tracepoint, fn_name in HOOKS[raw]:
+                probes.attach_tracepoint(bpf, tracepoint, fn_name, raw)
+            probes.open_ring_buffer(bpf, "dangerous_events", self._on_event)
         except Exception as e:
             bpf.cleanup()
             raise probes.ProbeError(f"attaching syscalls probe ({self.hook}) failed: {e}") from e
@@ -327,7 +334,7 @@ class SyscallSource:
         maps = self._maps
         while not self._stop.is_set():
             try:
-                self._bpf.ring_buffer_poll(100)
+                probes.poll_ring_buffer(self._bpf, 100)
                 maps.put("ringbuf_progress", 1, self._consumed)
             except Exception:
                 if self._stop.is_set():
