@@ -91,7 +91,7 @@ def test_no_import_cycle():
         state[name] = 1
         for dep in sorted(deps[name]):
             if state.get(dep) == 1:
-                cycle = path[path.index(dep) :] + [dep] if dep in path else [name, dep]
+                cycle = [*path[path.index(dep) :], dep] if dep in path else [name, dep]
                 raise AssertionError(" -> ".join(cycle))
             if dep not in state:
                 visit(dep, [*path, dep])
