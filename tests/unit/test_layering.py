@@ -100,3 +100,20 @@ def test_no_import_cycle():
     for name in sorted(deps):
         if name not in state:
             visit(name, [name])
+
+
+def test_every_probe_package_is_registered_once_with_its_own_settings():
+    import importlib
+
+    from exporter import registry
+
+    packages = sorted(
+        p.parent.name for p in (PACKAGE / "sources").glob("*/__init__.py") if p.parent.is_dir()
+    )
+    declared = [importlib.import_module(f"exporter.sources.{name}").PROBE for name in packages]
+    assert sorted(probe.name for probe in registry.PROBES) == sorted(p.name for p in declared)
+    names = [spec.name for spec in registry.SETTINGS]
+    assert len(names) == len(set(names))  # no setting declared twice
+    for probe in registry.PROBES:
+        assert {spec.name for spec in probe.settings} <= set(names)
+    assert registry.DEFAULT_PROBES == ("syscalls", "network")
