@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from exporter.sources.network.flows import FLOW_KEY
+from exporter.sources.network.flows import IPAddress
 
 SYSCALL_PAIR = np.dtype([("cgroup_id", "<u8"), ("nr", "<u4"), ("pad", "<u4")])
 TRAFFIC_KEY = np.dtype(
@@ -20,6 +20,16 @@ TRAFFIC_KEY = np.dtype(
         ("direction", "u1"),
         ("protocol", "u1"),
         ("family", "u1"),
+        ("pad", "u1", (5,)),
+    ]
+)
+FLOW_KEY = np.dtype(
+    [
+        ("cgroup_id", "<u8"),
+        ("addr", "u1", (16,)),
+        ("family", "u1"),
+        ("protocol", "u1"),
+        ("direction", "u1"),
         ("pad", "u1", (5,)),
     ]
 )
@@ -37,6 +47,18 @@ def encode(dtype: np.dtype, **fields: int) -> bytes:
     key = np.zeros(1, dtype=dtype)
     for name, value in fields.items():
         key[name] = value
+    return key.tobytes()
+
+
+def encode_flow_key(cgroup_id: int, address: IPAddress, protocol: int, direction: int) -> bytes:
+    """A raw kernel flow key, as bpf/network.c builds it."""
+    key = np.zeros(1, dtype=FLOW_KEY)
+    key["cgroup_id"] = cgroup_id
+    packed = address.packed
+    key["addr"][0, : len(packed)] = list(packed)
+    key["family"] = 0 if address.version == 4 else 1
+    key["protocol"] = protocol
+    key["direction"] = direction
     return key.tobytes()
 
 

@@ -345,6 +345,7 @@ class NetworkSource:
             zip(
                 [key.tobytes() for key in keys],
                 cgroup_ids,
+                [key["addr"].tobytes() for key in keys],
                 keys["family"].tolist(),
                 keys["protocol"].tolist(),
                 keys["direction"].tolist(),
