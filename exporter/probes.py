@@ -369,6 +369,24 @@ def open_ring_buffer(bpf: Any, name: str, callback: Any) -> None:
     bpf[name.encode()].open_ring_buffer(callback)
 
 
+def record_reader(bpf: Any, name: str, what: str = "record") -> Any:
+    """A decoder of a ring buffer's records: (data, size) -> the record.
+
+    BCC deduces the record's ctypes type from the C struct the program
+    reserves (bpf/include/), so nothing mirrors it by hand. The record points
+    into the ring buffer: use it inside the callback only. A record shorter
+    than the type raises ValueError."""
+    table = bpf[name.encode()]
+
+    def read(data: Any, size: int) -> Any:
+        record = table.event(data)
+        if size < ct.sizeof(record):
+            raise ValueError(f"{what} of {size} bytes, expected {ct.sizeof(record)}")
+        return record
+
+    return read
+
+
 def poll_ring_buffer(bpf: Any, timeout_ms: int) -> None:
     bpf.ring_buffer_poll(timeout_ms)
 

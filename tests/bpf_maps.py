@@ -7,6 +7,7 @@ outside the kernel that does, and the kernel tests check the real ones.
 
 from __future__ import annotations
 
+import ctypes as ct
 from collections import defaultdict
 
 import numpy as np
@@ -48,6 +49,33 @@ def encode(dtype: np.dtype, **fields: int) -> bytes:
     for name, value in fields.items():
         key[name] = value
     return key.tobytes()
+
+
+class DangerousEvent(ct.Structure):
+    """struct dangerous_event of bpf/include/syscalls.h, as BCC decodes it."""
+
+    _fields_ = [
+        ("time_ns", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tgid", ct.c_uint32),
+        ("uid", ct.c_uint32),
+        ("nr", ct.c_uint32),
+        ("comm", ct.c_char * 16),
+    ]
+
+
+class RingBuffer:
+    """A BCC ring buffer table's event(): the record at a pointer (or in bytes)."""
+
+    def __init__(self, record: type[ct.Structure]) -> None:
+        self.record = record
+
+    def event(self, data: int | bytes) -> ct.Structure:
+        if isinstance(data, bytes):
+            buffer = ct.create_string_buffer(data, max(len(data), ct.sizeof(self.record)))
+            return self.record.from_buffer_copy(buffer)
+        return ct.cast(data, ct.POINTER(self.record)).contents
 
 
 def encode_flow_key(cgroup_id: int, address: IPAddress, protocol: int, direction: int) -> bytes:

@@ -1,8 +1,9 @@
-// Layouts shared by bpf/syscalls.c and user space (exporter/sources/syscalls/):
-// the map keys are decoded with numpy dtypes built from BCC's own table types
-// (exporter/probes.py key_dtype), the evidence record with the ctypes mirror
-// in exporter/sources/syscalls/evidence.py (ring buffer records have no BCC
-// table type; keep that one in step). Fixed-width fields, explicit padding.
+// Layouts shared by bpf/syscalls.c and user space (exporter/sources/syscalls/),
+// which decodes them with the types BCC derives from these structs: map keys
+// as numpy records (exporter/probes.py key_dtype), evidence records through
+// probes.record_reader. Fixed-width fields, explicit padding. dangerous_event
+// uses BCC's u64/u32: its ring buffer record decoder knows those names, not
+// the UAPI __u64.
 #ifndef ORB8_SYSCALLS_H
 #define ORB8_SYSCALLS_H
 
@@ -15,12 +16,12 @@ struct syscall_pair {
 
 // One evidence record; user space turns it into a JSON log line.
 struct dangerous_event {
-    __u64 time_ns;  // CLOCK_MONOTONIC
-    __u64 cgroup_id;
-    __u32 pid;      // thread id
-    __u32 tgid;     // process id
-    __u32 uid;
-    __u32 nr;
+    u64 time_ns;  // CLOCK_MONOTONIC
+    u64 cgroup_id;
+    u32 pid;      // thread id
+    u32 tgid;     // process id
+    u32 uid;
+    u32 nr;
     char comm[16];
 };
 

@@ -76,7 +76,7 @@ def test_sources_import_neither_the_registry_nor_the_agent_nor_outputs():
 
 
 def test_no_ctypes_or_libbcc_outside_the_bpf_access_layer():
-    allowed = {"exporter.probes", "exporter.sources.syscalls.evidence"}  # see evidence.py
+    allowed = {"exporter.probes"}
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
         if module_name(path) not in allowed and "sources" in path.parts:

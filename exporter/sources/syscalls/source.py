@@ -64,7 +64,6 @@ from exporter.sources.syscalls.evidence import (
     RateLimiter,
     evidence_line,
     monotonic_to_wall_offset,
-    parse_event,
 )
 from exporter.sources.syscalls.names import (
     ABI_SHIFT,
@@ -171,6 +170,7 @@ class SyscallSource:
         # The kernel maps (probes.BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
         self._maps: Any = None
+        self._read_event: Any = None  # ring buffer record decoder (probes.record_reader)
         self._stop = threading.Event()
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
@@ -222,6 +222,7 @@ class SyscallSource:
             raw = self.hook == "raw_tracepoint"
             for tracepoint, fn_name in HOOKS[raw]:
                 probes.attach_tracepoint(bpf, tracepoint, fn_name, raw)
+            self._read_event = probes.record_reader(bpf, "dangerous_events", "evidence record")
             probes.open_ring_buffer(bpf, "dangerous_events", self._on_event)
         except Exception as e:
             bpf.cleanup()
@@ -345,7 +346,7 @@ class SyscallSource:
     def _on_event(self, ctx: Any, data: Any, size: int) -> int:
         self._consumed += 1
         try:
-            event = parse_event(data, size)
+            event = self._read_event(data, size)
             identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
             if self.allowlist.allows(identity) or self._is_own_workload(identity):
                 return 0
