@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.sources.syscalls import SyscallSource  # noqa: E402
+from exporter.sources.syscalls.source import SyscallSource  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from syscall_overhead import Loop  # noqa: E402

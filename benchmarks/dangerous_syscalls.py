@@ -31,9 +31,9 @@ sys.path.insert(0, str(HERE))
 from syscall_overhead import Loop  # noqa: E402
 
 from exporter import probes  # noqa: E402
-from exporter.config import DEFAULT_DANGEROUS_SYSCALLS  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.sources.syscalls import (  # noqa: E402
+from exporter.sources.syscalls import DEFAULT_DANGEROUS_SYSCALLS  # noqa: E402
+from exporter.sources.syscalls.source import (  # noqa: E402
     RB_DROPPED,
     RB_WRITTEN,
     SecurityOptions,

@@ -39,7 +39,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.sources.gpu import GpuSource  # noqa: E402
+from exporter.sources.gpu.source import GpuSource  # noqa: E402
 
 CAPTURE = ROOT / "tests" / "fixtures" / "nvml-h200-two-cgroups.json"
 # A kernel that spins: keeps SMs busy for a set number of iterations.

@@ -48,7 +48,8 @@ from bcc import BPF  # noqa: E402
 
 from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.sources.network import NetworkSource, link_create  # noqa: E402
+from exporter.probes import link_create  # noqa: E402
+from exporter.sources.network.source import NetworkSource  # noqa: E402
 from tests.kernel.netpods import PodPair  # noqa: E402
 
 MODES = ("none", "floor", "orb8")

@@ -33,9 +33,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from exporter.agent import Agent  # noqa: E402
-from exporter.config import load_settings  # noqa: E402
 from exporter.model import MetricFamily, counter  # noqa: E402
 from exporter.outputs.otlp import OtlpConfig  # noqa: E402
+from exporter.registry import load_settings  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 CONTAINERS, SYSCALLS = 1000, 50

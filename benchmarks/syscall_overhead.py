@@ -44,7 +44,8 @@ from bcc import BPF  # noqa: E402
 
 from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.sources.syscalls import SyscallSource, native_syscall_numbers  # noqa: E402
+from exporter.sources.syscalls import native_syscall_numbers  # noqa: E402
+from exporter.sources.syscalls.source import SyscallSource  # noqa: E402
 
 MODES = ("none", "floor", "naive", "orb8", "orb8_native")
 GETPPID = native_syscall_numbers()["getppid"]

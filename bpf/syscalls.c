@@ -46,6 +46,7 @@
 // native table (the loader reports that, see orb8_syscall_abi_detected).
 
 #include "orb8.h"
+#include "syscalls.h"
 
 #ifndef SLOT_CAPACITY
 #define SLOT_CAPACITY 32768
@@ -86,12 +87,6 @@
 #endif
 #define RINGBUF_BYTES (RINGBUF_PAGES * 4096ull)
 
-struct syscall_pair {
-    u64 cgroup_id;
-    u32 nr;
-    u32 pad;
-};
-
 struct cache_entry {
     u64 cgroup_id;
     u32 nr;
@@ -102,27 +97,6 @@ struct cpu_cache {
     u64 cgroup_id;      // of the task running on this CPU...
     u64 cgroup_epoch;   // ...valid while equal to syscall_epoch[0]
     struct cache_entry way[CACHE_WAYS];
-};
-
-// One evidence record; user space turns it into a JSON log line.
-struct dangerous_event {
-    u64 time_ns;  // CLOCK_MONOTONIC
-    u64 cgroup_id;
-    u32 pid;      // thread id
-    u32 tgid;     // process id
-    u32 uid;
-    u32 nr;
-    char comm[16];
-};
-
-// Ring buffer accounting, per CPU: written + dropped = every flagged call.
-enum ringbuf_stat {
-    RB_WRITTEN,
-    RB_DROPPED,   // not written for any reason (includes RB_SAMPLED)
-    RB_SAMPLED,   // dropped on purpose while the buffer was over 90% full
-    RB_PEAK,      // highest backlog seen, bytes (user space resets it)
-    RB_TICK,      // sampling counter
-    RB_STATS,
 };
 
 // Bytes a record takes in the ring buffer: 8-byte header, 8-byte aligned.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exporter import __version__, probes
+from exporter import __version__, probes, registry
 from exporter.config import ConfigError, Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
@@ -28,10 +28,8 @@ from exporter.outputs import health
 from exporter.outputs.otlp import OtlpConfig, OtlpOutput, health_families
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.outputs.webconfig import WebConfig, WebConfigError, load_web_config
-from exporter.sources import Source, SourceAbsent
+from exporter.sources import Context, Source, SourceAbsent
 from exporter.sources.exporter_self import identity_families, process_families, self_families
-from exporter.sources.network import NetworkSource
-from exporter.sources.syscalls import SecurityOptions, SyscallSource
 
 log = logging.getLogger(__name__)
 
@@ -86,73 +84,12 @@ def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
     return Resolver(CgroupTree(root), pods=lambda: watcher.pods), watcher
 
 
-def security_options(settings: Settings) -> SecurityOptions:
-    return SecurityOptions(
-        dangerous=tuple(
-            dict.fromkeys(settings.dangerous_syscalls + settings.extra_dangerous_syscalls)
-        ),
-        allowlist=settings.dangerous_allowlist,
-        exclude_self=settings.dangerous_exclude_self,
-        ring_buffer_size=settings.ring_buffer_size,
-        sample_every=settings.ring_buffer_sample_every,
-        log_per_minute=settings.evidence_log_per_minute,
-        baseline_window=settings.baseline_window,
-        state_dir=settings.state_dir,
-    )
-
-
 def build_sources(
     settings: Settings, headers: probes.KernelHeaders | None, resolver: Resolver
 ) -> list[Source]:
-    sources: list[Source] = []
-    if "syscalls" in settings.probes:
-        sources.append(
-            SyscallSource(
-                resolver,
-                settings.syscall_slots,
-                settings.deleted_cgroup_grace,
-                deleted_pod_grace=settings.deleted_pod_grace,
-                security=security_options(settings),
-                headers=headers,
-                bpf_dir=settings.bpf_dir,
-            )
-        )
-    if "network" in settings.probes:
-        sources.append(
-            NetworkSource(
-                resolver,
-                traffic_entries=settings.network_traffic_entries,
-                tcp_entries=settings.network_tcp_entries,
-                flow_entries=settings.network_flow_entries,
-                peer_limit=settings.network_peer_limit,
-                flow_idle_timeout=settings.network_flow_idle_timeout,
-                cluster_cidrs=settings.network_cluster_cidrs,
-                deleted_grace=settings.deleted_cgroup_grace,
-                deleted_pod_grace=settings.deleted_pod_grace,
-                headers=headers,
-                bpf_dir=settings.bpf_dir,
-                cgroup_root=settings.cgroup_root,
-            )
-        )
-    if "gpu" in settings.probes:
-        from exporter.sources.gpu import GpuSource
-
-        sources.append(GpuSource(resolver, interval=settings.gpu_poll_interval))
-    if "dcgm" in settings.probes:
-        from exporter.sources.dcgm import DcgmSource
-
-        sources.append(
-            DcgmSource(
-                settings.dcgm_url,
-                interval=settings.gpu_poll_interval,
-                pod_resources_socket=settings.pod_resources_socket,
-            )
-        )
-    return sources
-
-
-# Probes that compile BPF and so need kernel headers.
-BPF_PROBES = ("syscalls", "network")
+    """One source per enabled probe, in registry order (exporter/registry.py)."""
+    context = Context(settings, resolver, headers)
+    return [probe.factory(context) for probe in registry.enabled(settings)]
 
 
 class Agent:
@@ -210,7 +147,7 @@ class Agent:
         assert self.server is not None
         if self.sources is None:
             headers = None
-            if set(BPF_PROBES) & set(self.settings.probes):
+            if any(probe.bpf for probe in registry.enabled(self.settings)):
                 try:
                     headers = probes.find_kernel_headers(self.settings.kernel_headers)
                     log.info("kernel headers: %s", headers)

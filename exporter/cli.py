@@ -14,8 +14,9 @@ import platform
 from typing import Any
 
 from exporter import __version__
-from exporter.config import ConfigError, Settings, add_arguments, load_settings
+from exporter.config import ConfigError, Settings
 from exporter.logs import setup_logging
+from exporter.registry import add_arguments, load_settings
 
 EXIT_CONFIG = 2
 

@@ -1,10 +1,16 @@
 """One validated settings object from flags, ORB8_* environment variables and YAML.
 
 Precedence: command-line flag > environment variable > YAML file > default.
-Every setting is declared once in SETTINGS; the flag (`--syscall-slots`), the
-environment variable (`ORB8_SYSCALL_SLOTS`) and the YAML key (`syscall_slots`)
-are derived from its name. Anything invalid raises ConfigError naming the
-setting and where the value came from; the CLI turns that into exit code 2.
+Every setting is declared once, as a Spec: the agent-wide ones in SETTINGS
+here, each probe's own in its package (exporter/sources/<probe>/__init__.py),
+the outputs' in exporter/registry.py, which assembles the full table. The
+flag (`--syscall-slots`), the environment variable (`ORB8_SYSCALL_SLOTS`) and
+the YAML key (`syscall_slots`) are derived from its name. Anything invalid
+raises ConfigError naming the setting and where the value came from; the CLI
+turns that into exit code 2.
+
+This module is the bottom layer of settings: it imports no source and no
+output (they, and the registry, import it).
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from exporter.listen import parse_listen
 
 ENV_PREFIX = "ORB8_"
 # Environment variables that are not settings themselves.
@@ -33,27 +41,6 @@ ENV_SERVICE_LINK = re.compile(
     r"|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
 )
 
-KNOWN_PROBES = ("syscalls", "network", "gpu", "dcgm")
-# gpu and dcgm read devices most nodes lack: enabled where GPUs are.
-DEFAULT_PROBES = ("syscalls", "network")
-
-# Informed by Falco's and Tetragon's default rules: module loading, kexec,
-# BPF, tracing other processes, namespace and mount manipulation, raw I/O,
-# clock and boot control. The new mount API (open_tree .. mount_setattr) does
-# what mount does; io_uring_setup is the only syscall an io_uring user makes
-# before its I/O bypasses syscall hooks; name_to_handle_at pairs with
-# open_by_handle_at; pidfd_getfd steals another process's file descriptors.
-# Left out on purpose (too common in ordinary software, reasons in
-# docs/alerts.md): memfd_create, execveat, clone/clone3, io_uring_enter.
-DEFAULT_DANGEROUS_SYSCALLS = (
-    "ptrace", "process_vm_writev", "process_vm_readv", "mount", "umount2", "pivot_root",
-    "chroot", "init_module", "finit_module", "delete_module", "kexec_load",
-    "kexec_file_load", "bpf", "perf_event_open", "setns", "unshare", "open_by_handle_at",
-    "userfaultfd", "keyctl", "add_key", "request_key", "syslog", "personality", "iopl",
-    "ioperm", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime",
-    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-    "io_uring_setup", "name_to_handle_at", "pidfd_getfd",
-)  # fmt: skip
 MIB = 1 << 20
 # Kernel map capacities: max_entries is a u32, and far below that the map
 # could not be allocated on a node anyway. 16 Mi entries is beyond any
@@ -72,30 +59,6 @@ LOG_FORMATS = ("text", "json")
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the setting and its source."""
-
-
-@dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_listen(value: str) -> Listen:
-    host, sep, port_text = str(value).rpartition(":")
-    if not sep:
-        raise ValueError("expected HOST:PORT or :PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"port {port_text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is outside 1-65535")
-    return Listen(host, port)
 
 
 def positive_int(value: Any) -> int:
@@ -152,7 +115,7 @@ def non_negative_float(value: Any) -> float:
     return number
 
 
-def _items(value: Any) -> list[str]:
+def list_items(value: Any) -> list[str]:
     """A list setting: a comma-separated string or a YAML list of strings."""
     if value is None:
         return []
@@ -165,40 +128,8 @@ def _items(value: Any) -> list[str]:
     )
 
 
-def probe_list(value: Any) -> tuple[str, ...]:
-    probes = tuple(dict.fromkeys(p.strip() for p in _items(value) if p.strip()))
-    if not probes:
-        raise ValueError(f"no probe named; known: {', '.join(KNOWN_PROBES)}")
-    unknown = [p for p in probes if p not in KNOWN_PROBES]
-    if unknown:
-        raise ValueError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(KNOWN_PROBES)}")
-    return probes
-
-
 def name_list(value: Any) -> tuple[str, ...]:
-    return tuple(item.strip() for item in _items(value) if item.strip())
-
-
-def syscall_names(value: Any) -> tuple[str, ...]:
-    from exporter.sources.syscalls import native_syscall_numbers
-
-    names = name_list(value)
-    known = native_syscall_numbers()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown syscall(s) on this architecture: {', '.join(unknown)}")
-    return names
-
-
-def allowlist(value: Any) -> tuple[str, ...]:
-    """Selectors: namespace/pod/container (fnmatch globs) or cgroup:<glob>."""
-    selectors = name_list(value)
-    for selector in selectors:
-        if not selector.startswith("cgroup:") and selector.count("/") != 2:
-            raise ValueError(
-                f"{selector!r} is neither namespace/pod/container nor cgroup:<path glob>"
-            )
-    return selectors
+    return tuple(item.strip() for item in list_items(value) if item.strip())
 
 
 def cidr_list(value: Any) -> tuple[str, ...]:
@@ -222,13 +153,6 @@ def boolean(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{value!r} is not a boolean (true/false)")
-
-
-def ring_buffer_size(value: Any) -> int:
-    size = positive_int(value)
-    if size & (size - 1) or not 4096 <= size <= 32 * MIB:
-        raise ValueError(f"{size} must be a power of two between 4096 and {32 * MIB} bytes")
-    return size
 
 
 def log_level(value: Any) -> str:
@@ -290,19 +214,6 @@ def cgroup2_root(value: Any) -> Path | None:
     return path
 
 
-def web_config_file(value: Any) -> Path | None:
-    """Checked in full at start (YAML, keys, certificates, bcrypt hashes)."""
-    from exporter.outputs.webconfig import WebConfigError, load_web_config
-
-    path = existing_file(value)
-    if path is not None:
-        try:
-            load_web_config(path)
-        except WebConfigError as e:
-            raise ValueError(str(e)) from None
-    return path
-
-
 def node_name(value: Any) -> str:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"expected a name, not {type(value).__name__}")
@@ -312,27 +223,6 @@ def node_name(value: Any) -> str:
     if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
         raise ValueError(f"{name[:80]!r} is not a valid Kubernetes node name")
     return name
-
-
-def otlp_endpoint(value: Any) -> str:
-    from exporter.outputs.otlp import OtlpSettingError, check_endpoint
-
-    text = str(value or "").strip()
-    if not text:
-        return ""
-    try:
-        return check_endpoint(text, "endpoint")
-    except OtlpSettingError as e:
-        raise ValueError(str(e).removeprefix("invalid endpoint: ")) from None
-
-
-def otlp_protocol(value: Any) -> str:
-    from exporter.outputs.otlp import PROTOCOLS
-
-    text = str(value or "").strip().lower()
-    if text and text not in PROTOCOLS:
-        raise ValueError(f"{value!r} is not one of {', '.join(PROTOCOLS)}")
-    return text
 
 
 def optional_positive_float(value: Any) -> float | None:
@@ -350,6 +240,10 @@ class Spec:
     other_env: tuple[str, ...] = ()
 
 
+# Agent-wide settings, shared by every probe and output. Each probe declares
+# its own (exporter/sources/<probe>/__init__.py); exporter/registry.py puts
+# them all in one table, in this order: these, probes, each probe's, the
+# outputs', LOGGING.
 SETTINGS: tuple[Spec, ...] = (
     Spec(
         "listen",
@@ -357,67 +251,6 @@ SETTINGS: tuple[Spec, ...] = (
         f":{DEFAULT_PORT}",
         "address for /metrics, /healthz and /readyz (HOST:PORT, :PORT)",
         "HOST:PORT",
-    ),
-    Spec(
-        "probes",
-        probe_list,
-        ",".join(DEFAULT_PROBES),
-        f"comma-separated probes to load (known: {', '.join(KNOWN_PROBES)})",
-        "LIST",
-    ),
-    Spec(
-        "syscall_slots",
-        map_capacity,
-        32768,
-        "capacity of the kernel syscall map in (cgroup, syscall) pairs; when full, "
-        "new pairs are not counted and orb8_bpf_map_update_failures_total rises",
-        "N",
-    ),
-    Spec(
-        "network_traffic_entries",
-        map_capacity,
-        16384,
-        "capacity of the kernel traffic map, in (cgroup, direction, protocol, family) "
-        "tuples (at most 16 per cgroup)",
-        "N",
-    ),
-    Spec(
-        "network_tcp_entries",
-        map_capacity,
-        8192,
-        "capacity of the kernel TCP event map, in (cgroup, event) pairs (5 per cgroup)",
-        "N",
-    ),
-    Spec(
-        "network_flow_entries",
-        map_capacity,
-        16384,
-        "capacity of the kernel flow map (LRU, per cgroup and peer); when full the least "
-        "recently used flow is evicted and counted in orb8_bpf_map_evictions_total",
-        "N",
-    ),
-    Spec(
-        "network_peer_limit",
-        non_negative_int,
-        16,
-        "peer pods per workload exported by name; traffic with further peer pods is "
-        'summed in peer_class="other"',
-        "N",
-    ),
-    Spec(
-        "network_flow_idle_timeout",
-        positive_float,
-        300.0,
-        "seconds without traffic after which a flow leaves the kernel map",
-        "SECONDS",
-    ),
-    Spec(
-        "network_cluster_cidrs",
-        cidr_list,
-        "",
-        "pod and service CIDRs: peers in them that are not known pods are "
-        'peer_class="cluster" (else "external")',
-        "LIST",
     ),
     Spec(
         "deleted_cgroup_grace",
@@ -452,65 +285,6 @@ SETTINGS: tuple[Spec, ...] = (
         ("NODE_NAME",),
     ),
     Spec(
-        "dangerous_syscalls",
-        syscall_names,
-        ",".join(DEFAULT_DANGEROUS_SYSCALLS),
-        "syscalls counted in orb8_dangerous_syscalls_total and logged as evidence "
-        "(replaces the built-in set)",
-        "LIST",
-    ),
-    Spec(
-        "extra_dangerous_syscalls",
-        syscall_names,
-        "",
-        "syscalls added to dangerous_syscalls",
-        "LIST",
-    ),
-    Spec(
-        "dangerous_allowlist",
-        allowlist,
-        "",
-        "workloads whose dangerous syscalls are expected: namespace/pod/container globs "
-        "(e.g. kube-system/*/*) or cgroup:<path glob>; still counted in orb8_syscalls_total",
-        "LIST",
-    ),
-    Spec(
-        "dangerous_exclude_self",
-        boolean,
-        True,
-        "do not count orb8's own dangerous syscalls (it calls bpf and perf_event_open)",
-        "BOOL",
-    ),
-    Spec(
-        "ring_buffer_size",
-        ring_buffer_size,
-        MIB,
-        "bytes of the evidence ring buffer: a power of two, 4096 to 32 MiB",
-        "BYTES",
-    ),
-    Spec(
-        "ring_buffer_sample_every",
-        positive_int,
-        10,
-        "when the ring buffer is over 90% full, keep 1 evidence event in N",
-        "N",
-    ),
-    Spec(
-        "evidence_log_per_minute",
-        positive_int,
-        6,
-        "evidence log lines per minute per workload and syscall; the rest are summarised",
-        "N",
-    ),
-    Spec(
-        "baseline_window",
-        non_negative_float,
-        600.0,
-        "seconds from a workload's first appearance during which its syscalls are learned; "
-        "later syscalls outside that set count in orb8_syscall_novel_total",
-        "SECONDS",
-    ),
-    Spec(
         "state_dir",
         optional_path,
         None,
@@ -538,60 +312,8 @@ SETTINGS: tuple[Spec, ...] = (
         "cgroup v2 mount point (default: found in /proc/self/mountinfo)",
         "DIR",
     ),
-    Spec(
-        "gpu_poll_interval",
-        positive_float,
-        10.0,
-        "seconds between background NVML polls and dcgm-exporter scrapes (probes gpu, dcgm)",
-        "SECONDS",
-    ),
-    Spec(
-        "dcgm_url",
-        http_url,
-        "http://localhost:9400/metrics",
-        "the node's dcgm-exporter /metrics, scraped by the dcgm probe",
-        "URL",
-    ),
-    Spec(
-        "pod_resources_socket",
-        optional_path,
-        "/var/lib/kubelet/pod-resources/kubelet.sock",
-        "kubelet pod-resources gRPC socket: which pod holds which GPU when dcgm-exporter "
-        "does not say",
-        "FILE",
-    ),
-    Spec(
-        "otlp_endpoint",
-        otlp_endpoint,
-        "",
-        "OpenTelemetry collector to push every /metrics family to over OTLP, e.g. "
-        "http://otel-collector:4318 (wins over OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT; "
-        "no endpoint anywhere: no push)",
-        "URL",
-    ),
-    Spec(
-        "otlp_protocol",
-        otlp_protocol,
-        "",
-        "grpc or http/protobuf (wins over OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL; "
-        "empty: those, else http/protobuf)",
-        "PROTOCOL",
-    ),
-    Spec(
-        "otlp_interval",
-        optional_positive_float,
-        "",
-        "seconds between OTLP pushes (wins over OTEL_METRIC_EXPORT_INTERVAL; empty: that, else 30)",
-        "SECONDS",
-    ),
-    Spec(
-        "web_config_file",
-        web_config_file,
-        None,
-        "TLS and basic auth for /metrics, in the Prometheus exporter-toolkit web config "
-        "format (tls_server_config, basic_auth_users); default: plain HTTP",
-        "FILE",
-    ),
+)
+LOGGING: tuple[Spec, ...] = (
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
     Spec(
         "log_format",
@@ -601,46 +323,40 @@ SETTINGS: tuple[Spec, ...] = (
         "FORMAT",
     ),
 )
-SPEC_BY_NAME = {spec.name: spec for spec in SETTINGS}
 
 
-@dataclass(frozen=True)
 class Settings:
-    listen: Listen
-    probes: tuple[str, ...]
-    syscall_slots: int
-    network_traffic_entries: int
-    network_tcp_entries: int
-    network_flow_entries: int
-    network_peer_limit: int
-    network_flow_idle_timeout: float
-    network_cluster_cidrs: tuple[str, ...]
-    deleted_cgroup_grace: float
-    deleted_pod_grace: float
-    kubeconfig: Path | None
-    node_name: str
-    dangerous_syscalls: tuple[str, ...]
-    extra_dangerous_syscalls: tuple[str, ...]
-    dangerous_allowlist: tuple[str, ...]
-    dangerous_exclude_self: bool
-    ring_buffer_size: int
-    ring_buffer_sample_every: int
-    evidence_log_per_minute: int
-    baseline_window: float
-    state_dir: Path | None
-    kernel_headers: Path | None
-    bpf_dir: Path | None
-    cgroup_root: Path | None
-    gpu_poll_interval: float
-    dcgm_url: str
-    pod_resources_socket: Path | None
-    web_config_file: Path | None
-    log_level: str
-    log_format: str
-    otlp_endpoint: str = ""
-    otlp_protocol: str = ""
-    otlp_interval: float | None = None
-    config_file: Path | None = None
+    """Every setting's value, by name: built from the Spec table, so no field is
+    listed twice. Read-only; unknown names raise AttributeError."""
+
+    __slots__ = ("_values", "config_file")
+
+    def __init__(self, values: Mapping[str, Any], config_file: Path | None = None) -> None:
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "config_file", config_file)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("settings are read-only")
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Settings)
+            and self._values == other._values
+            and self.config_file == other.config_file
+        )
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self._values)), self.config_file))
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"Settings({values}, config_file={self.config_file!r})"
 
 
 def flag_name(name: str) -> str:
@@ -651,14 +367,14 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, specs: Sequence[Spec]) -> None:
     """Add one flag per setting; flags default to None so absence is visible."""
     parser.add_argument(
         "--config",
         metavar="FILE",
         help=f"YAML file with settings (keys as below, e.g. syscall_slots); env {ENV_PREFIX}CONFIG",
     )
-    for spec in SETTINGS:
+    for spec in specs:
         parser.add_argument(
             flag_name(spec.name),
             dest=spec.name,
@@ -709,6 +425,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_settings(
+    specs: Sequence[Spec],
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     check_paths: bool = True,
@@ -718,6 +435,9 @@ def load_settings(
     check_paths=False leaves directories unchecked, for `orb8 diagnose`, whose
     job is to report a missing kernel headers or cgroup directory itself."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    spec_by_name = {spec.name: spec for spec in specs}
+    if len(spec_by_name) != len(specs):
+        raise ValueError("a setting is declared twice")  # a bug, not bad input
     environ = os.environ if environ is None else environ
 
     unknown_env = sorted(
@@ -725,14 +445,14 @@ def load_settings(
         for key in environ
         if key.startswith(ENV_PREFIX)
         and key not in ENV_RESERVED
-        and key[len(ENV_PREFIX) :].lower() not in SPEC_BY_NAME
+        and key[len(ENV_PREFIX) :].lower() not in spec_by_name
         and not ENV_SERVICE_LINK.fullmatch(key)
     )
     if unknown_env:
         import difflib
 
         guess = difflib.get_close_matches(
-            unknown_env[0], [env_name(name) for name in SPEC_BY_NAME], n=1
+            unknown_env[0], [env_name(name) for name in spec_by_name], n=1
         )
         hint = f" (did you mean {guess[0]}?)" if guess else ""
         raise ConfigError(f"unknown environment setting {unknown_env[0]}{hint}")
@@ -742,14 +462,14 @@ def load_settings(
     if config_path:
         file_values = load_yaml(Path(config_path))
         for key in file_values:
-            if key not in SPEC_BY_NAME:
+            if key not in spec_by_name:
                 raise ConfigError(
                     f"config file {config_path}: unknown setting {str(key)[:80]!r}; "
-                    f"known: {', '.join(SPEC_BY_NAME)}"
+                    f"known: {', '.join(spec_by_name)}"
                 )
 
     values: dict[str, Any] = {}
-    for spec in SETTINGS:
+    for spec in specs:
         if spec.name in flags:
             raw, source = flags[spec.name], f"flag {flag_name(spec.name)}"
         elif env_name(spec.name) in environ:
@@ -770,8 +490,4 @@ def load_settings(
             message = " ".join(str(e).split())[:300]  # one line, whatever the input was
             raise ConfigError(f"invalid {spec.name} ({source}): {message}") from None
 
-    known = {f.name for f in fields(Settings)}
-    return Settings(
-        **{k: v for k, v in values.items() if k in known},
-        config_file=Path(config_path) if config_path else None,
-    )
+    return Settings(values, config_file=Path(config_path) if config_path else None)

@@ -67,7 +67,7 @@ def check_btf(btf: Path) -> Check:
 
 
 def check_syscall_abi(btf: Path, machine: str | None = None) -> Check:
-    from exporter.sources.syscalls import abi_status_offset, ia32_emulation
+    from exporter.sources.syscalls.names import abi_status_offset, ia32_emulation
 
     if machine is None:
         possible, why = ia32_emulation()

@@ -1,7 +1,10 @@
-"""BCC loading: kernel header discovery, feature probes, compile, batch map reads.
+"""The BPF access layer: kernel header discovery, feature probes, compile,
+attach (BPF links), and every map read, delete and decode.
 
-Everything that touches BCC directly lives here so sources stay readable and
-so diagnose/check exercise exactly the code `orb8 run` uses.
+Everything that touches BCC, libbcc or ctypes for BPF lives here, so sources
+stay readable, map layouts come from one place (numpy dtypes built from
+BCC's own table types, which BCC derives from the C structs in
+bpf/include/), and diagnose/check exercise exactly the code `orb8 run` uses.
 """
 
 from __future__ import annotations
@@ -245,6 +248,149 @@ def lookup_batch(table: Any, count: int) -> tuple[bytes, bytes, int]:
     return keys.raw[: key_size * total], values.raw[: value_size * total], total
 
 
+def _libbcc() -> Any:
+    from bcc.libbcc import lib
+
+    return lib
+
+
+def key_dtype(table: Any) -> np.dtype:
+    """The numpy layout of a map's keys, from BCC's ctypes type of the C key
+    (so the C struct in bpf/include/ is the only declaration)."""
+    return np.dtype(table.Key)
+
+
+def read_keys(table: Any, capacity: int) -> tuple[np.ndarray, bytes, int]:
+    """(decoded keys, raw values, n) of every entry of a map, in one batch read."""
+    keys, values, n = lookup_batch(table, capacity)
+    return np.frombuffer(keys, dtype=key_dtype(table), count=n), values, n
+
+
+def read_percpu_hash(table: Any, capacity: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded keys, per-key sums over CPUs of `width` u64 values) of a per-CPU hash."""
+    decoded, values, n = read_keys(table, capacity)
+    if n == 0:
+        return decoded, np.zeros((0, width), dtype=np.uint64)
+    return decoded, np.frombuffer(values, dtype=np.uint64).reshape(n, -1, width).sum(axis=1)
+
+
+def percpu_sum(table: Any, index: int = 0) -> int:
+    """Sum over CPUs of one slot of a per-CPU array of u64."""
+    return int(sum(table[ct.c_int(index)]))
+
+
+def percpu_values(table: Any, index: int) -> list[int]:
+    """The per-CPU values of one slot of a per-CPU array of u64."""
+    return list(table[ct.c_int(index)])
+
+
+def lookup_and_delete(table: Any, raw_key: bytes, value_size: int) -> bytes | None:
+    """Read and delete one entry in one atomic step: its raw value, or None if
+    it was gone (or the kernel cannot do it for this map type)."""
+    fn = _libbcc().bpf_map_lookup_and_delete_elem
+    fn.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    fn.restype = ct.c_int
+    key = ct.create_string_buffer(raw_key, len(raw_key))
+    value = ct.create_string_buffer(value_size)
+    if fn(table.map_fd, key, value) != 0:
+        return None
+    return value.raw
+
+
+def delete(table: Any, raw_key: bytes) -> None:
+    """Delete one entry by its raw key; gone already is fine."""
+    _libbcc().bpf_delete_elem(table.map_fd, ct.create_string_buffer(raw_key, len(raw_key)))
+
+
+def take_percpu(table: Any, raw_key: bytes, width: int) -> list[int] | None:
+    """Read and delete a per-CPU hash entry in one step: its per-CPU sums of
+    `width` u64 counters; None if it was gone, or if the kernel cannot do it
+    in one step (before 5.14: then it is just deleted)."""
+    value = lookup_and_delete(table, raw_key, 8 * width * possible_cpus())
+    if value is None:
+        delete(table, raw_key)
+        return None
+    sums = np.frombuffer(value, dtype=np.uint64).reshape(-1, width).sum(axis=0)
+    return [int(v) for v in sums]
+
+
+def take_u64_pair(table: Any, raw_key: bytes) -> tuple[int, int] | None:
+    """Read and delete an entry whose value is two u64 counters; None if gone."""
+    value = lookup_and_delete(table, raw_key, ct.sizeof(table.Leaf))
+    if value is None:
+        return None
+    first, second = np.frombuffer(value, dtype="<u8", count=2)
+    return int(first), int(second)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """BPF_LINK_CREATE (libbpf's bpf_link_create, which libbcc links); -errno on failure."""
+    fn = _libbcc().bpf_link_create
+    fn.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]
+    fn.restype = ct.c_int
+    fd = fn(prog_fd, target_fd, attach_type, None)
+    if fd < 0:
+        # libbpf returns -errno itself (libbpf 1.x) or -1 with errno set.
+        return fd if fd != -1 else -(ct.get_errno() or errno.EINVAL)
+    return fd
+
+
+BPF_F_ALLOW_MULTI = 1 << 1
+
+
+def load_program(bpf: Any, name: str, kind: str) -> Any:
+    """Load one program of a compiled probe; kind: "cgroup_skb" or "sock_ops"."""
+    bcc = import_bcc()
+    prog_type = {"cgroup_skb": bcc.BPF.CGROUP_SKB, "sock_ops": bcc.BPF.SOCK_OPS}[kind]
+    return bpf.load_func(name.encode(), prog_type)
+
+
+def prog_attach(fn: Any, target_fd: int, attach_type: int) -> None:
+    """BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI (kernels without BPF links):
+    the kernel keeps it until prog_detach."""
+    import_bcc().BPF.attach_func(fn, target_fd, attach_type, BPF_F_ALLOW_MULTI)
+
+
+def prog_detach(fn: Any, target_fd: int, attach_type: int) -> None:
+    import_bcc().BPF.detach_func(fn, target_fd, attach_type)
+
+
+def attach_tracepoint(bpf: Any, tracepoint: str, fn_name: str, raw: bool) -> None:
+    """Attach a program to a raw tracepoint ("sys_enter") or a classic one
+    ("raw_syscalls:sys_enter")."""
+    if raw:
+        bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
+    else:
+        bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
+
+
+def open_ring_buffer(bpf: Any, name: str, callback: Any) -> None:
+    """Have poll_ring_buffer() call callback(ctx, data, size) per record."""
+    bpf[name.encode()].open_ring_buffer(callback)
+
+
+def record_reader(bpf: Any, name: str, what: str = "record") -> Any:
+    """A decoder of a ring buffer's records: (data, size) -> the record.
+
+    BCC deduces the record's ctypes type from the C struct the program
+    reserves (bpf/include/), so nothing mirrors it by hand. The record points
+    into the ring buffer: use it inside the callback only. A record shorter
+    than the type raises ValueError."""
+    table = bpf[name.encode()]
+
+    def read(data: Any, size: int) -> Any:
+        record = table.event(data)
+        if size < ct.sizeof(record):
+            raise ValueError(f"{what} of {size} bytes, expected {ct.sizeof(record)}")
+        return record
+
+    return read
+
+
+def poll_ring_buffer(bpf: Any, timeout_ms: int) -> None:
+    bpf.ring_buffer_poll(timeout_ms)
+
+
 def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
     """Sum over CPUs of the first `count` u64 slots of a per-CPU array."""
     if count <= 0:
@@ -302,3 +448,92 @@ def bpf_stats_enabled(path: Path = BPF_STATS_ENABLED) -> bool:
         return path.read_text().strip() == "1"
     except OSError:
         return False
+
+
+class BpfMaps:
+    """A loaded probe's maps by name: the only way sources read, write and
+    delete kernel entries. Keys come back decoded with numpy dtypes built from
+    BCC's table types (the C structs in bpf/include/); counter values as
+    uint64 arrays, summed over CPUs for per-CPU maps.
+
+    Sources take any object with these methods: tests/bpf_maps.py is an
+    in-memory one, so collect() and retirement run in unit tests.
+    """
+
+    def __init__(self, bpf: Any) -> None:
+        self.bpf = bpf
+        self._tables: dict[str, Any] = {}
+
+    def _table(self, name: str) -> Any:
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = self.bpf[name.encode()]
+        return table
+
+    def read_hash(self, name: str, capacity: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(decoded keys, values [n, width] uint64) of every entry of a hash.
+
+        Per-CPU values (u64 counters) are summed over CPUs; other values are
+        `width` u64 counters, or one u32 (width 1, e.g. a slot index)."""
+        table = self._table(name)
+        if hasattr(table, "sLeaf"):  # BCC's per-CPU tables keep the one-CPU type there
+            return read_percpu_hash(table, capacity, width)
+        decoded, values, n = read_keys(table, capacity)
+        dtype = "<u4" if ct.sizeof(table.Leaf) == 4 else "<u8"
+        array = np.frombuffer(values, dtype=dtype, count=n * width).reshape(n, width)
+        return decoded, array.astype(np.uint64) if dtype == "<u4" else array
+
+    def percpu_array_sums(self, name: str, count: int) -> np.ndarray:
+        """Sum over CPUs of the first `count` u64 slots of a per-CPU array."""
+        return percpu_u64_sums(self._table(name), count)
+
+    def percpu_sum(self, name: str, index: int = 0) -> int:
+        return percpu_sum(self._table(name), index)
+
+    def percpu_values(self, name: str, index: int) -> list[int]:
+        return percpu_values(self._table(name), index)
+
+    def zero(self, name: str, index: int) -> None:
+        """Reset one slot of an array (every CPU's copy of a per-CPU one)."""
+        table = self._table(name)
+        table[table.Key(index)] = table.Leaf()
+
+    def put(self, name: str, key: int, value: int) -> None:
+        """Store a scalar value under a scalar key (array index or integer key)."""
+        table = self._table(name)
+        table[table.Key(key)] = table.Leaf(value)
+
+    def push(self, name: str, value: int) -> None:
+        """Push onto a BPF stack or queue."""
+        table = self._table(name)
+        table.push(table.Leaf(value))
+
+    def pop(self, name: str, raw_key: bytes) -> int | None:
+        """Delete a hash entry whose value is one integer; the value, or None if
+        it was gone. Not atomic: for maps nothing writes to while it runs."""
+        table = self._table(name)
+        key = table.Key.from_buffer_copy(raw_key)
+        value = table.get(key)
+        if value is None:
+            return None
+        del table[key]
+        return int(value.value)
+
+    def delete(self, name: str, raw_key: bytes) -> None:
+        delete(self._table(name), raw_key)
+
+    def take(self, name: str, raw_key: bytes, width: int) -> list[int] | None:
+        """Read and delete an entry of `width` u64 counters in one atomic step:
+        its final counts (summed over CPUs), or None if it was gone (for a
+        per-CPU map also when the kernel cannot do it in one step, before
+        5.14: the entry is then just deleted)."""
+        table = self._table(name)
+        if hasattr(table, "sLeaf"):
+            return take_percpu(table, raw_key, width)
+        value = lookup_and_delete(table, raw_key, ct.sizeof(table.Leaf))
+        if value is None:
+            return None
+        return [int(v) for v in np.frombuffer(value, dtype="<u8", count=width)]
+
+    def programs(self) -> list[ProgramStats]:
+        return program_stats(self.bpf)

@@ -1,4 +1,4 @@
-"""Generate exporter/syscall_names.py: complete syscall tables per ABI.
+"""Generate exporter/sources/syscalls/tables.py: complete syscall tables per ABI.
 
 x86_64, and the two other ABIs an x86_64 kernel accepts (i386: `int $0x80`,
 sysenter and 32-bit processes; x32: 64-bit calls with bit 30 set, numbered
@@ -135,7 +135,7 @@ def main() -> None:
             i386.setdefault(nr, name)
         if nr not in X32_ABSENT:
             x32.setdefault(nr, name)
-    out = Path(__file__).resolve().parent.parent / "exporter" / "syscall_names.py"
+    out = Path(__file__).resolve().parent.parent / "exporter" / "sources" / "syscalls" / "tables.py"
     tables = {"x86_64": x86, "i386": i386, "x32": x32, "aarch64": arm}
     out.write_text(render(tables))
     print(f"wrote {out}: " + ", ".join(f"{arch} {len(t)} entries" for arch, t in tables.items()))

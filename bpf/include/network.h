@@ -1,6 +1,8 @@
-// Layouts shared by bpf/network.c and exporter/sources/network.py (which
-// mirrors them with numpy dtypes; keep both in step). Only fixed-width
-// fields with explicit padding, so the layout is the same on every ABI.
+// Layouts shared by bpf/network.c and exporter/sources/network/, which
+// decodes map keys with numpy dtypes built from BCC's own table types
+// (exporter/probes.py key_dtype); enum values are mirrored in source.py.
+// Only fixed-width fields with explicit padding, so the layout is the same on
+// every ABI.
 #ifndef ORB8_NETWORK_H
 #define ORB8_NETWORK_H
 

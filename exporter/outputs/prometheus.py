@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from exporter.config import Listen
+from exporter.listen import Listen
 from exporter.model import MetricFamily
 from exporter.outputs.exposition import Renderer, exposition_form, supports
 from exporter.outputs.health import HEALTH_PATHS

@@ -1,4 +1,7 @@
-"""Metric sources. Each has a tiny protocol: start(), collect(), close().
+"""Metric sources: the code behind each probe. Each has a tiny protocol:
+start(), collect(), close(); and each package declares itself as a Probe
+(name, default on/off, its own settings, a factory), listed once in
+exporter/registry.py.
 
 start() loads what the source needs (and may raise; the agent then reports
 the source down and carries on), collect() reads kernel maps or background
@@ -8,9 +11,16 @@ a scrape), close() releases everything and is safe to call twice.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
+from exporter.config import Settings, Spec
 from exporter.model import MetricFamily
+
+if TYPE_CHECKING:
+    from exporter.identity import Resolver
+    from exporter.probes import KernelHeaders
 
 
 class Source(Protocol):
@@ -30,3 +40,29 @@ class Source(Protocol):
 class SourceAbsent(Exception):
     """Raised by start() when the thing a source reads is not on this node
     (e.g. no GPU): the agent lists the source as absent, quietly, not down."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a probe's factory gets: every setting (its own and the agent-wide
+    ones), the identity resolver, and kernel headers when the probe compiles
+    BPF (Probe.bpf)."""
+
+    settings: Settings
+    resolver: Resolver
+    headers: KernelHeaders | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe, as the user sees it (--probes, probe="..." labels): its name,
+    whether it is on by default, the settings only it reads (flag, ORB8_*
+    variable and YAML key each, see exporter/config.py), and the factory of
+    its Source. The factory imports the source lazily, so that parsing
+    settings loads neither BCC nor a GPU library."""
+
+    name: str
+    default: bool
+    settings: tuple[Spec, ...]
+    factory: Callable[[Context], Any]  # -> Source
+    bpf: bool = False  # compiles BPF: needs kernel headers

@@ -14,7 +14,7 @@ metrics come from prometheus_client's ProcessCollector in the output.
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from exporter import __version__, probes
 from exporter.model import MetricFamily, counter, gauge
@@ -51,7 +51,7 @@ def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> 
     return [build, up, duration, stats_enabled]
 
 
-def program_families(bpf: Any) -> list[MetricFamily]:
+def program_families(programs: list[probes.ProgramStats]) -> list[MetricFamily]:
     """The kernel's own counters of a source's BPF programs (bpftool prog show).
 
     A recursion miss is a run the kernel skipped because a program of the
@@ -74,7 +74,7 @@ def program_families(bpf: Any) -> list[MetricFamily]:
         "Runs of an orb8 BPF program the kernel skipped (recursion): events not counted.",
         labels,
     )
-    for stats in probes.program_stats(bpf):
+    for stats in programs:
         runs.add((stats.program,), stats.runs)
         run_time.add((stats.program,), stats.run_time_ns / 1e9)
         misses.add((stats.program,), stats.recursion_misses)

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.sources.syscalls import native_syscall_numbers
-from exporter.syscall_names import SYSCALLS
+from exporter.sources.syscalls.tables import SYSCALLS
 from tests.helpers import remove_cgroup, run_workload, series, wait_for
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 

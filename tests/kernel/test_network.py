@@ -25,7 +25,8 @@ import pytest
 
 from exporter.identity import CgroupTree, Resolver
 from exporter.model import MetricFamily
-from exporter.sources.network import NetworkSource, link_create
+from exporter.probes import link_create
+from exporter.sources.network.source import NetworkSource
 from tests.helpers import remove_cgroup
 from tests.kernel.netpods import IPV6_EXTENSION_BYTES, Pod, PodPair
 

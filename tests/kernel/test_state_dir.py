@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.baseline import Baselines
+from exporter.sources.syscalls.baseline import Baselines
 
 
 def _saves(baselines: Baselines, n: int) -> None:

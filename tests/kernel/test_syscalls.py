@@ -196,7 +196,7 @@ def test_sigint_also_detaches(start_exporter):
 def test_classic_tracepoint_variant_counts_exactly(cgroups, cgroup2_root, workload):
     """The fallback hook, loaded directly through the source, is exact too."""
     from exporter.identity import CgroupTree, Resolver
-    from exporter.sources.syscalls import SyscallSource
+    from exporter.sources.syscalls.source import SyscallSource
 
     source = SyscallSource(Resolver(CgroupTree(cgroup2_root)), 1024, 60, hook="tracepoint")
     source.start()

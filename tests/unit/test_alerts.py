@@ -66,7 +66,7 @@ def test_workload_alerts_name_the_workload_and_syscall():
 
 
 def test_newer_dangerous_syscalls_each_have_a_firing_alert_test():
-    from exporter.config import DEFAULT_DANGEROUS_SYSCALLS
+    from exporter.sources.syscalls import DEFAULT_DANGEROUS_SYSCALLS
 
     newer = DEFAULT_DANGEROUS_SYSCALLS[DEFAULT_DANGEROUS_SYSCALLS.index("open_tree") :]
     assert "io_uring_setup" in newer and "mount_setattr" in newer

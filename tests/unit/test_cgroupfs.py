@@ -153,7 +153,7 @@ def test_own_cgroup_and_who_else_is_in_it(tmp_path):
     import os
 
     from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
-    from exporter.sources.syscalls import _foreign_processes
+    from exporter.sources.syscalls.source import _foreign_processes
 
     (tmp_path / "system.slice" / "orb8.service").mkdir(parents=True)
     (tmp_path / "system.slice" / "orb8.service" / "cgroup.procs").write_text("7\n8\n9\n")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import MAX_MAP_ENTRIES, ConfigError, Listen, load_settings, parse_listen
+from exporter.config import MAX_MAP_ENTRIES, ConfigError
+from exporter.listen import Listen, parse_listen
+from exporter.registry import load_settings
 from tests.helpers import ORB8, ROOT
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.config import ConfigError, load_settings
+from exporter.config import ConfigError
+from exporter.registry import load_settings
 from exporter.sources.dcgm.parse import DcgmParseError, parse_dcgm
 from exporter.sources.dcgm.podresources import ListPodResourcesResponse, Owner, gpu_owners
 from exporter.sources.dcgm.source import DcgmSource, ScrapeError

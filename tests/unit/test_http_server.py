@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from exporter.config import Listen
+from exporter.listen import Listen
 from exporter.model import MetricFamily, counter
 from exporter.outputs.prometheus import PrometheusServer
 from tests.helpers import ROOT
@@ -194,7 +194,7 @@ def test_a_busy_port_fails_at_construction(serve):
 
 SERVE = """
 import sys, threading
-from exporter.config import Listen
+from exporter.listen import Listen
 from exporter.model import counter
 from exporter.outputs.prometheus import PrometheusServer
 

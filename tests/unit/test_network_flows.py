@@ -9,7 +9,8 @@ import random
 import pytest
 
 from exporter.model import UNRESOLVED, Identity
-from exporter.netflows import EXTERNAL, OTHER, FlowLedger, Peer, encode_flow_key
+from exporter.sources.network.flows import EXTERNAL, OTHER, FlowLedger, Peer
+from tests.bpf_maps import encode_flow_key
 
 EGRESS, INGRESS, UDP, TCP = 1, 0, 1, 0
 WEB = Identity("shop", "web", "app", "")
@@ -34,7 +35,7 @@ class Kernel:
         for raw, (nbytes, npackets) in self.entries.items():
             cgroup_id = int.from_bytes(raw[:8], "little")
             family, protocol, direction = raw[24], raw[25], raw[26]
-            yield (raw, cgroup_id, family, protocol, direction, nbytes, npackets)
+            yield (raw, cgroup_id, raw[8:24], family, protocol, direction, nbytes, npackets)
 
     def delete(self, raw: bytes):
         self.deletes.append(raw)

@@ -9,23 +9,22 @@ import numpy as np
 import pytest
 
 from exporter.identity.kubernetes import PodInfo
-from exporter.netflows import (
+from exporter.sources.network.flows import (
     CLUSTER,
     EXTERNAL,
-    FLOW_KEY,
     LOOPBACK,
     NODE,
     Peer,
     admit_peers,
     classify_peer,
     decode_address,
-    encode_flow_key,
     local_addresses,
     parse_cidrs,
     parse_fib_trie_local,
     parse_if_inet6,
     pod_ip_index,
 )
+from tests.bpf_maps import FLOW_KEY, encode_flow_key
 
 ip = ipaddress.ip_address
 

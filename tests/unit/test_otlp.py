@@ -321,7 +321,7 @@ def test_header_errors_do_not_echo_secrets():
 
 
 def test_orb8_otlp_settings_follow_flag_env_yaml(tmp_path):
-    from exporter.config import load_settings
+    from exporter.registry import load_settings
 
     config = tmp_path / "orb8.yaml"
     config.write_text(

@@ -9,8 +9,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
-from exporter.config import load_settings
 from exporter.model import MetricFamily, counter
+from exporter.registry import load_settings
 from tests.helpers import free_port
 
 

@@ -8,10 +8,17 @@ import logging
 
 import pytest
 
-from exporter.baseline import Baselines
-from exporter.config import ConfigError, load_settings
-from exporter.evidence import Allowlist, DangerousEvent, RateLimiter, evidence_line, parse_event
+from exporter import probes
+from exporter.config import ConfigError
 from exporter.model import Identity
+from exporter.registry import load_settings
+from exporter.sources.syscalls.baseline import Baselines
+from exporter.sources.syscalls.evidence import (
+    Allowlist,
+    RateLimiter,
+    evidence_line,
+)
+from tests.bpf_maps import DangerousEvent, RingBuffer
 
 
 class Clock:
@@ -113,8 +120,12 @@ def test_evidence_line_is_one_json_object():
 
 
 def test_short_records_are_rejected():
-    with pytest.raises(ValueError, match="evidence record of 8 bytes"):
-        parse_event(b"\0" * 8, 8)
+    read = probes.record_reader(
+        {b"dangerous_events": RingBuffer(DangerousEvent)}, "dangerous_events", "evidence record"
+    )
+    with pytest.raises(ValueError, match="evidence record of 8 bytes, expected 48"):
+        read(b"\0" * 8, 8)
+    assert read(bytes(DangerousEvent(nr=101, comm=b"sh")), 48).comm == b"sh"
 
 
 @pytest.mark.parametrize(

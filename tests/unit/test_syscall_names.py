@@ -6,7 +6,7 @@ import pytest
 
 from exporter.probes import ProbeError
 from exporter.sources.syscalls import syscall_namer
-from exporter.syscall_names import SYSCALLS
+from exporter.sources.syscalls.tables import SYSCALLS
 
 # Numbers that differ between the two architectures, and recent additions.
 CASES = [

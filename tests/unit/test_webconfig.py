@@ -15,11 +15,13 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.config import ConfigError, Listen, load_settings
+from exporter.config import ConfigError
+from exporter.listen import Listen
 from exporter.model import counter
 from exporter.outputs import health
 from exporter.outputs.prometheus import PrometheusServer
 from exporter.outputs.webconfig import WebConfigError, load_web_config, parse_basic
+from exporter.registry import load_settings
 from tests.tls import Pki, make_pki
 
 PASSWORD = "s3cret-scrape"

@@ -24,6 +24,46 @@ after 3 in a row the breaker opens and retries back off exponentially (up to
 stale, then is dropped; the first good scrape restores everything.
 """
 
-from exporter.sources.dcgm.source import DcgmSource
+from __future__ import annotations
 
-__all__ = ["DcgmSource"]
+from typing import TYPE_CHECKING
+
+from exporter.config import Spec, http_url, optional_path
+from exporter.sources import Context, Probe
+
+if TYPE_CHECKING:
+    from exporter.sources.dcgm.source import DcgmSource
+
+SETTINGS: tuple[Spec, ...] = (
+    Spec(
+        "dcgm_url",
+        http_url,
+        "http://localhost:9400/metrics",
+        "the node's dcgm-exporter /metrics, scraped by the dcgm probe",
+        "URL",
+    ),
+    Spec(
+        "pod_resources_socket",
+        optional_path,
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        "kubelet pod-resources gRPC socket: which pod holds which GPU when dcgm-exporter "
+        "does not say",
+        "FILE",
+    ),
+)
+
+
+def create(context: Context) -> DcgmSource:
+    from exporter.sources.dcgm.source import DcgmSource
+
+    settings = context.settings
+    # gpu_poll_interval is the gpu probe's setting; dcgm polls on the same beat.
+    return DcgmSource(
+        settings.dcgm_url,
+        interval=settings.gpu_poll_interval,
+        pod_resources_socket=settings.pod_resources_socket,
+    )
+
+
+# Off by default: it reads devices most nodes lack; enabled where GPUs are.
+PROBE = Probe("dcgm", default=False, settings=SETTINGS, factory=create)

@@ -22,6 +22,32 @@ not supported under MIG, which is counted as an NVML error. No NVML library,
 no driver or no GPU: the source is absent (quiet, not down).
 """
 
-from exporter.sources.gpu.source import GpuSource
+from __future__ import annotations
 
-__all__ = ["GpuSource"]
+from typing import TYPE_CHECKING
+
+from exporter.config import Spec, positive_float
+from exporter.sources import Context, Probe
+
+if TYPE_CHECKING:
+    from exporter.sources.gpu.source import GpuSource
+
+SETTINGS: tuple[Spec, ...] = (
+    Spec(
+        "gpu_poll_interval",
+        positive_float,
+        10.0,
+        "seconds between background NVML polls and dcgm-exporter scrapes (probes gpu, dcgm)",
+        "SECONDS",
+    ),
+)
+
+
+def create(context: Context) -> GpuSource:
+    from exporter.sources.gpu.source import GpuSource
+
+    return GpuSource(context.resolver, interval=context.settings.gpu_poll_interval)
+
+
+# Off by default: it reads devices most nodes lack; enabled where GPUs are.
+PROBE = Probe("gpu", default=False, settings=SETTINGS, factory=create)

@@ -69,7 +69,7 @@ Caveats:
   - A flow entry without traffic for `flow_idle_timeout` seconds is deleted
     (its counts carried in user space), so orb8_active_flows counts the
     (peer address, protocol, direction) entries with traffic in that window.
-  - Peers (exporter/netflows.py): a peer address is, in this order,
+  - Peers (flows.py): a peer address is, in this order,
     `loopback`, `node` (an address of this node, which hostNetwork pods
     share), `pod` (exactly one known pod has it, from PodInfo.ips),
     `cluster` (inside `cluster_cidrs`) or `external`; never a raw IP. At
@@ -85,8 +85,6 @@ Caveats:
 
 from __future__ import annotations
 
-import ctypes as ct
-import errno
 import ipaddress
 import logging
 import os
@@ -102,8 +100,10 @@ import numpy as np
 from exporter import probes
 from exporter.identity import Resolver
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
-from exporter.netflows import (
-    FLOW_KEY,
+from exporter.sources.exporter_self import program_families
+from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
+from exporter.sources.mapstats import MapStats, map_families
+from exporter.sources.network.flows import (
     FlowLedger,
     FlowRow,
     IPAddress,
@@ -114,8 +114,6 @@ from exporter.netflows import (
     parse_cidrs,
     pod_ip_index,
 )
-from exporter.sources.exporter_self import program_families
-from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -126,42 +124,12 @@ FAMILIES = ("ipv4", "ipv6")
 TCP_OPENED_CLIENT, TCP_OPENED_SERVER, TCP_RST_SENT, TCP_RST_RECEIVED, TCP_RETRANSMIT = range(5)
 STAT_TRAFFIC_FAILURES, STAT_TCP_FAILURES, STAT_FLOW_INSERTS, STAT_FLOW_FAILURES = range(4)
 
-TRAFFIC_KEY = np.dtype(
-    [
-        ("cgroup_id", "<u8"),
-        ("direction", "u1"),
-        ("protocol", "u1"),
-        ("family", "u1"),
-        ("pad", "u1", (5,)),
-    ]
-)
-TCP_KEY = np.dtype([("cgroup_id", "<u8"), ("event", "<u4"), ("pad", "<u4")])
-
 TRAFFIC_MAP, TCP_MAP, FLOW_MAP = "network_traffic", "network_tcp", "network_flows"
-BPF_F_ALLOW_MULTI = 1 << 1
 ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = 0, 1, 3  # enum bpf_attach_type
 NODE_IPS_MAX_AGE = 60.0
 PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
 
 # --- attaching --------------------------------------------------------------
-
-
-def _libbcc() -> Any:
-    from bcc.libbcc import lib
-
-    return lib
-
-
-def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
-    """BPF_LINK_CREATE (libbpf's bpf_link_create, which libbcc links); -errno on failure."""
-    fn = _libbcc().bpf_link_create
-    fn.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]
-    fn.restype = ct.c_int
-    fd = fn(prog_fd, target_fd, attach_type, None)
-    if fd < 0:
-        # libbpf returns -errno itself (libbpf 1.x) or -1 with errno set.
-        return fd if fd != -1 else -(ct.get_errno() or errno.EINVAL)
-    return fd
 
 
 @dataclass
@@ -234,6 +202,9 @@ class NetworkSource:
         self.tcp_hook = ""
         self.attach_mode = ""
         self._bpf: Any = None
+        # The kernel maps (probes.BpfMaps once started); tests hand in an
+        # in-memory stand-in through use_maps().
+        self._maps: Any = None
         self._attachments: list[_Attachment] = []
         self._cgroup_fd: int | None = None
         self._reset_state()
@@ -262,6 +233,12 @@ class NetworkSource:
 
     # --- lifecycle ----------------------------------------------------------
 
+    def use_maps(self, maps: Any) -> None:
+        """Collect from `maps` (anything with probes.BpfMaps' methods) instead
+        of a loaded probe: the unit tests' seam."""
+        self._reset_state()
+        self._maps = maps
+
     def _compile(self, sock_ops: bool) -> Any:
         return probes.compile_probe(
             "network",
@@ -277,8 +254,6 @@ class NetworkSource:
 
     def _load(self) -> tuple[Any, list[tuple[Any, int]]]:
         """Compile and load; falls back to RSTs only without sock_ops/socket storage."""
-        bcc = probes.import_bcc()
-        BPF = bcc.BPF
         errors = []
         if self.requested_tcp_hook == "auto":
             variants = [True, False]
@@ -289,12 +264,12 @@ class NetworkSource:
             try:
                 bpf = self._compile(sock_ops)
                 programs = [
-                    (bpf.load_func(b"network_ingress", BPF.CGROUP_SKB), ATTACH_INGRESS),
-                    (bpf.load_func(b"network_egress", BPF.CGROUP_SKB), ATTACH_EGRESS),
+                    (probes.load_program(bpf, "network_ingress", "cgroup_skb"), ATTACH_INGRESS),
+                    (probes.load_program(bpf, "network_egress", "cgroup_skb"), ATTACH_EGRESS),
                 ]
                 if sock_ops:
                     programs.append(
-                        (bpf.load_func(b"network_sockops", BPF.SOCK_OPS), ATTACH_SOCK_OPS)
+                        (probes.load_program(bpf, "network_sockops", "sock_ops"), ATTACH_SOCK_OPS)
                     )
             except Exception as e:
                 if bpf is not None:
@@ -322,12 +297,13 @@ class NetworkSource:
             self.close()
             raise probes.ProbeError(f"attaching network probe to {root} failed: {e}") from e
         self._bpf = bpf
+        self._maps = probes.BpfMaps(bpf)
         log.info("network probe attached to %s: %s", root, self.describe())
 
     def _attach(self, fn: Any, attach_type: int) -> None:
         assert self._cgroup_fd is not None
         if self.requested_attach in ("auto", "link") and self.attach_mode != "prog_attach":
-            fd = link_create(fn.fd, self._cgroup_fd, attach_type)
+            fd = probes.link_create(fn.fd, self._cgroup_fd, attach_type)
             if fd >= 0:
                 self.attach_mode = "link"
                 self._attachments.append(_Attachment(fn, attach_type, fd))
@@ -336,7 +312,7 @@ class NetworkSource:
                 raise OSError(-fd, f"BPF_LINK_CREATE: {os.strerror(-fd)}")
         # Kernels before 5.7: a plain attachment the kernel keeps until
         # detached, so close() must run (the agent does on SIGTERM/SIGINT).
-        probes.import_bcc().BPF.attach_func(fn, self._cgroup_fd, attach_type, BPF_F_ALLOW_MULTI)
+        probes.prog_attach(fn, self._cgroup_fd, attach_type)
         self.attach_mode = "prog_attach"
         self._attachments.append(_Attachment(fn, attach_type, None))
 
@@ -348,45 +324,31 @@ class NetworkSource:
                 if attachment.link_fd is not None:
                     os.close(attachment.link_fd)
                 elif self._cgroup_fd is not None:
-                    probes.import_bcc().BPF.detach_func(
-                        attachment.fn, self._cgroup_fd, attachment.attach_type
-                    )
+                    probes.prog_detach(attachment.fn, self._cgroup_fd, attachment.attach_type)
             except Exception as e:
                 log.warning("detaching network program failed: %s", e)
         if self._cgroup_fd is not None:
             os.close(self._cgroup_fd)
             self._cgroup_fd = None
+        self._maps = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
 
     # --- reading the kernel -------------------------------------------------
 
-    def _read_percpu(self, name: str, key_dtype: np.dtype, capacity: int, width: int):
-        """(keys, per-key sums of `width` u64 values) of a per-CPU hash."""
-        table = self._bpf[name.encode()]
-        keys, values, n = probes.lookup_batch(table, capacity)
-        decoded = np.frombuffer(keys, dtype=key_dtype, count=n)
-        if n == 0:
-            return decoded, np.zeros((0, width), dtype=np.uint64)
-        sums = np.frombuffer(values, dtype=np.uint64).reshape(n, -1, width).sum(axis=1)
-        return decoded, sums
-
     def _read_flows(self) -> tuple[list[FlowRow], set[int]]:
         """Every entry of the flow map, and the cgroup ids among them."""
-        table = self._bpf[FLOW_MAP.encode()]
-        keys, values, n = probes.lookup_batch(table, self.flow_entries)
-        decoded = np.frombuffer(keys, dtype=FLOW_KEY, count=n)
-        counts = np.frombuffer(values, dtype=np.uint64, count=2 * n).reshape(n, 2)
-        size = FLOW_KEY.itemsize
-        cgroup_ids = decoded["cgroup_id"].tolist()
+        keys, counts = self._maps.read_hash(FLOW_MAP, self.flow_entries, 2)
+        cgroup_ids = keys["cgroup_id"].tolist()
         rows = list(
             zip(
-                [keys[i * size : (i + 1) * size] for i in range(n)],
+                [key.tobytes() for key in keys],
                 cgroup_ids,
-                decoded["family"].tolist(),
-                decoded["protocol"].tolist(),
-                decoded["direction"].tolist(),
+                [key["addr"].tobytes() for key in keys],
+                keys["family"].tolist(),
+                keys["protocol"].tolist(),
+                keys["direction"].tolist(),
                 counts[:, 0].tolist(),
                 counts[:, 1].tolist(),
                 strict=True,
@@ -396,19 +358,11 @@ class NetworkSource:
 
     def _delete_flow(self, raw: bytes) -> tuple[int, int] | None:
         """Delete a flow entry; its final counts (one atomic step), None if already gone."""
-        table = self._bpf[FLOW_MAP.encode()]
-        fn = _libbcc().bpf_map_lookup_and_delete_elem
-        fn.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
-        fn.restype = ct.c_int
-        value = table.Leaf()
-        key = ct.create_string_buffer(raw, len(raw))
-        if fn(table.map_fd, key, ct.addressof(value)) != 0:
-            return None
-        return int(value.bytes), int(value.packets)
+        counts = self._maps.take(FLOW_MAP, raw, 2)
+        return None if counts is None else (counts[0], counts[1])
 
     def _stats(self) -> list[int]:
-        table = self._bpf[b"network_stats"]
-        return [int(sum(table[ct.c_int(i)])) for i in range(4)]
+        return [self._maps.percpu_sum("network_stats", i) for i in range(4)]
 
     # --- identity and peers -------------------------------------------------
 
@@ -448,12 +402,12 @@ class NetworkSource:
     # --- collect ------------------------------------------------------------
 
     def collect(self) -> list[MetricFamily]:
-        if self._bpf is None:
+        if self._maps is None:
             raise probes.ProbeError("network probe is not loaded")
         now = self.clock()
         inserts_before = self._stats()[STAT_FLOW_INSERTS]
-        traffic_keys, traffic = self._read_percpu(TRAFFIC_MAP, TRAFFIC_KEY, self.traffic_entries, 2)
-        tcp_keys, tcp = self._read_percpu(TCP_MAP, TCP_KEY, self.tcp_entries, 1)
+        traffic_keys, traffic = self._maps.read_hash(TRAFFIC_MAP, self.traffic_entries, 2)
+        tcp_keys, tcp = self._maps.read_hash(TCP_MAP, self.tcp_entries, 1)
         flow_rows, flow_cgroups = self._read_flows()
         n_flows = len(flow_rows)
         stats = self._stats()
@@ -507,7 +461,7 @@ class NetworkSource:
             *self._tcp_families(identities, tcp_keys, tcp),
             *self._flow_families(identities),
             *self._map_families(len(traffic_keys), len(tcp_keys), n_flows, stats),
-            *program_families(self._bpf),
+            *program_families(self._maps.programs()),
         ]
 
     def _traffic_families(
@@ -622,32 +576,15 @@ class NetworkSource:
     def _map_families(
         self, traffic: int, tcp: int, flows: int, stats: list[int]
     ) -> list[MetricFamily]:
-        entries = gauge(
-            "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
+        return map_families(
+            [
+                MapStats(TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
+                MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
+                MapStats(
+                    FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES], self._evictions
+                ),
+            ]
         )
-        capacity = gauge(
-            "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
-        )
-        failures = counter(
-            "orb8_bpf_map_update_failures_total",
-            "Kernel map updates that failed (map full); the events were not counted.",
-            ("map",),
-        )
-        evictions = counter(
-            "orb8_bpf_map_evictions_total",
-            "Entries an LRU kernel map evicted to make room for new ones.",
-            ("map",),
-        )
-        for name, n, cap, failed in (
-            (TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
-            (TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
-            (FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES]),
-        ):
-            entries.add((name,), n)
-            capacity.add((name,), cap)
-            failures.add((name,), failed)
-        evictions.add((FLOW_MAP,), self._evictions)
-        return [entries, capacity, failures, evictions]
 
     # --- retirement ---------------------------------------------------------
 
@@ -670,21 +607,19 @@ class NetworkSource:
         and the series continues from its carried counts.
         """
         retiring = set(retire)
-        table = self._bpf[TRAFFIC_MAP.encode()]
         for row, read in zip(traffic_keys, traffic.tolist(), strict=True):
             cgroup_id = int(row["cgroup_id"])
             if cgroup_id not in retiring:
                 continue
             identity = identities[cgroup_id]
             key = (identity, int(row["direction"]), int(row["protocol"]), int(row["family"]))
-            nbytes, npackets = _take(table, row.tobytes(), 2) or read
+            nbytes, npackets = self._maps.take(TRAFFIC_MAP, row.tobytes(), 2) or read
             self._traffic_carried.add(key, nbytes, npackets)
-        table = self._bpf[TCP_MAP.encode()]
         for row, read in zip(tcp_keys, tcp.tolist(), strict=True):
             cgroup_id = int(row["cgroup_id"])
             if cgroup_id not in retiring:
                 continue
-            (count,) = _take(table, row.tobytes(), 1) or read
+            (count,) = self._maps.take(TCP_MAP, row.tobytes(), 1) or read
             self._tcp_carried.add((identities[cgroup_id], int(row["event"])), count)
 
         self._ledger.retire(retiring, identities, self._delete_flow)
@@ -710,20 +645,3 @@ def _add(store: dict, key: Any, nbytes: int, npackets: int) -> None:
 
 def _name(names: tuple[str, ...], index: int) -> str:
     return names[index] if 0 <= index < len(names) else "other"
-
-
-def _take(table: Any, raw_key: bytes, width: int) -> list[int] | None:
-    """Read and delete a per-CPU hash entry in one step: its per-CPU sums of
-    `width` u64 counters; None if it was gone, or if the kernel cannot do it
-    in one step (before 5.14: then it is just deleted, as before)."""
-    lib = _libbcc()
-    fn = lib.bpf_map_lookup_and_delete_elem
-    fn.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
-    fn.restype = ct.c_int
-    key = ct.create_string_buffer(raw_key, len(raw_key))
-    value = ct.create_string_buffer(8 * width * probes.possible_cpus())
-    if fn(table.map_fd, key, value) != 0:
-        lib.bpf_delete_elem(table.map_fd, key)
-        return None
-    sums = np.frombuffer(value.raw, dtype=np.uint64).reshape(-1, width).sum(axis=0)
-    return [int(v) for v in sums]

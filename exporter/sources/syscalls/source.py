@@ -7,11 +7,11 @@ honest (see bpf/syscalls.c). Program bpf/syscalls.c.
 Metrics: orb8_syscalls_total{namespace,pod,container,cgroup,syscall};
 orb8_dangerous_syscalls_total{...,syscall} (attempts, exact, orb8 itself and
 allowlisted workloads excluded); orb8_syscall_novel_total{...,syscall}
-(outside the workload's learned baseline, see exporter/baseline.py);
+(outside the workload's learned baseline, see baseline.py);
 orb8_ring_buffer_{events,drops,sampled}_total, _utilization, _size_bytes
 for probe="syscalls"; orb8_bpf_map_entries / _capacity / _update_failures_total
 for map="syscall_slots" and map="dangerous_counts". Each dangerous call is
-also one JSON evidence line (exporter/evidence.py).
+also one JSON evidence line (evidence.py).
 
 Overhead: no helper call and three inlined array lookups per syscall on the
 hot path, plus one array store per context switch (see bpf/syscalls.c and
@@ -37,10 +37,8 @@ monotonic.
 
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import os
-import platform
 import threading
 import time
 from collections import defaultdict
@@ -52,39 +50,59 @@ from typing import Any
 import numpy as np
 
 from exporter import probes
-from exporter.baseline import Baselines
-from exporter.btf import VMLINUX, Btf, BtfError
-from exporter.config import DEFAULT_DANGEROUS_SYSCALLS, MIB
-from exporter.evidence import (
-    Allowlist,
-    RateLimiter,
-    evidence_line,
-    monotonic_to_wall_offset,
-    parse_event,
-)
+from exporter.config import MIB
 from exporter.identity import Resolver
 from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.syscall_names import SYSCALLS
+from exporter.sources.mapstats import MapStats, map_families
+from exporter.sources.syscalls.baseline import Baselines
+from exporter.sources.syscalls.evidence import (
+    Allowlist,
+    RateLimiter,
+    evidence_line,
+    monotonic_to_wall_offset,
+)
+from exporter.sources.syscalls.names import (
+    ABI_SHIFT,
+    ABIS,
+    _arch,
+    abi_status_offset,
+    abi_tables,
+    ia32_emulation,
+    native_syscall_numbers,
+    syscall_namer,
+)
+from exporter.sources.syscalls.settings import DEFAULT_DANGEROUS_SYSCALLS
 
 log = logging.getLogger(__name__)
 
-PAIR_DTYPE = np.dtype([("cgroup_id", "<u8"), ("nr", "<u4"), ("pad", "<u4")])
 SLOT_MAP = "syscall_slots"
 DANGEROUS_MAP = "dangerous_counts"
 DANGEROUS_CAPACITY = 4096
 NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)
-ABI_SHIFT = 16  # kernel key = (ABI << ABI_SHIFT) | number
-ABIS = ("native", "i386", "x32")  # ABI index -> table name suffix (bpf/syscalls.c)
 KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
 FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
 TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
 EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
+# (tracepoint, program) per variant, raw first; cache invalidation hooks
+# before the counter itself.
+HOOKS = {
+    True: (
+        ("sched_switch", "syscalls_switch_raw"),
+        ("cgroup_attach_task", "syscalls_attach_raw"),
+        ("sys_enter", "syscalls_enter_raw"),
+    ),
+    False: (
+        ("sched:sched_switch", "syscalls_switch_tp"),
+        ("cgroup:cgroup_attach_task", "syscalls_attach_tp"),
+        ("raw_syscalls:sys_enter", "syscalls_enter_tp"),
+    ),
+}
 RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
 evidence_log = logging.getLogger("orb8.evidence")
 
@@ -101,103 +119,6 @@ class SecurityOptions:
     log_per_minute: int = 6
     baseline_window: float = 600.0
     state_dir: Path | None = None
-
-
-def _arch(machine: str | None) -> str:
-    machine = machine or platform.machine()
-    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
-
-
-def syscall_table(machine: str | None = None) -> dict[int, str]:
-    table = SYSCALLS.get(_arch(machine))
-    if table is None:
-        raise probes.ProbeError(f"no syscall table for architecture {machine or _arch(None)}")
-    return table
-
-
-def abi_tables(machine: str | None = None) -> dict[int, dict[int, str]]:
-    """ABI index (bpf/syscalls.c) -> its syscall table, for the ABIs this kernel may see."""
-    tables = {0: syscall_table(machine)}
-    if _arch(machine) == "x86_64":
-        tables[1], tables[2] = SYSCALLS["i386"], SYSCALLS["x32"]
-    return tables
-
-
-def native_syscall_numbers(machine: str | None = None) -> dict[str, int]:
-    """name -> number on this architecture."""
-    return {name: nr for nr, name in syscall_table(machine).items()}
-
-
-def syscall_namer(machine: str | None = None) -> Callable[[int], str]:
-    """Name of a kernel key ((ABI << 16) | number); anything no table names is "unknown"."""
-    tables = abi_tables(machine)
-
-    def name(key: int) -> str:
-        table = tables.get(key >> ABI_SHIFT)
-        return (table.get(key & 0xFFFF) if table else None) or "unknown"
-
-    return name
-
-
-def ia32_emulation(
-    config: str | None = None, cmdline: str | None = None, release: str | None = None
-) -> tuple[bool, str]:
-    """Can this x86_64 kernel run i386 syscalls at all? (answer, why).
-
-    From the kernel config (/proc/config.gz or /boot/config-<release>) and
-    the ia32_emulation= boot parameter. Unknown means yes: the probe then
-    pays for detection rather than risk misnaming.
-    """
-    if config is None:
-        config = _kernel_config(release or platform.release())
-    if cmdline is None:
-        try:
-            cmdline = Path("/proc/cmdline").read_text()
-        except OSError:
-            cmdline = ""
-    options = {
-        line.split("=", 1)[0]: line.split("=", 1)[1] for line in config.splitlines() if "=" in line
-    }
-    if config and options.get("CONFIG_IA32_EMULATION") != "y":
-        return False, "kernel built without IA32 emulation: no i386 syscalls possible"
-    enabled = options.get("CONFIG_IA32_EMULATION_DEFAULT_DISABLED") != "y"
-    for word in cmdline.split():
-        if word.startswith("ia32_emulation="):
-            enabled = word.split("=", 1)[1].lower() in ("1", "y", "yes", "on", "true")
-    if not enabled:
-        return False, "IA32 emulation disabled at boot: no i386 syscalls possible"
-    return True, "IA32 emulation enabled" if config else "kernel config unknown"
-
-
-def _kernel_config(release: str) -> str:
-    import gzip
-
-    try:
-        return gzip.decompress(Path("/proc/config.gz").read_bytes()).decode(errors="replace")
-    except OSError:
-        pass
-    try:
-        return Path(f"/boot/config-{release}").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def abi_status_offset(
-    btf_path: Path = VMLINUX, machine: str | None = None
-) -> tuple[int | None, str]:
-    """Offset of thread_info.status in task_struct from the running kernel's BTF.
-
-    (offset, how it was found) or (None, why the i386 ABI cannot be detected).
-    """
-    if _arch(machine) != "x86_64":
-        return None, f"32-bit compat syscalls are not told apart on {_arch(machine)}"
-    try:
-        offset, size = Btf.from_file(btf_path).offset_of("task_struct.thread_info.status")
-    except BtfError as e:
-        return None, f"i386 syscalls cannot be told apart (no usable kernel BTF: {e})"
-    if size != 4:
-        return None, f"i386 syscalls cannot be told apart (thread_info.status is {size} bytes)"
-    return offset, f"i386 calls detected via thread_info.status at offset {offset} (kernel BTF)"
 
 
 class SyscallSource:
@@ -246,6 +167,10 @@ class SyscallSource:
         self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
         self.hook = ""
         self._bpf: Any = None
+        # The kernel maps (probes.BpfMaps once started); tests hand in an
+        # in-memory stand-in through use_maps().
+        self._maps: Any = None
+        self._read_event: Any = None  # ring buffer record decoder (probes.record_reader)
         self._stop = threading.Event()
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
@@ -294,21 +219,16 @@ class SyscallSource:
         try:
             self._configure(bpf)
             # Cache invalidation hooks first, then the counter itself.
-            if self.hook == "raw_tracepoint":
-                bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=b"syscalls_switch_raw")
-                bpf.attach_raw_tracepoint(tp=b"cgroup_attach_task", fn_name=b"syscalls_attach_raw")
-                bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"syscalls_enter_raw")
-            else:
-                bpf.attach_tracepoint(tp=b"sched:sched_switch", fn_name=b"syscalls_switch_tp")
-                bpf.attach_tracepoint(
-                    tp=b"cgroup:cgroup_attach_task", fn_name=b"syscalls_attach_tp"
-                )
-                bpf.attach_tracepoint(tp=b"raw_syscalls:sys_enter", fn_name=b"syscalls_enter_tp")
-            bpf[b"dangerous_events"].open_ring_buffer(self._on_event)
+            raw = self.hook == "raw_tracepoint"
+            for tracepoint, fn_name in HOOKS[raw]:
+                probes.attach_tracepoint(bpf, tracepoint, fn_name, raw)
+            self._read_event = probes.record_reader(bpf, "dangerous_events", "evidence record")
+            probes.open_ring_buffer(bpf, "dangerous_events", self._on_event)
         except Exception as e:
             bpf.cleanup()
             raise probes.ProbeError(f"attaching syscalls probe ({self.hook}) failed: {e}") from e
         self._bpf = bpf
+        self._maps = probes.BpfMaps(bpf)
         self._stop.clear()
         self._evidence_thread = threading.Thread(
             target=self._poll_evidence, name="evidence", daemon=True
@@ -320,21 +240,20 @@ class SyscallSource:
         """Fill the maps the programs read before they are attached."""
         # Free slots, pushed in reverse so slot 0 is handed out first and the
         # used slots stay a compact prefix.
-        free = bpf[b"syscall_free_slots"]
+        maps = probes.BpfMaps(bpf)
         for slot in range(self.capacity - 1, -1, -1):
-            free.push(ct.c_uint32(slot))
+            maps.push("syscall_free_slots", slot)
         # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
-        bpf[b"syscall_epoch"][ct.c_int(0)] = ct.c_uint64(1)
-        flags = bpf[b"syscall_flags"]
+        maps.put("syscall_epoch", 0, 1)
         dangerous = set(self.security.dangerous)
         for abi, table in abi_tables().items():
             for nr, name in table.items():
                 if nr >= NR_TABLE:
                     raise probes.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
                 value = FLAG_KNOWN | (FLAG_DANGEROUS if name in dangerous else 0)
-                flags[ct.c_int(abi * NR_TABLE + nr)] = ct.c_uint8(value)
+                maps.put("syscall_flags", abi * NR_TABLE + nr, value)
         if self.security.exclude_self:
-            bpf[b"dangerous_config"][ct.c_int(0)] = ct.c_uint64(os.getpid())
+            maps.put("dangerous_config", 0, os.getpid())
             directory = own_cgroup(self.resolver.tree.root)
             others = [] if directory is None else _foreign_processes(cgroup_pids(directory))
             if directory is not None and others:
@@ -350,13 +269,13 @@ class SyscallSource:
                 )
             elif directory is not None:
                 self._own_cgroup = directory.stat().st_ino
-                self._exclude(bpf, self._own_cgroup)
+                self._exclude(maps, self._own_cgroup)
 
-    def _exclude(self, bpf: Any, cgroup_id: int) -> None:
+    def _exclude(self, maps: Any, cgroup_id: int) -> None:
         """Stop counting a cgroup's dangerous calls (it runs orb8)."""
         if cgroup_id in self._excluded or len(self._excluded) >= EXCLUDED_CAPACITY:
             return
-        bpf[b"dangerous_excluded"][ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
+        maps.put("dangerous_excluded", cgroup_id, 1)
         self._excluded.add(cgroup_id)
         log.info("dangerous syscalls of cgroup id %d (orb8) are not counted", cgroup_id)
 
@@ -376,7 +295,7 @@ class SyscallSource:
             log.info("dangerous syscalls of orb8's workload %s/%s are not counted", *own_workload)
         for cgroup_id, identity in identities.items():
             if cgroup_id not in self._excluded and self._is_own_workload(identity):
-                self._exclude(self._bpf, cgroup_id)
+                self._exclude(self._maps, cgroup_id)
 
     def _is_own_workload(self, identity: Identity) -> bool:
         if not identity.pod or self._own_cgroup is None:
@@ -404,6 +323,7 @@ class SyscallSource:
                 log.warning("evidence reader still busy at shutdown: leaving BPF cleanup to exit")
                 self._bpf = None
             self._evidence_thread = None
+        self._maps = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -412,11 +332,11 @@ class SyscallSource:
     # -- evidence --------------------------------------------------------------
 
     def _poll_evidence(self) -> None:
-        progress = self._bpf[b"ringbuf_progress"]
+        maps = self._maps
         while not self._stop.is_set():
             try:
-                self._bpf.ring_buffer_poll(100)
-                progress[ct.c_int(1)] = ct.c_uint64(self._consumed)
+                probes.poll_ring_buffer(self._bpf, 100)
+                maps.put("ringbuf_progress", 1, self._consumed)
             except Exception:
                 if self._stop.is_set():
                     break
@@ -426,7 +346,7 @@ class SyscallSource:
     def _on_event(self, ctx: Any, data: Any, size: int) -> int:
         self._consumed += 1
         try:
-            event = parse_event(data, size)
+            event = self._read_event(data, size)
             identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
             if self.allowlist.allows(identity) or self._is_own_workload(identity):
                 return 0
@@ -443,34 +363,31 @@ class SyscallSource:
 
     # -- collect ---------------------------------------------------------------
 
-    def _read_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cgroup ids, syscall numbers, counts) of every pair in the kernel map."""
-        slots_table = self._bpf[SLOT_MAP.encode()]
-        keys, values, n = probes.lookup_batch(slots_table, self.capacity)
-        pairs = np.frombuffer(keys, dtype=PAIR_DTYPE, count=n)
-        slots = np.frombuffer(values, dtype="<u4", count=n)
-        used = int(slots.max()) + 1 if n else 0
-        totals = probes.percpu_u64_sums(self._bpf[b"syscall_counts"], used)
-        return pairs["cgroup_id"], pairs["nr"], totals[slots] if n else slots.astype(np.uint64)
+    def use_maps(self, maps: Any) -> None:
+        """Collect from `maps` (anything with probes.BpfMaps' methods) instead
+        of a loaded probe: the unit tests' seam."""
+        self._maps = maps
 
-    def _read_dangerous(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        table = self._bpf[DANGEROUS_MAP.encode()]
-        keys, values, n = probes.lookup_batch(table, DANGEROUS_CAPACITY)
-        pairs = np.frombuffer(keys, dtype=PAIR_DTYPE, count=n)
-        if n == 0:
-            return pairs["cgroup_id"], pairs["nr"], np.zeros(0, dtype=np.uint64)
-        counts = np.frombuffer(values, dtype=np.uint64).reshape(n, -1).sum(axis=1)
-        return pairs["cgroup_id"], pairs["nr"], counts
+    def _read_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, counts) of every (cgroup, syscall key) pair in the kernel map."""
+        keys, slots = self._maps.read_hash(SLOT_MAP, self.capacity, 1)
+        slots = slots[:, 0]
+        used = int(slots.max()) + 1 if len(slots) else 0
+        totals = self._maps.percpu_array_sums("syscall_counts", used)
+        return keys, totals[slots] if len(slots) else slots
 
-    def _percpu_sum(self, table: bytes, index: int = 0) -> int:
-        return int(sum(self._bpf[table][ct.c_int(index)]))
+    def _read_dangerous(self) -> tuple[np.ndarray, np.ndarray]:
+        keys, counts = self._maps.read_hash(DANGEROUS_MAP, DANGEROUS_CAPACITY, 1)
+        return keys, counts[:, 0]
 
     def collect(self) -> list[MetricFamily]:
-        if self._bpf is None:
+        if self._maps is None:
             raise probes.ProbeError("syscalls probe is not loaded")
         now = self.clock()
-        cgroup_ids, nrs, counts = self._read_pairs()
-        d_cgroup_ids, d_nrs, d_counts = self._read_dangerous()
+        keys, counts = self._read_pairs()
+        d_keys, d_counts = self._read_dangerous()
+        cgroup_ids, nrs = keys["cgroup_id"], keys["nr"]
+        d_cgroup_ids, d_nrs = d_keys["cgroup_id"], d_keys["nr"]
         self.resolver.refresh()
 
         identities, retire = self.lifecycle.resolve(
@@ -488,12 +405,10 @@ class SyscallSource:
         families = [
             *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             *self._ring_buffer_families(),
-            *program_families(self._bpf),
+            *program_families(self._maps.programs()),
         ]
         if retire:
-            self._retire(
-                retire, identities, (cgroup_ids, nrs, counts), (d_cgroup_ids, d_nrs, d_counts)
-            )
+            self._retire(retire, identities, (keys, counts), (d_keys, d_counts))
         dropped = set()
         for ledger in (self._carried, self._carried_dangerous, self._novel):
             dropped |= ledger.expire(present, now)
@@ -551,30 +466,29 @@ class SyscallSource:
         )
         for (identity, name), value in self._by_name(novel_series).items():
             novel.add((*identity, name), value)
-        entries_family = gauge(
-            "orb8_bpf_map_entries", "Entries currently in an orb8 kernel map.", ("map",)
+        maps = map_families(
+            [
+                MapStats(
+                    SLOT_MAP,
+                    entries,
+                    self.capacity,
+                    self._maps.percpu_sum("syscall_update_failures"),
+                ),
+                MapStats(
+                    DANGEROUS_MAP,
+                    dangerous_entries,
+                    DANGEROUS_CAPACITY,
+                    self._maps.percpu_sum("dangerous_update_failures"),
+                ),
+            ]
         )
-        entries_family.add((SLOT_MAP,), entries)
-        entries_family.add((DANGEROUS_MAP,), dangerous_entries)
-        capacity = gauge(
-            "orb8_bpf_map_capacity", "Maximum entries of an orb8 kernel map.", ("map",)
-        )
-        capacity.add((SLOT_MAP,), self.capacity)
-        capacity.add((DANGEROUS_MAP,), DANGEROUS_CAPACITY)
-        failures = counter(
-            "orb8_bpf_map_update_failures_total",
-            "Kernel map updates that failed (map full); the events were not counted.",
-            ("map",),
-        )
-        failures.add((SLOT_MAP,), self._percpu_sum(b"syscall_update_failures"))
-        failures.add((DANGEROUS_MAP,), self._percpu_sum(b"dangerous_update_failures"))
         abi = gauge(
             "orb8_syscall_abi_detected",
             "1 when syscalls entering through the i386 ABI are named by the i386 table "
             "(or this kernel cannot run any); 0 when they cannot be told apart from native ones.",
         )
         abi.add((), 1 if self.abi_told_apart else 0)
-        return [syscalls, dangerous_family, novel, entries_family, capacity, failures, abi]
+        return [syscalls, dangerous_family, novel, *maps, abi]
 
     def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:
         """Kernel keys -> syscall names: an i386 and a native ptrace are one series."""
@@ -585,12 +499,12 @@ class SyscallSource:
 
     def _ring_buffer_families(self) -> list[MetricFamily]:
         probe = (self.name,)
-        stats = self._bpf[b"ringbuf_stats"]
         values = {
-            i: list(stats[ct.c_int(i)]) for i in (RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK)
+            i: self._maps.percpu_values("ringbuf_stats", i)
+            for i in (RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK)
         }
         # Peak since the last scrape: read, then restart from zero.
-        stats[ct.c_int(RB_PEAK)] = stats.Leaf()
+        self._maps.zero("ringbuf_stats", RB_PEAK)
         size = self.security.ring_buffer_size
         families = []
         for name, help_text, stat in (
@@ -624,8 +538,8 @@ class SyscallSource:
         self,
         retire: list[int],
         identities: dict[int, Identity],
-        pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
-        dangerous: tuple[np.ndarray, np.ndarray, np.ndarray],
+        pairs: tuple[np.ndarray, np.ndarray],
+        dangerous: tuple[np.ndarray, np.ndarray],
     ) -> None:
         """Free the kernel entries of removed cgroups once their grace is over.
 
@@ -636,26 +550,23 @@ class SyscallSource:
         runs no task, so nothing is counted between the read and the delete.
         """
         retiring = set(retire)
-        slots_table = self._bpf[SLOT_MAP.encode()]
-        counts_table = self._bpf[b"syscall_counts"]
-        free = self._bpf[b"syscall_free_slots"]
-        zero = counts_table.Leaf()
-        for cgroup_id, nr, count in _rows(*pairs):
+        keys, counts = pairs
+        for key, count in zip(keys, counts.tolist(), strict=True):
+            cgroup_id = int(key["cgroup_id"])
             if cgroup_id not in retiring:
                 continue
-            self._carried.add((identities[cgroup_id], nr), count)
-            key = slots_table.Key(cgroup_id, nr, 0)
-            slot = slots_table.get(key)
+            self._carried.add((identities[cgroup_id], int(key["nr"])), count)
+            slot = self._maps.pop(SLOT_MAP, key.tobytes())
             if slot is None:
                 continue
-            del slots_table[key]
-            counts_table[ct.c_uint32(slot.value)] = zero
-            free.push(ct.c_uint32(slot.value))
-        dangerous_table = self._bpf[DANGEROUS_MAP.encode()]
-        for cgroup_id, nr, count in _rows(*dangerous):
+            self._maps.zero("syscall_counts", slot)
+            self._maps.push("syscall_free_slots", slot)
+        keys, counts = dangerous
+        for key, count in zip(keys, counts.tolist(), strict=True):
+            cgroup_id = int(key["cgroup_id"])
             if cgroup_id in retiring:
-                self._carried_dangerous.add((identities[cgroup_id], nr), count)
-                dangerous_table.pop(dangerous_table.Key(cgroup_id, nr, 0), None)
+                self._carried_dangerous.add((identities[cgroup_id], int(key["nr"])), count)
+                self._maps.delete(DANGEROUS_MAP, key.tobytes())
         self.lifecycle.retired(retire)
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
 

@@ -11,7 +11,6 @@ bounded (least recently used keys are forgotten first).
 
 from __future__ import annotations
 
-import ctypes as ct
 import datetime
 import fnmatch
 import json
@@ -20,34 +19,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.model import Identity
 
 log = logging.getLogger("orb8.evidence")
 
 MAX_RATE_KEYS = 10_000
-
-
-class DangerousEvent(ct.Structure):
-    """Mirror of struct dangerous_event in bpf/syscalls.c."""
-
-    _fields_ = [
-        ("time_ns", ct.c_uint64),
-        ("cgroup_id", ct.c_uint64),
-        ("pid", ct.c_uint32),
-        ("tgid", ct.c_uint32),
-        ("uid", ct.c_uint32),
-        ("nr", ct.c_uint32),
-        ("comm", ct.c_char * 16),
-    ]
-
-
-def parse_event(data: int | bytes, size: int) -> DangerousEvent:
-    if size < ct.sizeof(DangerousEvent):
-        raise ValueError(f"evidence record of {size} bytes, expected {ct.sizeof(DangerousEvent)}")
-    if isinstance(data, bytes):
-        return DangerousEvent.from_buffer_copy(data)
-    return ct.cast(data, ct.POINTER(DangerousEvent)).contents
 
 
 class Allowlist:
@@ -105,7 +83,7 @@ class RateLimiter:
 
 
 def evidence_line(
-    event: DangerousEvent,
+    event: Any,  # a struct dangerous_event (bpf/include/syscalls.h), as BCC decodes it
     identity: Identity,
     syscall: str,
     suppressed: int,

@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from exporter.model import UNRESOLVED, Identity
 from exporter.sources.lifecycle import CarriedCounts
 
@@ -48,19 +46,6 @@ log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# struct flow_key of bpf/include/network.h.
-FLOW_KEY = np.dtype(
-    [
-        ("cgroup_id", "<u8"),
-        ("addr", "u1", (16,)),
-        ("family", "u1"),
-        ("protocol", "u1"),
-        ("direction", "u1"),
-        ("pad", "u1", (5,)),
-    ]
-)
-ADDR = slice(8, 24)  # the address bytes inside a raw flow key
 
 
 class Peer(NamedTuple):
@@ -89,18 +74,6 @@ def decode_address(family: int, addr: bytes) -> IPAddress:
     if family == 0:
         return ipaddress.IPv4Address(bytes(addr[:4]))
     return ipaddress.IPv6Address(bytes(addr[:16]))
-
-
-def encode_flow_key(cgroup_id: int, address: IPAddress, protocol: int, direction: int) -> bytes:
-    """A raw kernel flow key (what the kernel builds; for tests and tools)."""
-    key = np.zeros(1, dtype=FLOW_KEY)
-    key["cgroup_id"] = cgroup_id
-    packed = address.packed
-    key["addr"][0, : len(packed)] = list(packed)
-    key["family"] = 0 if address.version == 4 else 1
-    key["protocol"] = protocol
-    key["direction"] = direction
-    return key.tobytes()
 
 
 def parse_fib_trie_local(text: str) -> set[ipaddress.IPv4Address]:
@@ -237,7 +210,9 @@ class Flow:
 
 
 # (raw key, cgroup id, family, protocol, direction, bytes, packets)
-FlowRow = tuple[bytes, int, int, int, int, int, int]
+# (raw key, cgroup id, address bytes, family, protocol, direction, bytes, packets):
+# struct flow_key of bpf/include/network.h, decoded by the source.
+FlowRow = tuple[bytes, int, bytes, int, int, int, int, int]
 # Deletes a kernel entry; its final (bytes, packets), or None if it was gone.
 Deleter = Callable[[bytes], tuple[int, int] | None]
 
@@ -287,11 +262,11 @@ class FlowLedger:
             for known in self.flows.values():
                 known.peer = None
         seen: set[bytes] = set()
-        for raw, cgroup_id, family, protocol, direction, nbytes, npackets in rows:
+        for raw, cgroup_id, addr, family, protocol, direction, nbytes, npackets in rows:
             seen.add(raw)
             flow = self.flows.get(raw)
             if flow is None:
-                address = decode_address(family, raw[ADDR])
+                address = decode_address(family, addr)
                 flow = self.flows[raw] = Flow(
                     cgroup_id, direction, protocol, address, changed_at=now
                 )

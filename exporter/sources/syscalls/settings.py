@@ -1,0 +1,133 @@
+"""The syscalls probe's own settings: declared once here, each becomes a flag,
+an ORB8_* variable and a YAML key (exporter/config.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.config import (
+    MIB,
+    Spec,
+    boolean,
+    map_capacity,
+    name_list,
+    non_negative_float,
+    positive_int,
+)
+from exporter.sources.syscalls.names import native_syscall_numbers
+
+# Informed by Falco's and Tetragon's default rules: module loading, kexec,
+# BPF, tracing other processes, namespace and mount manipulation, raw I/O,
+# clock and boot control. The new mount API (open_tree .. mount_setattr) does
+# what mount does; io_uring_setup is the only syscall an io_uring user makes
+# before its I/O bypasses syscall hooks; name_to_handle_at pairs with
+# open_by_handle_at; pidfd_getfd steals another process's file descriptors.
+# Left out on purpose (too common in ordinary software, reasons in
+# docs/alerts.md): memfd_create, execveat, clone/clone3, io_uring_enter.
+DEFAULT_DANGEROUS_SYSCALLS = (
+    "ptrace", "process_vm_writev", "process_vm_readv", "mount", "umount2", "pivot_root",
+    "chroot", "init_module", "finit_module", "delete_module", "kexec_load",
+    "kexec_file_load", "bpf", "perf_event_open", "setns", "unshare", "open_by_handle_at",
+    "userfaultfd", "keyctl", "add_key", "request_key", "syslog", "personality", "iopl",
+    "ioperm", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime",
+    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "io_uring_setup", "name_to_handle_at", "pidfd_getfd",
+)  # fmt: skip
+
+
+def syscall_names(value: Any) -> tuple[str, ...]:
+    names = name_list(value)
+    known = native_syscall_numbers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown syscall(s) on this architecture: {', '.join(unknown)}")
+    return names
+
+
+def allowlist(value: Any) -> tuple[str, ...]:
+    """Selectors: namespace/pod/container (fnmatch globs) or cgroup:<glob>."""
+    selectors = name_list(value)
+    for selector in selectors:
+        if not selector.startswith("cgroup:") and selector.count("/") != 2:
+            raise ValueError(
+                f"{selector!r} is neither namespace/pod/container nor cgroup:<path glob>"
+            )
+    return selectors
+
+
+def ring_buffer_size(value: Any) -> int:
+    size = positive_int(value)
+    if size & (size - 1) or not 4096 <= size <= 32 * MIB:
+        raise ValueError(f"{size} must be a power of two between 4096 and {32 * MIB} bytes")
+    return size
+
+
+SETTINGS: tuple[Spec, ...] = (
+    Spec(
+        "syscall_slots",
+        map_capacity,
+        32768,
+        "capacity of the kernel syscall map in (cgroup, syscall) pairs; when full, "
+        "new pairs are not counted and orb8_bpf_map_update_failures_total rises",
+        "N",
+    ),
+    Spec(
+        "dangerous_syscalls",
+        syscall_names,
+        ",".join(DEFAULT_DANGEROUS_SYSCALLS),
+        "syscalls counted in orb8_dangerous_syscalls_total and logged as evidence "
+        "(replaces the built-in set)",
+        "LIST",
+    ),
+    Spec(
+        "extra_dangerous_syscalls",
+        syscall_names,
+        "",
+        "syscalls added to dangerous_syscalls",
+        "LIST",
+    ),
+    Spec(
+        "dangerous_allowlist",
+        allowlist,
+        "",
+        "workloads whose dangerous syscalls are expected: namespace/pod/container globs "
+        "(e.g. kube-system/*/*) or cgroup:<path glob>; still counted in orb8_syscalls_total",
+        "LIST",
+    ),
+    Spec(
+        "dangerous_exclude_self",
+        boolean,
+        True,
+        "do not count orb8's own dangerous syscalls (it calls bpf and perf_event_open)",
+        "BOOL",
+    ),
+    Spec(
+        "ring_buffer_size",
+        ring_buffer_size,
+        MIB,
+        "bytes of the evidence ring buffer: a power of two, 4096 to 32 MiB",
+        "BYTES",
+    ),
+    Spec(
+        "ring_buffer_sample_every",
+        positive_int,
+        10,
+        "when the ring buffer is over 90% full, keep 1 evidence event in N",
+        "N",
+    ),
+    Spec(
+        "evidence_log_per_minute",
+        positive_int,
+        6,
+        "evidence log lines per minute per workload and syscall; the rest are summarised",
+        "N",
+    ),
+    Spec(
+        "baseline_window",
+        non_negative_float,
+        600.0,
+        "seconds from a workload's first appearance during which its syscalls are learned; "
+        "later syscalls outside that set count in orb8_syscall_novel_total",
+        "SECONDS",
+    ),
+)
