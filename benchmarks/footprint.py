@@ -221,7 +221,7 @@ def live(args: argparse.Namespace, workdir: Path) -> dict:
 TRIM_CHILD = """
 import json, sys, time
 from exporter.agent import Agent
-from exporter.config import load_settings
+from exporter.registry import load_settings
 from exporter.memory import malloc_trim, process_memory
 settings = load_settings({"listen": sys.argv[1], "probes": "syscalls,network"})
 agent = Agent(settings)

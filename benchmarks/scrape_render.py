@@ -28,8 +28,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.outputs.exposition import OPENMETRICS, TEXT, Renderer
 from exporter.outputs.prometheus import build_registry
-from exporter.sources.network import PEER_LABELS
-from exporter.syscall_names import SYSCALLS
+from exporter.sources.network.source import PEER_LABELS
+from exporter.sources.syscalls.tables import SYSCALLS
 
 
 def identities(containers: int, rng: random.Random) -> list[Identity]:

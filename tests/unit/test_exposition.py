@@ -10,7 +10,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
-from exporter.config import Listen
+from exporter.listen import Listen
 from exporter.model import IDENTITY_LABELS, MetricFamily, counter, gauge
 from exporter.outputs.exposition import (
     OPENMETRICS,
