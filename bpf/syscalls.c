@@ -49,7 +49,7 @@
 #include "syscalls.h"
 
 #ifndef SLOT_CAPACITY
-#define SLOT_CAPACITY 32768
+#define SLOT_CAPACITY 65536
 #endif
 
 // Power of two; syscall numbers are dense below ~470 on x86_64 and arm64.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exporter import __version__, probes, registry
+from exporter import __version__, memory, probes, registry
 from exporter.config import ConfigError, Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
@@ -172,6 +172,9 @@ class Agent:
         if self.errors and not any(self.up.values()):
             self.close()
             raise StartupError("no probe could start: " + "; ".join(self.errors.values()))
+        # Compiling the probes leaves tens of MiB of freed LLVM heap that glibc
+        # keeps; hand it back before serving (docs/scaling.md: ~37 MiB).
+        memory.malloc_trim()
         self._serving = True
         self.server.start()
         host, port = self.server.address[:2]

@@ -450,6 +450,29 @@ def bpf_stats_enabled(path: Path = BPF_STATS_ENABLED) -> bool:
         return False
 
 
+def map_memory(bpf: Any, fdinfo: Path = Path("/proc/self/fdinfo")) -> dict[str, int]:
+    """Kernel memory of every map of a loaded probe, by map name: the kernel's
+    own accounting (`memlock` in the map fd's fdinfo, what bpftool shows), so
+    it is right whatever the kernel version's allocation details are."""
+    lib = _libbcc()
+    count, name_of, fd_of = lib.bpf_num_tables, lib.bpf_table_name, lib.bpf_table_fd_id
+    count.restype, count.argtypes = ct.c_size_t, [ct.c_void_p]
+    name_of.restype, name_of.argtypes = ct.c_char_p, [ct.c_void_p, ct.c_size_t]
+    fd_of.restype, fd_of.argtypes = ct.c_int, [ct.c_void_p, ct.c_size_t]
+    memory: dict[str, int] = {}
+    for index in range(count(bpf.module)):
+        fd = fd_of(bpf.module, index)
+        try:
+            text = (fdinfo / str(fd)).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key == "memlock":
+                memory[name_of(bpf.module, index).decode()] = int(value)
+    return memory
+
+
 class BpfMaps:
     """A loaded probe's maps by name: the only way sources read, write and
     delete kernel entries. Keys come back decoded with numpy dtypes built from
@@ -537,3 +560,6 @@ class BpfMaps:
 
     def programs(self) -> list[ProgramStats]:
         return program_stats(self.bpf)
+
+    def memory(self) -> dict[str, int]:
+        return map_memory(self.bpf)

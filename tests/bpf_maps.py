@@ -159,3 +159,8 @@ class InMemoryMaps:
 
     def programs(self) -> list:
         return []
+
+    def memory(self) -> dict[str, int]:
+        """Bytes per map: here, 8 per stored value (a kernel charges its own way)."""
+        tables = {**self.hashes, **self.arrays, **self.stacks}
+        return {name: 8 * len(table) for name, table in tables.items()}

@@ -42,6 +42,7 @@ METRICS: dict[str, Instrument] = {
     "orb8_ring_buffer_size_bytes": Instrument("orb8.ring_buffer.size", "By"),
     "orb8_bpf_map_entries": Instrument("orb8.bpf.map.entries", "{entry}"),
     "orb8_bpf_map_capacity": Instrument("orb8.bpf.map.capacity", "{entry}"),
+    "orb8_bpf_map_memory_bytes": Instrument("orb8.bpf.map.memory", "By"),
     "orb8_bpf_map_update_failures_total": Instrument("orb8.bpf.map.update_failures", "{event}"),
     "orb8_bpf_map_evictions_total": Instrument("orb8.bpf.map.evictions", "{entry}"),
     "orb8_syscall_abi_detected": Instrument("orb8.syscalls.abi_detected", "1"),

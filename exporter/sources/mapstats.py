@@ -23,6 +23,19 @@ class MapStats:
     evictions: int | None = None  # LRU maps: entries the kernel evicted
 
 
+def memory_family(memory: dict[str, int]) -> MetricFamily:
+    """orb8_bpf_map_memory_bytes for every map of a probe (bounded or not):
+    the kernel memory budget per node, as the kernel itself accounts it."""
+    family = gauge(
+        "orb8_bpf_map_memory_bytes",
+        "Kernel memory an orb8 BPF map takes (the kernel's memlock accounting).",
+        ("map",),
+    )
+    for name, size in sorted(memory.items()):
+        family.add((name,), size)
+    return family
+
+
 def map_families(maps: Iterable[MapStats]) -> list[MetricFamily]:
     maps = list(maps)
     label = ("map",)

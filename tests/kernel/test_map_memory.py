@@ -64,3 +64,23 @@ def test_the_formulas_hold_for_other_shapes_than_orb8s(start_exporter):
         m = MapDef(name, kind, live["bytes_key"], live["bytes_value"], live["max_entries"])
         assert live["max_entries"] == 1000
         assert map_memory(m, cpus) == live["bytes_memlock"], name
+
+
+def test_map_memory_gauge_is_the_kernels_own_figure(start_exporter):
+    exporter = start_exporter("--probes", "syscalls,network", "--syscall-slots", "4096")
+    loaded = {m["name"]: m for m in held_maps(exporter.proc.pid)}
+    gauge = {
+        dict(labels)["map"]: value
+        for (name, labels), value in exporter.scrape().items()
+        if name == "orb8_bpf_map_memory_bytes"
+    }
+    # Every map the exporter holds has its series (names cut at 15 by the kernel).
+    assert {name[:15] for name in gauge} == set(loaded)
+    for name, value in gauge.items():
+        if loaded[name[:15]]["flags"] & 1:  # no-prealloc hashes grow with entries
+            assert value > 0, name
+        else:
+            assert value == loaded[name[:15]]["bytes_memlock"], name
+    assert gauge["syscall_counts"] == map_memory(
+        next(m for m in orb8_maps(slots=4096) if m.name == "syscall_counts"), possible_cpus()
+    )

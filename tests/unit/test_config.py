@@ -19,7 +19,7 @@ def test_defaults():
     settings = load_settings({}, environ={})
     assert settings.listen == Listen("0.0.0.0", 9826)
     assert settings.probes == ("syscalls", "network")
-    assert settings.syscall_slots == 32768
+    assert settings.syscall_slots == 65536
     assert settings.deleted_cgroup_grace == 60.0
     assert settings.kernel_headers is None
     assert settings.log_level == "info"
@@ -206,7 +206,7 @@ def test_kubernetes_service_links_are_not_settings_but_typos_are_errors():
         "ORB8_PORT_9091_TCP_ADDR": "10.96.0.12",
         "ORB8_METRICS_SERVICE_HOST": "10.96.0.13",
     }
-    assert load_settings({}, environ=links).syscall_slots == 32768
+    assert load_settings({}, environ=links).syscall_slots == 65536
     with pytest.raises(ConfigError, match="ORB8_LISTN"):
         load_settings({}, environ={**links, "ORB8_LISTN": ":1"})
 

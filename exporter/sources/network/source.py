@@ -102,7 +102,7 @@ from exporter.identity import Resolver
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.sources.mapstats import MapStats, map_families
+from exporter.sources.mapstats import MapStats, map_families, memory_family
 from exporter.sources.network.flows import (
     FlowLedger,
     FlowRow,
@@ -576,15 +576,24 @@ class NetworkSource:
     def _map_families(
         self, traffic: int, tcp: int, flows: int, stats: list[int]
     ) -> list[MetricFamily]:
-        return map_families(
-            [
-                MapStats(TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
-                MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
-                MapStats(
-                    FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES], self._evictions
-                ),
-            ]
-        )
+        return [
+            *map_families(
+                [
+                    MapStats(
+                        TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]
+                    ),
+                    MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
+                    MapStats(
+                        FLOW_MAP,
+                        flows,
+                        self.flow_entries,
+                        stats[STAT_FLOW_FAILURES],
+                        self._evictions,
+                    ),
+                ]
+            ),
+            memory_family(self._maps.memory()),
+        ]
 
     # --- retirement ---------------------------------------------------------
 

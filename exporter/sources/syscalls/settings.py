@@ -66,7 +66,7 @@ SETTINGS: tuple[Spec, ...] = (
     Spec(
         "syscall_slots",
         map_capacity,
-        32768,
+        65536,  # 1,000 containers x 64 distinct syscalls (docs/scaling.md)
         "capacity of the kernel syscall map in (cgroup, syscall) pairs; when full, "
         "new pairs are not counted and orb8_bpf_map_update_failures_total rises",
         "N",

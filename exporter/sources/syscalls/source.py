@@ -57,7 +57,7 @@ from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.sources.mapstats import MapStats, map_families
+from exporter.sources.mapstats import MapStats, map_families, memory_family
 from exporter.sources.syscalls.baseline import Baselines
 from exporter.sources.syscalls.evidence import (
     Allowlist,
@@ -482,6 +482,7 @@ class SyscallSource:
                 ),
             ]
         )
+        maps.append(memory_family(self._maps.memory()))
         abi = gauge(
             "orb8_syscall_abi_detected",
             "1 when syscalls entering through the i386 ABI are named by the i386 table "
