@@ -78,7 +78,17 @@ def cmd_run(settings: Settings) -> int:
 def cmd_diagnose(settings: Settings) -> int:
     from exporter.diagnose import format_checks, run_checks
 
-    results = run_checks(kernel_headers=settings.kernel_headers)
+    capacities = {
+        name: getattr(settings, name)
+        for name in (
+            "syscall_slots",
+            "ring_buffer_size",
+            "network_traffic_entries",
+            "network_tcp_entries",
+            "network_flow_entries",
+        )
+    }
+    results = run_checks(kernel_headers=settings.kernel_headers, capacities=capacities)
     print(format_checks(results))
     return 1 if any(r.status == "fail" for r in results) else 0
 

@@ -185,12 +185,43 @@ def check_test_load() -> Check:
     return Check("test load", "ok", "compiled, loaded and attached a trivial raw tracepoint")
 
 
+MAP_MEMORY_BUDGET = 64 * 2**20  # per node, what docs/scaling.md sizes for
+
+
+def check_map_memory(capacities: dict[str, int], cpus: int) -> Check:
+    """The kernel memory the syscalls and network maps will take at these
+    capacities on this node's CPU count, every map full (the worst case)."""
+    from exporter.mapmemory import map_memory, orb8_maps
+
+    maps = orb8_maps(
+        slots=capacities["syscall_slots"],
+        ring_buffer_bytes=capacities["ring_buffer_size"],
+        traffic=capacities["network_traffic_entries"],
+        tcp=capacities["network_tcp_entries"],
+        flows=capacities["network_flow_entries"],
+    )
+    sizes = sorted(((map_memory(m, cpus, m.max_entries), m.name) for m in maps), reverse=True)
+    total = sum(size for size, _ in sizes)
+    largest = ", ".join(f"{name} {size / 2**20:.1f}" for size, name in sizes[:3])
+    detail = f"{total / 2**20:.1f} MiB on {cpus} CPUs with every map full (MiB: {largest}, ...)"
+    if total > MAP_MEMORY_BUDGET:
+        return Check(
+            "kernel map memory",
+            "warn",
+            detail,
+            "over the 64 MiB budget if every map fills (typical fill is lower); "
+            "size the capacities with docs/scaling.md",
+        )
+    return Check("kernel map memory", "ok", detail)
+
+
 def run_checks(
     kernel_headers: Path | None = None,
     modules_root: Path = Path("/lib/modules"),
     proc: Path = Path("/proc"),
     btf: Path = Path("/sys/kernel/btf/vmlinux"),
     release: str | None = None,
+    capacities: dict[str, int] | None = None,
 ) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         lambda: check_kernel(release or platform.release()),
@@ -202,6 +233,10 @@ def run_checks(
         check_tracefs,
         lambda: check_cgroup2(proc / "self" / "mountinfo"),
     ]
+    if capacities is not None:
+        from exporter.mapmemory import possible_cpus
+
+        checks.append(lambda: check_map_memory(capacities, possible_cpus()))
     results = [check() for check in checks]
     if all(r.status != "fail" for r in results):
         results.append(check_test_load())

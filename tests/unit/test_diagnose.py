@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.diagnose import check_capabilities, check_kernel, format_checks, run_checks
+from exporter.diagnose import (
+    check_capabilities,
+    check_kernel,
+    check_map_memory,
+    format_checks,
+    run_checks,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +72,27 @@ def test_syscall_abi_detection_is_reported(tmp_path):
     assert arm.status == "warn" and "not told apart on aarch64" in arm.detail
     live = check_syscall_abi(Path("/sys/kernel/btf/vmlinux"), machine="x86_64")
     assert live.status == "ok" and "thread_info.status at offset" in live.detail
+
+
+DEFAULT_CAPACITIES = {
+    "syscall_slots": 65536,
+    "ring_buffer_size": 1 << 20,
+    "network_traffic_entries": 16384,
+    "network_tcp_entries": 8192,
+    "network_flow_entries": 16384,
+}
+
+
+@pytest.mark.parametrize(
+    ("cpus", "capacities", "status"),
+    [
+        (2, DEFAULT_CAPACITIES, "ok"),
+        (16, DEFAULT_CAPACITIES, "ok"),
+        (256, DEFAULT_CAPACITIES, "warn"),  # per-CPU maps grow with the CPUs
+        (2, {**DEFAULT_CAPACITIES, "syscall_slots": 1 << 24}, "warn"),
+    ],
+)
+def test_map_memory_budget(cpus, capacities, status):
+    check = check_map_memory(capacities, cpus)
+    assert check.status == status, check
+    assert f"on {cpus} CPUs" in check.detail and "syscall" in check.detail
