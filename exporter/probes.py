@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter import percpu
+
 log = logging.getLogger(__name__)
 
 # A source checkout keeps the probes at the top of the repository; a wheel
@@ -210,10 +212,12 @@ def possible_cpus() -> int:
     return len(get_possible_cpus())
 
 
-def lookup_batch(table: Any, count: int) -> tuple[bytes, bytes, int]:
+def lookup_batch(table: Any, count: int) -> tuple[bytes, memoryview, int]:
     """Read up to `count` entries of a map in as few syscalls as the kernel allows.
 
-    Returns (keys, values, n) as raw bytes, n entries. Per-CPU values are
+    Returns (keys, values, n), n entries: keys as bytes, values as a view of
+    the read buffer (not copied: at 256 CPUs a per-CPU map's values are
+    ~100 MiB). Per-CPU values are
     round_up(value_size, 8) * possible CPUs bytes each, as the kernel lays
     them out. Written against libbcc directly: bcc 0.26's helper reuses one
     ctypes object for the batch token and the count.
@@ -245,7 +249,7 @@ def lookup_batch(table: Any, count: int) -> tuple[bytes, bytes, int]:
         if n.value == 0:
             break
         token_in.value = token_out.value
-    return keys.raw[: key_size * total], values.raw[: value_size * total], total
+    return keys.raw[: key_size * total], memoryview(values)[: value_size * total], total
 
 
 def _libbcc() -> Any:
@@ -260,7 +264,7 @@ def key_dtype(table: Any) -> np.dtype:
     return np.dtype(table.Key)
 
 
-def read_keys(table: Any, capacity: int) -> tuple[np.ndarray, bytes, int]:
+def read_keys(table: Any, capacity: int) -> tuple[np.ndarray, memoryview, int]:
     """(decoded keys, raw values, n) of every entry of a map, in one batch read."""
     keys, values, n = lookup_batch(table, capacity)
     return np.frombuffer(keys, dtype=key_dtype(table), count=n), values, n
@@ -271,12 +275,13 @@ def read_percpu_hash(table: Any, capacity: int, width: int) -> tuple[np.ndarray,
     decoded, values, n = read_keys(table, capacity)
     if n == 0:
         return decoded, np.zeros((0, width), dtype=np.uint64)
-    return decoded, np.frombuffer(values, dtype=np.uint64).reshape(n, -1, width).sum(axis=1)
+    cpus = values.nbytes // (n * width * 8)
+    return decoded, percpu.sums(values, n, cpus, width).reshape(n, width)
 
 
 def percpu_sum(table: Any, index: int = 0) -> int:
     """Sum over CPUs of one slot of a per-CPU array of u64."""
-    return int(sum(table[ct.c_int(index)]))
+    return int(percpu.entry_sum(table[ct.c_int(index)]))
 
 
 def percpu_values(table: Any, index: int) -> list[int]:
@@ -396,8 +401,9 @@ def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
     if count <= 0:
         return np.zeros(0, dtype=np.uint64)
     _, values, n = lookup_batch(table, count)
-    per_slot = np.frombuffer(values, dtype=np.uint64).reshape(n, -1)
-    return per_slot.sum(axis=1, dtype=np.uint64)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return percpu.sums(values, n, values.nbytes // (n * 8))
 
 
 # struct bpf_prog_info (UAPI, append-only): offsets of the kernel's own
