@@ -108,6 +108,21 @@ DASHBOARD = DashboardSpec(
                     ),
                     width=8,
                 ),
+                Panel(
+                    "timeseries",
+                    "Kernel map memory",
+                    "Kernel memory orb8's BPF maps take per node, as the kernel accounts it "
+                    "(memlock). Per-CPU maps grow with the node's CPUs; the budget is 64 MiB "
+                    "(docs/scaling.md).",
+                    "bytes",
+                    (
+                        Query(
+                            f"sum by (instance) (orb8_bpf_map_memory_bytes{{{T}}})",
+                            "{{instance}}",
+                        ),
+                    ),
+                    width=24,
+                ),
             ),
         ),
         Row("Evidence ring buffer", RING_BUFFER),
