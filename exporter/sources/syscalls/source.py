@@ -41,7 +41,7 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,7 @@ TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
 EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
+PEAK_WINDOW = 60.0  # seconds orb8_ring_buffer_utilization looks back
 # (tracepoint, program) per variant, raw first; cache invalidation hooks
 # before the counter itself.
 HOOKS = {
@@ -179,6 +180,7 @@ class SyscallSource:
         # syscalls and for dangerous ones; novel calls are counted in user
         # space under the same rule (exporter/sources/lifecycle.py).
         self._carried = CarriedCounts()
+        self._peaks: deque[tuple[float, int]] = deque()  # (monotonic time, ring peak)
         self._carried_dangerous = CarriedCounts()
         self._novel = CarriedCounts()
         self._last_counts: Series = {}
@@ -504,8 +506,15 @@ class SyscallSource:
             i: self._maps.percpu_values("ringbuf_stats", i)
             for i in (RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK)
         }
-        # Peak since the last scrape: read, then restart from zero.
+        # The kernel keeps the peak since it was last zeroed; collects also run
+        # for housekeeping and OTLP pushes, so keep the highest of the last
+        # PEAK_WINDOW seconds here rather than only what came since the last
+        # collect (a burst between a housekeeping tick and a scrape is not lost).
         self._maps.zero("ringbuf_stats", RB_PEAK)
+        now = time.monotonic()
+        self._peaks.append((now, max(values[RB_PEAK])))
+        while self._peaks and self._peaks[0][0] < now - PEAK_WINDOW:
+            self._peaks.popleft()
         size = self.security.ring_buffer_size
         families = []
         for name, help_text, stat in (
@@ -527,10 +536,10 @@ class SyscallSource:
             families.append(family)
         utilization = gauge(
             "orb8_ring_buffer_utilization",
-            "Highest fill of the ring buffer since the previous scrape, 0 to 1.",
+            f"Highest fill of the ring buffer over the last {PEAK_WINDOW:.0f} s, 0 to 1.",
             ("probe",),
         )
-        utilization.add(probe, min(1.0, max(values[RB_PEAK]) / size))
+        utilization.add(probe, min(1.0, max(peak for _, peak in self._peaks) / size))
         size_family = gauge("orb8_ring_buffer_size_bytes", "Size of the ring buffer.", ("probe",))
         size_family.add(probe, size)
         return [*families, utilization, size_family]
