@@ -344,13 +344,19 @@ def _head_complete(head: bytearray) -> bool:
 def _answer_plain_http(sock: socket.socket) -> None:
     """The 400, then finish our side and read what the client sent: closing a
     socket with unread input makes the kernel send a reset, which can destroy
-    the 400 before the client reads it."""
-    sock.settimeout(1.0)
+    the 400 before the client reads it. One deadline for all of it: a client
+    trickling bytes must not hold a worker."""
+    deadline = time.monotonic() + 1.0
     with contextlib.suppress(OSError):
+        sock.settimeout(1.0)
         sock.sendall(PLAIN_HTTP_ANSWER)
         sock.shutdown(socket.SHUT_WR)
         received = 0
-        while received < 65536 and (chunk := sock.recv(4096)):
+        while received < 65536 and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
             received += len(chunk)
 
 
