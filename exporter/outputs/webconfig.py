@@ -77,8 +77,14 @@ class BasicAuth:
     users: dict[str, bytes]
     _verified: dict[str, bytes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # Compared against for unknown users so that timing does not reveal names.
-    _dummy: bytes = field(default_factory=lambda: bcrypt.hashpw(b"orb8", bcrypt.gensalt(4)))
+    # Compared against for unknown users so that timing does not reveal names:
+    # as costly as the costliest configured hash ($2b$NN$...).
+    _dummy: bytes = b""
+
+    def __post_init__(self) -> None:
+        costs = [int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()]
+        rounds = min(max([4, *costs]), 31)
+        self._dummy = bcrypt.hashpw(b"orb8", bcrypt.gensalt(rounds))
 
     def check(self, authorization: str | None) -> bool:
         """True when an `Authorization: Basic ...` header names a user and its password."""

@@ -273,3 +273,17 @@ def test_readiness_needs_startup_a_probe_and_the_pod_watch():
     assert code == 200
     assert "probe network: down" in body and "pod watch: synced" in body
     assert health.readiness(True, {"syscalls": False}, None)[0] == 503
+
+
+def test_unknown_users_cost_as_much_as_the_costliest_configured_hash():
+    """An unknown user is checked against a dummy as costly as the real hashes,
+    so the answer's timing does not tell which user names exist."""
+    from exporter.outputs.webconfig import BasicAuth
+
+    users = {
+        "cheap": bcrypt.hashpw(b"a", bcrypt.gensalt(4)),
+        "dear": bcrypt.hashpw(b"b", bcrypt.gensalt(10)),
+    }
+    auth = BasicAuth(users)
+    assert auth._dummy[4:6] == b"10"
+    assert not auth.check("Basic " + base64.b64encode(b"nobody:x").decode())
