@@ -262,10 +262,10 @@ class Agent:
             log.info("%s", self.banner)
         threading.Thread(target=self._start_thread, name="start-up", daemon=True).start()
         self._stop.wait()
-        if self._start_error is not None:
-            raise self._start_error
         if not self._start_done.wait(STARTUP_STOP_WAIT):
             self._exit_during_startup()
+        if self._start_error is not None:  # after start-up ended: never lost to a SIGTERM
+            raise self._start_error
         log.info("shutting down: detaching probes")
         self.close()
 
@@ -322,8 +322,7 @@ class Agent:
         for source in self.sources or []:
             baselines = getattr(source, "baselines", None)
             if baselines is not None:
-                with self._lock:  # collect observes into the same baselines
-                    baselines.save()
+                baselines.save(self._lock)  # collects observe into the same baselines
 
     def close(self) -> None:
         if self.otlp is not None:  # before the sources it collects from

@@ -108,17 +108,22 @@ class Baselines:
         baseline = self.workloads.get(workload)
         return baseline is None or self.clock() - baseline.first_seen < self.window
 
-    def save(self) -> None:
-        """Write the state file if anything changed; atomic, never partial."""
-        if self.path is None or not self._dirty:
-            return
-        data = {
-            "version": FORMAT_VERSION,
-            "workloads": {
-                key: {"first_seen": b.first_seen, "syscalls": sorted(b.syscalls)}
-                for key, b in self.workloads.items()
-            },
-        }
+    def save(self, lock: contextlib.AbstractContextManager | None = None) -> None:
+        """Write the state file if anything changed; atomic, never partial.
+
+        `lock` guards only the snapshot (collects observe into these
+        baselines), not the write and fsync: a slow disk never delays a scrape."""
+        with lock if lock is not None else contextlib.nullcontext():
+            if self.path is None or not self._dirty:
+                return
+            data = {
+                "version": FORMAT_VERSION,
+                "workloads": {
+                    key: {"first_seen": b.first_seen, "syscalls": sorted(b.syscalls)}
+                    for key, b in self.workloads.items()
+                },
+            }
+            self._dirty = False  # a change during the write sets it again
         tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +134,8 @@ class Baselines:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             tmp = None
-            self._dirty = False
         except OSError as e:
+            self._dirty = True
             error = e.strerror or str(e)
             if not self.save_failing:
                 log.warning(
