@@ -319,15 +319,6 @@ def take_percpu(table: Any, raw_key: bytes, width: int) -> list[int] | None:
     return [int(v) for v in sums]
 
 
-def take_u64_pair(table: Any, raw_key: bytes) -> tuple[int, int] | None:
-    """Read and delete an entry whose value is two u64 counters; None if gone."""
-    value = lookup_and_delete(table, raw_key, ct.sizeof(table.Leaf))
-    if value is None:
-        return None
-    first, second = np.frombuffer(value, dtype="<u8", count=2)
-    return int(first), int(second)
-
-
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
     """BPF_LINK_CREATE (libbpf's bpf_link_create, which libbcc links); -errno on failure."""
     fn = _libbcc().bpf_link_create

@@ -5,7 +5,7 @@
 #   - Debian packages: BCC (python3-bpfcc, bpfcc-tools), bpftool, kernel
 #     headers, and the real Prometheus/Alertmanager/iperf3 the tests use;
 #   - kernel headers for the running kernel, or the distribution's headers
-#     linked in as a fallback (see docs/kernel-headers.md);
+#     linked in as a fallback (see README "Requirements" and docs/deploying.md);
 #   - tracefs mounted at /sys/kernel/tracing;
 #   - a virtualenv at .venv with orb8 installed and `import bcc` working.
 set -euo pipefail

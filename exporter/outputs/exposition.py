@@ -79,10 +79,6 @@ def go_floats(values: Iterable[float]) -> list[str]:
     return texts
 
 
-def go_float(value: float) -> str:
-    return go_floats((value,))[0]
-
-
 def escape_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
