@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # Containers whose cgroup is the pod's infrastructure (sandbox/pause, CRI-O
 # conmon, the pod-level cgroup) are labelled like cAdvisor does.
 POD_INFRA_CONTAINER = "POD"
+# A pod object is at most etcd's 1.5 MiB request limit; a longer watch line is
+# not a pod, and reading on would only grow memory.
+MAX_WATCH_LINE = 16 * 2**20
 
 
 class WatchExpired(Exception):
@@ -557,14 +560,29 @@ def _abort(response: Any) -> None:
         response.close()
 
 
-def _lines(response: Any) -> Iterator[bytes]:
-    """Complete lines of a chunked watch response."""
-    pending = b""
+def _lines(response: Any, limit: int = MAX_WATCH_LINE) -> Iterator[bytes]:
+    """Complete lines of a chunked watch response. Each chunk is split once (a
+    long line arriving in many chunks costs linear time), and a line longer
+    than `limit` ends the watch instead of growing memory without bound."""
+    pending: list[bytes] = []
+    size = 0
     for chunk in response.stream(amt=None, decode_content=False):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
+        *complete, rest = chunk.split(b"\n")
+        if complete:
+            complete[0] = b"".join([*pending, complete[0]])
+            pending, size = [], 0
+        for line in complete:
+            _check_line_length(len(line), limit)
             if line.strip():
                 yield line
-    if pending.strip():
-        yield pending
+        pending.append(rest)
+        size += len(rest)
+        _check_line_length(size, limit)
+    last = b"".join(pending)
+    if last.strip():
+        yield last
+
+
+def _check_line_length(length: int, limit: int) -> None:
+    if length > limit:
+        raise WatchFailure("bad_response", f"a watch event is longer than {limit} bytes")

@@ -369,3 +369,45 @@ def test_malformed_pods_are_passed_over_and_counted_and_nothing_else_stops(serve
     assert server.count("list") == 1 and watcher.health.total_reconnections == 0
     families = {f.name: f for f in identity_families(None, watcher)}
     assert families["orb8_k8s_watch_malformed_events_total"].samples == [((), 4)]
+
+
+class _Chunks:
+    """What urllib3 hands the watch reader: the body in arbitrary chunks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def stream(self, amt=None, decode_content=False):
+        yield from self.chunks
+
+
+@pytest.mark.parametrize(
+    ("chunks", "lines"),
+    [
+        ([b'{"a":1}\n{"b":2}\n'], [b'{"a":1}', b'{"b":2}']),
+        ([b'{"a"', b":1}\n{", b'"b":2}'], [b'{"a":1}', b'{"b":2}']),  # split anywhere
+        ([b"\n", b"  \n", b'{"a":1}\n\n'], [b'{"a":1}']),  # blank lines skipped
+        ([b"x" * 5, b"x" * 5, b"\n"], [b"x" * 10]),  # many chunks, one line
+        ([], []),
+    ],
+)
+def test_watch_lines_are_reassembled_from_any_chunking(chunks, lines):
+    from exporter.identity.kubernetes import _lines
+
+    assert list(_lines(_Chunks(chunks), limit=64)) == lines
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"y" * 40, b"y" * 40],  # a line that never ends: fails before it ends
+        [b"ok\n" + b"z" * 65 + b"\n"],  # one long line inside a chunk
+        [b"z" * 30, b"z" * 40 + b"\nafter\n"],  # long once its chunks are joined
+    ],
+)
+def test_a_watch_line_over_the_limit_ends_the_watch(chunks):
+    from exporter.identity.kubernetes import WatchFailure, _lines
+
+    with pytest.raises(WatchFailure) as failure:
+        list(_lines(_Chunks(chunks), limit=64))
+    assert failure.value.reason == "bad_response"
