@@ -160,3 +160,18 @@ def test_network_retirement_carries_the_final_counts_taken_atomically(tmp_path):
     assert value(after, "orb8_network_packets_total", family="ipv4", **labels) == 10 + 1 + 1
     assert value(after, "orb8_tcp_resets_total", cgroup="/web.service", direction="egress") == 3
     assert value(after, "orb8_bpf_map_entries", map=TRAFFIC_MAP) == 1
+
+
+def test_peer_classes_remembered_are_bounded_whatever_addresses_arrive(tmp_path, monkeypatch):
+    import ipaddress
+
+    from exporter.sources.network import source as network
+
+    monkeypatch.setattr(network, "PEER_CACHE_LIMIT", 100)
+    source = network_source(tmp_path, Clock(), InMemoryMaps())
+    # A scan from 1,000 IPv6 sources: each gets its class, memory stays bounded.
+    for i in range(1000):
+        peer = source._classify(ipaddress.ip_address(f"2001:db8::{i:x}"))
+        assert peer.peer_class == "external"
+        assert len(source._peer_cache) <= 100
+    assert source._classify(ipaddress.ip_address("127.0.0.1")).peer_class == "loopback"

@@ -128,6 +128,8 @@ TRAFFIC_MAP, TCP_MAP, FLOW_MAP = "network_traffic", "network_tcp", "network_flow
 ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = 0, 1, 3  # enum bpf_attach_type
 NODE_IPS_MAX_AGE = 60.0
 PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
+# Remote addresses whose class is remembered between collects (a few MiB at most).
+PEER_CACHE_LIMIT = 65536
 
 # --- attaching --------------------------------------------------------------
 
@@ -395,6 +397,10 @@ class NetworkSource:
     def _classify(self, address: IPAddress) -> Peer:
         peer = self._peer_cache.get(address)
         if peer is None:
+            if len(self._peer_cache) >= PEER_CACHE_LIMIT:
+                # Addresses come from the outside world (a scan from many IPv6
+                # sources): start over rather than grow; classifying is cheap.
+                self._peer_cache.clear()
             peer = classify_peer(address, self._pod_index, self._node_ips, self.cluster)
             self._peer_cache[address] = peer
         return peer
