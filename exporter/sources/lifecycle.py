@@ -16,10 +16,13 @@ from exporter.model import UNRESOLVED, Identity
 
 
 class CgroupLifecycle:
-    def __init__(self, resolver: Resolver, deleted_grace: float, deleted_pod_grace: float) -> None:
+    def __init__(
+        self, resolver: Resolver, deleted_grace: float, deleted_pod_grace: float | None = None
+    ) -> None:
         self.resolver = resolver
         self.deleted_grace = deleted_grace
-        self.deleted_pod_grace = deleted_pod_grace
+        # Without a pod grace of its own, a deleted pod waits as a removed cgroup does.
+        self.deleted_pod_grace = deleted_grace if deleted_pod_grace is None else deleted_pod_grace
         self._first_seen: dict[int, float] = {}
         self._gone_since: dict[int, float] = {}
 

@@ -187,11 +187,7 @@ class NetworkSource:
         self.tcp_entries = tcp_entries
         self.peer_limit = peer_limit
         self.flow_idle_timeout = flow_idle_timeout
-        self.lifecycle = CgroupLifecycle(
-            resolver,
-            deleted_grace,
-            deleted_grace if deleted_pod_grace is None else deleted_pod_grace,
-        )
+        self.lifecycle = CgroupLifecycle(resolver, deleted_grace, deleted_pod_grace)
         self.cluster = parse_cidrs(cluster_cidrs)
         self._fixed_node_ips = None if node_ips is None else _parse_ips(node_ips)
         self.headers = headers

@@ -145,11 +145,7 @@ class SyscallSource:
         self.requested_hook = hook
         self.bpf_dir = bpf_dir
         self.capacity = slots
-        self.lifecycle = CgroupLifecycle(
-            resolver,
-            deleted_grace,
-            deleted_grace if deleted_pod_grace is None else deleted_pod_grace,
-        )
+        self.lifecycle = CgroupLifecycle(resolver, deleted_grace, deleted_pod_grace)
         self.headers = headers
         self.clock = clock
         self.security = security or SecurityOptions()
