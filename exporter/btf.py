@@ -111,6 +111,10 @@ class Btf:
             raise BtfError(f"type {name} (kind {kind}) has no plain size")
         raise BtfError("type chain too long")
 
+    def struct_size(self, name: str) -> int:
+        """sizeof(struct name)."""
+        return self.size(self.find_struct(name))
+
     def offset_of(self, path: str) -> tuple[int, int]:
         """(byte offset, size) of e.g. "task_struct.thread_info.status"."""
         struct_name, *members = path.split(".")

@@ -191,7 +191,7 @@ MAP_MEMORY_BUDGET = 64 * 2**20  # per node, what docs/scaling.md sizes for
 def check_map_memory(capacities: dict[str, int], cpus: int) -> Check:
     """The kernel memory the syscalls and network maps will take at these
     capacities on this node's CPU count, every map full (the worst case)."""
-    from exporter.mapmemory import map_memory, orb8_maps
+    from exporter.mapmemory import kernel_sizes, map_memory, orb8_maps
 
     maps = orb8_maps(
         slots=capacities["syscall_slots"],
@@ -200,10 +200,16 @@ def check_map_memory(capacities: dict[str, int], cpus: int) -> Check:
         tcp=capacities["network_tcp_entries"],
         flows=capacities["network_flow_entries"],
     )
-    sizes = sorted(((map_memory(m, cpus, m.max_entries), m.name) for m in maps), reverse=True)
+    structs = kernel_sizes()
+    sizes = sorted(
+        ((map_memory(m, cpus, m.max_entries, structs), m.name) for m in maps), reverse=True
+    )
     total = sum(size for size, _ in sizes)
     largest = ", ".join(f"{name} {size / 2**20:.1f}" for size, name in sizes[:3])
-    detail = f"{total / 2**20:.1f} MiB on {cpus} CPUs with every map full (MiB: {largest}, ...)"
+    detail = (
+        f"{total / 2**20:.1f} MiB on {cpus} CPUs with every map full (MiB: {largest}, ...; "
+        f"struct sizes from {structs.origin})"
+    )
     if total > MAP_MEMORY_BUDGET:
         return Check(
             "kernel map memory",

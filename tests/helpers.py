@@ -26,6 +26,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def bpftool_structs(names: set[str]) -> dict[str, tuple[int, dict[str, int]]]:
+    """{struct name: (size, {member: bit offset})} as bpftool prints the running
+    kernel's BTF: an oracle independent of exporter/btf.py's parser."""
+    text = subprocess.check_output(
+        ["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"], text=True
+    )
+    found: dict[str, tuple[int, dict[str, int]]] = {}
+    members: dict[str, int] | None = None
+    for line in text.splitlines():
+        if not line.startswith("\t"):
+            members = None
+            # [114] STRUCT 'task_struct' size=3264 vlen=248
+            _, kind, quoted, *rest = [*line.split(" ", 3), ""]
+            name = quoted.strip("'")
+            if kind == "STRUCT" and name in names and name not in found:
+                members = {}
+                found[name] = (int(rest[0].split()[0].removeprefix("size=")), members)
+        elif members is not None:
+            # \t'status' type_id=35 bits_offset=128
+            member, _type, offset = line.strip().split(" ")[:3]
+            members[member.strip("'")] = int(offset.removeprefix("bits_offset="))
+    missing = names - set(found)
+    assert not missing, f"bpftool shows no struct {sorted(missing)}"
+    return found
+
+
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """{(sample name, sorted labels): value} from a live /metrics."""
     with urllib.request.urlopen(url, timeout=10) as response:

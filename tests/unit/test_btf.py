@@ -8,6 +8,7 @@ import pytest
 
 from exporter.btf import Btf, BtfError
 from exporter.sources.syscalls import abi_status_offset
+from tests.helpers import bpftool_structs
 
 
 def blob() -> bytes:
@@ -43,9 +44,20 @@ def test_member_offsets_from_a_blob():
 
 
 def test_running_kernel_offset_matches_bpftool():
+    """orb8's parser against bpftool's reading of the same BTF (an independent
+    parser), not against itself."""
     offset, detail = abi_status_offset()
     assert offset is not None, detail
     assert "kernel BTF" in detail
-    # thread_info is the first member of task_struct on x86 (THREAD_INFO_IN_TASK)
-    # and its status follows two longs on every kernel since 5.x.
-    assert offset == Btf.from_file().offset_of("thread_info.status")[0]
+    structs = bpftool_structs({"task_struct", "thread_info"})
+    thread_info = structs["task_struct"][1]["thread_info"]
+    status = structs["thread_info"][1]["status"]
+    assert offset * 8 == thread_info + status
+
+
+def test_struct_sizes_match_bpftool():
+    names = {"bpf_htab", "bpf_local_storage_map", "thread_info"}
+    btf = Btf.from_file()
+    assert {name: btf.struct_size(name) for name in names} == {
+        name: size for name, (size, _) in bpftool_structs(names).items()
+    }

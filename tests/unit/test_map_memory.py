@@ -1,17 +1,30 @@
 """Kernel memory of BPF maps from their definitions (exporter/mapmemory.py).
 
 The expected bytes in the first table are the kernel's own accounting
-(`memlock` in /proc/self/fdinfo/<map fd>), read on Linux 6.18 x86_64 with
-2 possible CPUs from maps created by BCC with these definitions. The
-64-CPU rows are the same formulas worked by hand from kernel/bpf/*.c.
-tests/kernel/test_map_memory.py checks a live orb8's maps on this kernel.
+(`memlock` in /proc/self/fdinfo/<map fd>), read on one Linux 6.18 x86_64
+build with 2 possible CPUs from maps created by BCC with these definitions;
+that build's struct sizes are FALLBACK_SIZES, passed explicitly, so the table
+holds on any machine. The 64-CPU rows are the same formulas worked by hand
+from kernel/bpf/*.c. tests/kernel/test_map_memory.py checks a live orb8's
+maps against the running kernel, with the sizes its BTF gives.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from exporter.mapmemory import MapDef, map_memory, orb8_maps, parse_cpu_list, slots_needed
+from exporter.mapmemory import (
+    FALLBACK_SIZES,
+    HEADER_STRUCTS,
+    KernelSizes,
+    MapDef,
+    kernel_sizes,
+    map_memory,
+    orb8_maps,
+    parse_cpu_list,
+    slots_needed,
+)
+from tests.helpers import bpftool_structs
 
 MiB = 1 << 20
 
@@ -53,7 +66,42 @@ MiB = 1 << 20
     ],
 )
 def test_map_memory_matches_the_kernels_accounting(m, cpus, entries, kernel_memlock):
-    assert map_memory(m, cpus, entries) == kernel_memlock
+    assert map_memory(m, cpus, entries, FALLBACK_SIZES) == kernel_memlock
+
+
+def test_struct_sizes_come_from_the_build_not_a_table():
+    """Another build of the same kernel version: struct bpf_local_storage_map
+    is 480 bytes there (448 in FALLBACK_SIZES); every other term is the same."""
+    other = KernelSizes(
+        headers={**FALLBACK_SIZES.headers, "sk_storage": 480},
+        htab_elem=56,
+        bucket=FALLBACK_SIZES.bucket,
+        storage_bucket=FALLBACK_SIZES.storage_bucket,
+        origin="test",
+    )
+    storage = MapDef("k", "sk_storage", 4, 8, 0, prealloc=False)
+    assert map_memory(storage, 2, sizes=other) == map_memory(storage, 2, sizes=FALLBACK_SIZES) + 32
+    # htab_elem is paid once per preallocated element: 1024 + 2 extra per CPU.
+    h = MapDef("h", "hash", 16, 4, 1024)
+    assert map_memory(h, 2, sizes=other) - map_memory(h, 2, sizes=FALLBACK_SIZES) == 8 * 1026
+
+
+def test_running_kernel_sizes_are_what_bpftool_reads_from_btf():
+    sizes = kernel_sizes()
+    assert sizes.origin == "kernel BTF"
+    oracle = bpftool_structs(
+        {*HEADER_STRUCTS.values(), "htab_elem", "bucket", "bpf_local_storage_map_bucket"}
+    )
+    assert sizes.headers == {kind: oracle[name][0] for kind, name in HEADER_STRUCTS.items()}
+    assert sizes.htab_elem == oracle["htab_elem"][0]
+    assert sizes.bucket == oracle["bucket"][0]
+    assert sizes.storage_bucket == oracle["bpf_local_storage_map_bucket"][0]
+
+
+def test_without_btf_the_fallback_table_is_used(tmp_path):
+    assert kernel_sizes(tmp_path / "no-vmlinux") is FALLBACK_SIZES
+    (tmp_path / "garbage").write_bytes(b"\0" * 64)
+    assert kernel_sizes(tmp_path / "garbage") is FALLBACK_SIZES
 
 
 def test_a_no_prealloc_hash_defaults_to_full_and_never_exceeds_it():
@@ -81,12 +129,12 @@ def test_the_budget_for_1000_containers_x_64_syscalls_on_64_cpus():
     assert slots_needed(1000, 64, headroom=0.15) == 73728
     maps = orb8_maps(slots=65536)
     occupancy = {"network_traffic": 4000, "network_tcp": 5000}
-    total = sum(map_memory(m, 64, occupancy.get(m.name)) for m in maps)
+    total = sum(map_memory(m, 64, occupancy.get(m.name), FALLBACK_SIZES) for m in maps)
     assert 51 * MiB < total < 52 * MiB
-    worst = sum(map_memory(m, 64) for m in maps)  # every map full
+    worst = sum(map_memory(m, 64, sizes=FALLBACK_SIZES) for m in maps)  # every map full
     assert 66 * MiB < worst < 67 * MiB
     counts = next(m for m in maps if m.name == "syscall_counts")
-    assert map_memory(counts, 64) == 312 + 65536 * 8 * 65
+    assert map_memory(counts, 64, sizes=FALLBACK_SIZES) == 312 + 65536 * 8 * 65
 
 
 @pytest.mark.parametrize(
