@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9826
 
-.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests
+.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests golden
 
 setup:
 	@bash scripts/setup-host.sh
@@ -43,6 +43,10 @@ image:
 # The image under the DaemonSet's exact privileges (also part of `make test`).
 image-test: setup
 	$(VENV)/bin/python -m pytest tests/kernel/test_container.py $(PYTEST_ARGS)
+
+# Regenerate tests/golden/*.txt, the whole /metrics of a fixed node (review the diff).
+golden: setup
+	$(VENV)/bin/python -m tests.golden
 
 # Regenerate deploy/prometheus-operator/prometheusrule.yaml from alerts/.
 manifests: setup
