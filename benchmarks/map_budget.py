@@ -1,9 +1,10 @@
 """Kernel memory of orb8's maps for a node shape (exporter/mapmemory.py), as markdown.
 
 Computed, not measured: the kernel's map_mem_usage formulas applied to the
-definitions in bpf/*.c (tests/kernel/test_map_memory.py checks them against
-the live kernel). Non-preallocated hashes are shown at the occupancy the
-given containers produce and full.
+definitions each probe declares (exporter/sources/*/maps.py;
+tests/kernel/test_map_memory.py checks them against the live kernel).
+Non-preallocated hashes are shown at the occupancy the given containers
+produce and full.
 
 Usage: .venv/bin/python benchmarks/map_budget.py [--containers 1000] [--syscalls 64]
            [--cpus 64] [--slots N] [--traffic-per-container 4] [--tcp-per-container 5]
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from exporter.mapmemory import map_memory, orb8_maps, slots_needed
+from exporter.mapmemory import map_memory, slots_needed
+from exporter.registry import kernel_maps, load_settings
 
 MiB = 1 << 20
 
@@ -42,7 +44,16 @@ def main() -> None:
     print("| map | type | max_entries | at this occupancy | full |")
     print("|---|---|---|---|---|")
     used = full = 0
-    for m in orb8_maps(slots, traffic=args.traffic, tcp=args.tcp, flows=args.flows):
+    settings = load_settings(
+        {
+            "syscall_slots": slots,
+            "network_traffic_entries": args.traffic,
+            "network_tcp_entries": args.tcp,
+            "network_flow_entries": args.flows,
+        },
+        environ={},
+    )
+    for m in kernel_maps(settings):
         now = map_memory(m, args.cpus, occupancy.get(m.name))
         worst = map_memory(m, args.cpus)
         used, full = used + now, full + worst

@@ -13,7 +13,7 @@ import logging
 import platform
 from typing import Any
 
-from exporter import __version__
+from exporter import __version__, registry
 from exporter.config import ConfigError, Settings
 from exporter.logs import setup_logging
 from exporter.registry import add_arguments, load_settings
@@ -78,17 +78,8 @@ def cmd_run(settings: Settings) -> int:
 def cmd_diagnose(settings: Settings) -> int:
     from exporter.diagnose import format_checks, run_checks
 
-    capacities = {
-        name: getattr(settings, name)
-        for name in (
-            "syscall_slots",
-            "ring_buffer_size",
-            "network_traffic_entries",
-            "network_tcp_entries",
-            "network_flow_entries",
-        )
-    }
-    results = run_checks(kernel_headers=settings.kernel_headers, capacities=capacities)
+    maps = registry.kernel_maps(settings)
+    results = run_checks(kernel_headers=settings.kernel_headers, maps=maps)
     print(format_checks(results))
     return 1 if any(r.status == "fail" for r in results) else 0
 

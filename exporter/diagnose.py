@@ -15,6 +15,7 @@ from pathlib import Path
 
 from exporter import probes
 from exporter.identity.cgroupfs import CgroupError, find_cgroup2_mount
+from exporter.mapmemory import MapDef
 
 MIN_KERNEL = (5, 8)
 # Capability bits (linux/capability.h).
@@ -188,18 +189,11 @@ def check_test_load() -> Check:
 MAP_MEMORY_BUDGET = 64 * 2**20  # per node, what docs/scaling.md sizes for
 
 
-def check_map_memory(capacities: dict[str, int], cpus: int) -> Check:
-    """The kernel memory the syscalls and network maps will take at these
+def check_map_memory(maps: list[MapDef], cpus: int) -> Check:
+    """The kernel memory the enabled probes' maps will take at the configured
     capacities on this node's CPU count, every map full (the worst case)."""
-    from exporter.mapmemory import kernel_sizes, map_memory, orb8_maps
+    from exporter.mapmemory import kernel_sizes, map_memory
 
-    maps = orb8_maps(
-        slots=capacities["syscall_slots"],
-        ring_buffer_bytes=capacities["ring_buffer_size"],
-        traffic=capacities["network_traffic_entries"],
-        tcp=capacities["network_tcp_entries"],
-        flows=capacities["network_flow_entries"],
-    )
     structs = kernel_sizes()
     sizes = sorted(
         ((map_memory(m, cpus, m.max_entries, structs), m.name) for m in maps), reverse=True
@@ -227,7 +221,7 @@ def run_checks(
     proc: Path = Path("/proc"),
     btf: Path = Path("/sys/kernel/btf/vmlinux"),
     release: str | None = None,
-    capacities: dict[str, int] | None = None,
+    maps: list[MapDef] | None = None,
 ) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         lambda: check_kernel(release or platform.release()),
@@ -239,10 +233,10 @@ def run_checks(
         check_tracefs,
         lambda: check_cgroup2(proc / "self" / "mountinfo"),
     ]
-    if capacities is not None:
+    if maps:
         from exporter.mapmemory import possible_cpus
 
-        checks.append(lambda: check_map_memory(capacities, possible_cpus()))
+        checks.append(lambda: check_map_memory(maps, possible_cpus()))
     results = [check() for check in checks]
     if all(r.status != "fail" for r in results):
         results.append(check_test_load())

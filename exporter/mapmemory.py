@@ -190,48 +190,6 @@ def map_memory(
     return usage
 
 
-# Sizes of the structs in bpf/syscalls.c and bpf/include/network.h.
-SYSCALL_PAIR = 16  # struct syscall_pair
-CPU_CACHE = 16 + 512 * 16  # struct cpu_cache: id, epoch, CACHE_WAYS x cache_entry
-TRAFFIC_KEY, TRAFFIC_VALUE = 16, 16
-TCP_KEY = 16
-FLOW_KEY, FLOW_VALUE = 32, 16
-NR_FLAGS = 3 * 1024  # ABI_TABLES x NR_TABLE
-
-
-def orb8_maps(
-    slots: int,
-    dangerous: int = 4096,
-    excluded: int = 64,
-    ring_buffer_bytes: int = 1 << 20,
-    traffic: int = 16384,
-    tcp: int = 8192,
-    flows: int = 16384,
-) -> list[MapDef]:
-    """Every map bpf/syscalls.c and bpf/network.c create, at the given capacities."""
-    return [
-        MapDef("syscall_slots", "hash", SYSCALL_PAIR, 4, slots),
-        MapDef("syscall_counts", "percpu_array", 4, 8, slots),
-        MapDef("syscall_free_slots", "stack", 0, 4, slots),
-        MapDef("syscall_cache", "percpu_array", 4, CPU_CACHE, 1),
-        MapDef("syscall_epoch", "array", 4, 8, 1),
-        MapDef("syscall_update_failures", "percpu_array", 4, 8, 1),
-        MapDef("syscall_flags", "array", 4, 1, NR_FLAGS),
-        MapDef("dangerous_excluded", "hash", 8, 1, excluded),
-        MapDef("dangerous_config", "array", 4, 8, 1),
-        MapDef("dangerous_counts", "percpu_hash", SYSCALL_PAIR, 8, dangerous),
-        MapDef("dangerous_update_failures", "percpu_array", 4, 8, 1),
-        MapDef("dangerous_events", "ringbuf", 0, 0, ring_buffer_bytes),
-        MapDef("ringbuf_stats", "percpu_array", 4, 8, 5),
-        MapDef("ringbuf_progress", "array", 4, 8, 2),
-        MapDef("network_traffic", "percpu_hash", TRAFFIC_KEY, TRAFFIC_VALUE, traffic, False),
-        MapDef("network_tcp", "percpu_hash", TCP_KEY, 8, tcp, False),
-        MapDef("network_flows", "lru_hash", FLOW_KEY, FLOW_VALUE, flows),
-        MapDef("network_stats", "percpu_array", 4, 8, 4),
-        MapDef("network_sockets", "sk_storage", 4, 8, 0, False),
-    ]
-
-
 def slots_needed(containers: int, syscalls: int, headroom: float = 0.0) -> int:
     """Slot capacity for `containers` x `syscalls` distinct pairs plus a
     fraction of headroom (node services, pause containers, cgroups of deleted

@@ -30,6 +30,7 @@ from exporter.config import (
     optional_positive_float,
 )
 from exporter.config import SETTINGS as AGENT_SETTINGS
+from exporter.mapmemory import MapDef
 from exporter.sources import Probe, dcgm, gpu, network, syscalls
 
 PROBES: tuple[Probe, ...] = (
@@ -154,3 +155,8 @@ def load_settings(
 def enabled(settings: Settings) -> list[Probe]:
     """The probes --probes turned on, in registry order."""
     return [probe for probe in PROBES if probe.name in settings.probes]
+
+
+def kernel_maps(settings: Settings) -> list[MapDef]:
+    """Every kernel map the enabled probes create, at the configured capacities."""
+    return [m for probe in enabled(settings) if probe.maps for m in probe.maps(settings)]

@@ -20,6 +20,7 @@ from exporter.model import MetricFamily
 
 if TYPE_CHECKING:
     from exporter.identity import Resolver
+    from exporter.mapmemory import MapDef
     from exporter.probes import KernelHeaders
 
 
@@ -66,3 +67,6 @@ class Probe:
     settings: tuple[Spec, ...]
     factory: Callable[[Context], Any]  # -> Source
     bpf: bool = False  # compiles BPF: needs kernel headers
+    # The kernel maps it creates at these settings (BPF probes): what the
+    # memory budget of `orb8 diagnose` adds up and the kernel test checks.
+    maps: Callable[[Settings], list[MapDef]] | None = None

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.mapmemory import MapDef, map_memory, orb8_maps, possible_cpus
+from exporter.mapmemory import MapDef, map_memory, possible_cpus
+from exporter.registry import kernel_maps, load_settings
 
 pytestmark = pytest.mark.kernel
 
@@ -32,9 +33,10 @@ def test_every_map_of_a_live_orb8_costs_what_the_formulas_say(start_exporter):
     exporter = start_exporter("--probes", "syscalls,network", "--syscall-slots", "4096")
     cpus = possible_cpus()
     loaded = {m["name"]: m for m in held_maps(exporter.proc.pid)}
-    # The definitions in mapmemory.orb8_maps() are those the C files create
-    # (BPF object names are cut at 15 characters).
-    for definition in orb8_maps(slots=4096):
+    # The probes' declarations (exporter/sources/*/maps.py) are the maps the
+    # C files create (BPF object names are cut at 15 characters).
+    settings = load_settings({"probes": "syscalls,network", "syscall_slots": 4096}, environ={})
+    for definition in kernel_maps(settings):
         live = loaded.pop(definition.name[:15])
         assert (live["type"], live["bytes_value"], live["max_entries"]) == (
             definition.type,
@@ -50,7 +52,7 @@ def test_every_map_of_a_live_orb8_costs_what_the_formulas_say(start_exporter):
             empty = map_memory(definition, cpus, entries=0)
             one = map_memory(definition, cpus, entries=1) - empty
             assert (live["bytes_memlock"] - empty) % one == 0, definition.name
-    assert not loaded, f"maps mapmemory.orb8_maps() does not know: {sorted(loaded)}"
+    assert not loaded, f"maps no probe declares: {sorted(loaded)}"
 
 
 def test_the_formulas_hold_for_other_shapes_than_orb8s(start_exporter):
@@ -82,5 +84,10 @@ def test_map_memory_gauge_is_the_kernels_own_figure(start_exporter):
         else:
             assert value == loaded[name[:15]]["bytes_memlock"], name
     assert gauge["syscall_counts"] == map_memory(
-        next(m for m in orb8_maps(slots=4096) if m.name == "syscall_counts"), possible_cpus()
+        next(
+            m
+            for m in kernel_maps(load_settings({"syscall_slots": 4096}, environ={}))
+            if m.name == "syscall_counts"
+        ),
+        possible_cpus(),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter import registry
 from exporter.diagnose import (
     check_capabilities,
     check_kernel,
@@ -74,25 +75,19 @@ def test_syscall_abi_detection_is_reported(tmp_path):
     assert live.status == "ok" and "thread_info.status at offset" in live.detail
 
 
-DEFAULT_CAPACITIES = {
-    "syscall_slots": 65536,
-    "ring_buffer_size": 1 << 20,
-    "network_traffic_entries": 16384,
-    "network_tcp_entries": 8192,
-    "network_flow_entries": 16384,
-}
-
-
 @pytest.mark.parametrize(
-    ("cpus", "capacities", "status"),
+    ("cpus", "flags", "status"),
     [
-        (2, DEFAULT_CAPACITIES, "ok"),
-        (16, DEFAULT_CAPACITIES, "ok"),
-        (256, DEFAULT_CAPACITIES, "warn"),  # per-CPU maps grow with the CPUs
-        (2, {**DEFAULT_CAPACITIES, "syscall_slots": 1 << 24}, "warn"),
+        (2, {}, "ok"),
+        (16, {}, "ok"),
+        (256, {}, "warn"),  # per-CPU maps grow with the CPUs
+        (2, {"syscall_slots": 1 << 24}, "warn"),
+        (2, {"probes": "network"}, "ok"),  # only the enabled probes' maps count
     ],
 )
-def test_map_memory_budget(cpus, capacities, status):
-    check = check_map_memory(capacities, cpus)
+def test_map_memory_budget(cpus, flags, status):
+    maps = registry.kernel_maps(registry.load_settings(flags, environ={}))
+    check = check_map_memory(maps, cpus)
     assert check.status == status, check
-    assert f"on {cpus} CPUs" in check.detail and "syscall" in check.detail
+    assert f"on {cpus} CPUs" in check.detail
+    assert ("syscall" in check.detail) == ("probes" not in flags)

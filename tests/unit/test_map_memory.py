@@ -20,10 +20,10 @@ from exporter.mapmemory import (
     MapDef,
     kernel_sizes,
     map_memory,
-    orb8_maps,
     parse_cpu_list,
     slots_needed,
 )
+from exporter.registry import kernel_maps, load_settings
 from tests.helpers import bpftool_structs
 
 MiB = 1 << 20
@@ -127,7 +127,7 @@ def test_the_budget_for_1000_containers_x_64_syscalls_on_64_cpus():
     network maps at 1,000 containers' occupancy the total is under 64 MiB."""
     assert slots_needed(1000, 64) == 65536
     assert slots_needed(1000, 64, headroom=0.15) == 73728
-    maps = orb8_maps(slots=65536)
+    maps = kernel_maps(load_settings({"syscall_slots": 65536}, environ={}))
     occupancy = {"network_traffic": 4000, "network_tcp": 5000}
     total = sum(map_memory(m, 64, occupancy.get(m.name), FALLBACK_SIZES) for m in maps)
     assert 51 * MiB < total < 52 * MiB

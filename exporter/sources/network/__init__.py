@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from exporter.config import Spec, cidr_list, map_capacity, non_negative_int, positive_float
 from exporter.sources import Context, Probe
+from exporter.sources.network.maps import kernel_maps
 
 if TYPE_CHECKING:
     from exporter.sources.network.source import NetworkSource
@@ -86,4 +87,6 @@ def create(context: Context) -> NetworkSource:
     )
 
 
-PROBE = Probe("network", default=True, settings=SETTINGS, factory=create, bpf=True)
+PROBE = Probe(
+    "network", default=True, settings=SETTINGS, factory=create, bpf=True, maps=kernel_maps
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exporter.sources import Context, Probe
+from exporter.sources.syscalls.maps import kernel_maps
 from exporter.sources.syscalls.names import (
     abi_status_offset,
     ia32_emulation,
@@ -51,7 +52,9 @@ def create(context: Context) -> SyscallSource:
     )
 
 
-PROBE = Probe("syscalls", default=True, settings=SETTINGS, factory=create, bpf=True)
+PROBE = Probe(
+    "syscalls", default=True, settings=SETTINGS, factory=create, bpf=True, maps=kernel_maps
+)
 
 __all__ = [
     "DEFAULT_DANGEROUS_SYSCALLS",

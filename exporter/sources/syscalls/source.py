@@ -65,6 +65,7 @@ from exporter.sources.syscalls.evidence import (
     evidence_line,
     monotonic_to_wall_offset,
 )
+from exporter.sources.syscalls.maps import DANGEROUS_CAPACITY, EXCLUDED_CAPACITY, NR_TABLE
 from exporter.sources.syscalls.names import (
     ABI_SHIFT,
     ABIS,
@@ -81,12 +82,9 @@ log = logging.getLogger(__name__)
 
 SLOT_MAP = "syscall_slots"
 DANGEROUS_MAP = "dangerous_counts"
-DANGEROUS_CAPACITY = 4096
-NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)
 KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
 FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
 TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
-EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
 PEAK_WINDOW = 60.0  # seconds orb8_ring_buffer_utilization looks back
