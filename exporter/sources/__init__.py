@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from exporter.config import Settings, Spec
 from exporter.model import MetricFamily
@@ -65,7 +65,7 @@ class Probe:
     name: str
     default: bool
     settings: tuple[Spec, ...]
-    factory: Callable[[Context], Any]  # -> Source
+    factory: Callable[[Context], Source]
     bpf: bool = False  # compiles BPF: needs kernel headers
     # The kernel maps it creates at these settings (BPF probes): what the
     # memory budget of `orb8 diagnose` adds up and the kernel test checks.
