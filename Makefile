@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9826
 
-.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests golden
+.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests golden docs
 
 setup:
 	@bash scripts/setup-host.sh
@@ -43,6 +43,10 @@ image:
 # The image under the DaemonSet's exact privileges (also part of `make test`).
 image-test: setup
 	$(VENV)/bin/python -m pytest tests/kernel/test_container.py $(PYTEST_ARGS)
+
+# Rewrite docs/metrics.md's generated parts (probe-declared families, the OTLP table).
+docs: setup
+	$(VENV)/bin/python -m exporter.catalogue --write
 
 # Regenerate tests/golden/*.txt, the whole /metrics of a fixed node (review the diff).
 golden: setup

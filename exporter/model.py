@@ -36,6 +36,9 @@ class MetricFamily:
     help: str
     labels: tuple[str, ...] = ()
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    # (OTLP name, UCUM unit) of a family declared by a MetricSpec; None: the
+    # table in exporter/outputs/otlp_names.py names it.
+    otlp: tuple[str, str] | None = None
 
     def add(self, label_values: tuple[str, ...], value: float) -> None:
         if len(label_values) != len(self.labels):
@@ -70,3 +73,33 @@ def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> MetricFamily:
 
 def gauge(name: str, help: str, labels: tuple[str, ...] = ()) -> MetricFamily:
     return MetricFamily(name, "gauge", help, labels)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A family's whole declaration, made once by the probe that exports it
+    (Probe.metrics): its /metrics name, type, HELP and labels, its OTLP
+    instrument (name and UCUM unit, exporter/outputs/otlp_names.py's rules),
+    and its row of docs/metrics.md (`doc`, the longer meaning; HELP if empty),
+    which `make docs` writes and a test keeps in step.
+
+    The source builds its families from the declaration (`family()`), so the
+    name, type and labels it exports cannot drift from what is documented."""
+
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...]
+    otlp: str
+    unit: str
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.type == "counter") != self.name.endswith("_total"):
+            raise ValueError(f"{self.name}: counters, and only counters, end in _total")
+
+    def family(self) -> MetricFamily:
+        """An empty family to add this collect's samples to."""
+        return MetricFamily(
+            self.name, self.type, self.help, self.labels, otlp=(self.otlp, self.unit)
+        )

@@ -16,7 +16,7 @@ type; the outputs' settings are validated here, with their own checks.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,11 +152,11 @@ def load_settings(
     return config.load_settings(SETTINGS, flags, environ, check_paths)
 
 
-def enabled(settings: Settings) -> list[Probe]:
+def enabled(settings: Settings, probes: Sequence[Probe] = PROBES) -> list[Probe]:
     """The probes --probes turned on, in registry order."""
-    return [probe for probe in PROBES if probe.name in settings.probes]
+    return [probe for probe in probes if probe.name in settings.probes]
 
 
-def kernel_maps(settings: Settings) -> list[MapDef]:
+def kernel_maps(settings: Settings, probes: Sequence[Probe] = PROBES) -> list[MapDef]:
     """Every kernel map the enabled probes create, at the configured capacities."""
-    return [m for probe in enabled(settings) if probe.maps for m in probe.maps(settings)]
+    return [m for p in enabled(settings, probes) if p.maps for m in p.maps(settings)]

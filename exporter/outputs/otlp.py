@@ -323,7 +323,7 @@ class Converter:
         for family in families:
             if not family.samples:
                 continue
-            inst = otlp_names.instrument(family.name)
+            inst = otlp_names.instrument(family.name, family.otlp)
             data_points = []
             is_counter = family.type == "counter"
             # Gauges carry no start time; counters count from orb8's start

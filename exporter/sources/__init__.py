@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from exporter.config import Settings, Spec
-from exporter.model import MetricFamily
+from exporter.model import MetricFamily, MetricSpec
 
 if TYPE_CHECKING:
     from exporter.identity import Resolver
@@ -70,3 +70,7 @@ class Probe:
     # The kernel maps it creates at these settings (BPF probes): what the
     # memory budget of `orb8 diagnose` adds up and the kernel test checks.
     maps: Callable[[Settings], list[MapDef]] | None = None
+    # The metric families only this probe exports, each declared once
+    # (name, type, HELP, labels, OTLP instrument, catalogue text): the OTLP
+    # table and docs/metrics.md's rows for them are generated from these.
+    metrics: tuple[MetricSpec, ...] = ()

@@ -20,6 +20,7 @@ import uuid
 
 import pytest
 
+from exporter import catalogue
 from exporter.outputs import otlp_names
 from tests.helpers import ROOT, run_workload, series, wait_for
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
@@ -68,7 +69,7 @@ def udp_loopback(cgroup) -> None:
 def otlp_key(name: str, labels: tuple[tuple[str, str], ...]) -> tuple[str, tuple]:
     keys = tuple(k for k, _ in labels)
     values = tuple(v for _, v in labels)
-    return otlp_names.instrument(name).name, tuple(
+    return catalogue.instrument(name).name, tuple(
         sorted(otlp_names.attributes(keys, values).items())
     )
 
@@ -166,7 +167,7 @@ def test_push_matches_metrics_sample_for_sample(
             exact += 1
         elif counter:
             assert value <= point.value <= after[(name, labels)], (name, labels)
-        inst = otlp_names.METRICS[name]
+        inst = catalogue.instrument(name)
         assert point.unit == inst.unit, name
         if types[name] == "counter":
             assert (point.kind, point.monotonic, point.temporality) == ("sum", True, 2), name
@@ -214,9 +215,7 @@ def test_push_matches_metrics_sample_for_sample(
 def test_table_in_docs_matches_live_output(start_exporter, apiserver, receivers, tmp_path):
     """docs/metrics.md's OTLP table is the declaration rendered, and the live push follows it."""
     docs = (ROOT / "docs" / "metrics.md").read_text()
-    assert otlp_names.docs_with_table(docs) == docs, (
-        "OTLP table out of date: python -m exporter.outputs.otlp_names --write"
-    )
+    assert catalogue.render(docs) == docs, "docs/metrics.md out of date: make docs"
     rows = {}
     for line in docs.partition(otlp_names.TABLE_BEGIN)[2].splitlines():
         cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
@@ -252,11 +251,11 @@ def test_table_in_docs_matches_live_output(start_exporter, apiserver, receivers,
     prometheus_families = set(kinds(exporter.url))
     undocumented = sorted(set(live) - set(rows))
     assert not undocumented, f"pushed but not in the OTLP table: {undocumented}"
-    documented_names = {otlp_names.instrument(n).name for n in prometheus_families}
+    documented_names = {catalogue.instrument(n).name for n in prometheus_families}
     missing = sorted(documented_names - set(live))
     # Families without samples (e.g. ring buffer drops before any) send no points.
     for name in missing:
-        prom = next(n for n in prometheus_families if otlp_names.instrument(n).name == name)
+        prom = next(n for n in prometheus_families if catalogue.instrument(n).name == name)
         assert not [k for k in before if k[0] == prom], (
             f"{prom} has samples on /metrics but no OTLP points"
         )
