@@ -197,6 +197,7 @@ class PrometheusServer:
             self.routes,
             family=family,
             tls=web_config.tls if web_config is not None else None,
+            fast_paths=[path for path in HEALTH_PATHS if path in self.routes],
         )
         self.address = self.httpd.address
 
