@@ -148,9 +148,8 @@ def test_one_bcrypt_at_a_time_a_clean_client_waits_first_the_rest_are_refused(ha
         assert auth.verify(basic("prom", b"guess-2"), "10.0.0.66") is AuthResult.BUSY
         # A client that never failed waits for the gate...
         scraper = pool.submit(auth.verify, basic("prom", PASSWORD), "10.0.0.2")
-        while auth.gate._waiting[True] == 0:
-            assert not scraper.done()
-            threading.Event().wait(0.01)
+        until(lambda: scraper.done() or auth.gate._waiting[True] == 1)
+        assert not scraper.done()
         # ... one at a time: a second clean client is refused while it waits.
         assert auth.verify(basic("nobody", b"x"), "10.0.0.3") is AuthResult.BUSY
         # Remembered results need no gate, even while it is taken.
@@ -189,6 +188,16 @@ def test_the_cache_key_is_secret_per_process(hashed):
     second.verify(basic("prom", b"wrong"), "10.0.0.1")
     assert first._failed.keys() != second._failed.keys()
     assert hashlib.sha256(b"wrong").digest() not in first._failed
+
+
+def until(condition: Callable[[], bool], polls: int = 2400) -> None:
+    """Polls (every 50 ms, 2 minutes at most) so that a broken server fails the test
+    instead of hanging it."""
+    for _ in range(polls):
+        if condition():
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError("condition not reached")
 
 
 def _get(port: int, path: str, source: str, authorization: str | None = None) -> int:
@@ -262,8 +271,7 @@ def test_a_flood_of_wrong_passwords_runs_one_bcrypt_at_a_time_and_health_and_the
             thread.start()
         # Until the attackers' host has failed once and none of its first requests
         # (which found a host without failures) still waits first in line.
-        while "127.0.0.1" not in auth._suspects or auth.gate._waiting[True]:
-            threading.Event().wait(0.05)
+        until(lambda: "127.0.0.1" in auth._suspects and not auth.gate._waiting[True])
         answers = []
         for _ in range(10):
             answers.append(("/healthz", _get(port, "/healthz", "127.0.0.2")))
@@ -271,8 +279,7 @@ def test_a_flood_of_wrong_passwords_runs_one_bcrypt_at_a_time_and_health_and_the
             metrics = _get(port, "/metrics", "127.0.0.2", basic("prom", PASSWORD))
             answers.append(("/metrics", metrics))
         assert answers == [("/healthz", 200), ("/readyz", 503), ("/metrics", 200)] * 10
-        while sum(map(len, statuses.values())) < 60:  # enough of the flood seen
-            threading.Event().wait(0.05)
+        until(lambda: sum(map(len, statuses.values())) >= 60)  # enough of the flood seen
     finally:
         stop.set()
         for thread in attackers:
@@ -285,3 +292,41 @@ def test_a_flood_of_wrong_passwords_runs_one_bcrypt_at_a_time_and_health_and_the
     # One bcrypt for the repeated wrong password, one per random guess answered 401
     # (a fresh guess is never remembered), one for the scraper's password.
     assert check.runs == 1 + statuses["random"].count(401) + 1, (check.runs, statuses)
+
+
+def test_the_gate_rests_as_long_as_a_check_took_so_bcrypt_gets_at_most_half_a_core():
+    now = [100.0]
+    gate = BcryptGate(share=0.5, clock=lambda: now[0])
+    assert gate.enter(0.0)
+    assert not gate.enter(0.0)  # one at a time
+    now[0] += 0.06
+    gate.leave(0.06)
+    assert not gate.enter(0.0)  # resting: 0.06 s more
+    now[0] += 0.059
+    assert not gate.enter(0.0)
+    now[0] += 0.002
+    assert gate.enter(0.0)
+    gate.leave(0.0)
+    assert gate.enter(0.0)  # a check that ran no bcrypt (found in the cache) needs no rest
+    gate.leave(0.0)
+
+
+def test_a_trusted_waiter_goes_before_one_with_failures():
+    gate = BcryptGate(share=1.0)
+    assert gate.enter(0.0)
+    order: list[str] = []
+
+    def wait(name: str, trusted: bool) -> None:
+        assert gate.enter(30.0, trusted)
+        order.append(name)
+        gate.leave(0.0)
+
+    with ThreadPoolExecutor(2) as pool:
+        suspect = pool.submit(wait, "suspect", False)
+        until(lambda: gate._waiting[False] == 1)
+        trusted = pool.submit(wait, "trusted", True)
+        until(lambda: gate._waiting[True] == 1)
+        assert not gate.enter(30.0, True) and not gate.enter(30.0, False)  # one of each
+        gate.leave(0.0)
+        suspect.result(10), trusted.result(10)
+    assert order == ["trusted", "suspect"]
