@@ -91,7 +91,7 @@ BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; bcrypt>=5 raises instead of
 FAILED_CAPACITY = 4096  # failed credentials remembered (LRU)
 PASSED_CAPACITY = 64  # correct credentials remembered (LRU; bcrypt's 72-byte cut makes many)
 SUSPECTS_CAPACITY = 1024  # client hosts with a recent failure (LRU)
-SUSPECT_SECONDS = 60.0  # a host that failed this recently does not wait for the gate
+SUSPECT_SECONDS = 60.0  # a host that failed this recently waits less, and second
 REPORT_SECONDS = 60.0  # at most one warning about failures per minute
 
 
