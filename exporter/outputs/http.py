@@ -2,7 +2,8 @@
 
 One selector thread accepts connections and reads request heads without
 blocking; a fixed pool of worker threads builds and writes responses. So:
-  - threads are fixed (1 + `workers`), however many clients connect;
+  - threads are fixed (1 + `workers`, +1 with `fast_paths`), however many
+    clients connect;
   - at most `max_connections` sockets are held; at the limit the oldest
     connection still sending its request is closed to make room, so an idle
     or slow crowd cannot lock a real scraper (which sends at once) out;
