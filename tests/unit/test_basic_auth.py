@@ -330,3 +330,20 @@ def test_a_trusted_waiter_goes_before_one_with_failures():
         gate.leave(0.0)
         suspect.result(10), trusted.result(10)
     assert order == ["trusted", "suspect"]
+
+
+def test_over_http_a_long_password_gets_401_for_unknown_and_known_users(tmp_path, hashed):
+    """Before: bcrypt>=5 raised on the dummy check, so an unknown user with a
+    100-byte password got no answer at all while a known one got 401."""
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"prom": hashed.decode()}}))
+    server = PrometheusServer(
+        Listen("127.0.0.1", 0), lambda: [], lambda: "", web_config=load_web_config(path)
+    )
+    server.start()
+    try:
+        for user in ("nobody", "prom"):
+            status = _get(server.address[1], "/metrics", "127.0.0.1", basic(user, b"y" * 100))
+            assert status == 401, user
+    finally:
+        server.close()
