@@ -2,14 +2,20 @@
 
 One selector thread accepts connections and reads request heads without
 blocking; a fixed pool of worker threads builds and writes responses. So:
-  - threads are fixed (1 + `workers`), however many clients connect;
+  - threads are fixed (1 + `workers`, +1 with `fast_paths`), however many
+    clients connect;
   - at most `max_connections` sockets are held; at the limit the oldest
     connection still sending its request is closed to make room, so an idle
     or slow crowd cannot lock a real scraper (which sends at once) out;
   - a request head must arrive complete within `header_timeout` seconds and
-    fit in `MAX_HEAD` bytes; a response must be taken by the client within
-    `write_timeout` seconds; one request per connection (Connection: close);
-  - the listen backlog is real (`backlog`, up to net.core.somaxconn).
+    fit in `MAX_HEAD` bytes (measured before the head is taken as complete,
+    so a big head arriving in one burst is refused too); a response must be
+    taken by the client within `write_timeout` seconds; one request per
+    connection (Connection: close);
+  - the listen backlog is real (`backlog`, up to net.core.somaxconn);
+  - requests for `fast_paths` (/healthz, /readyz) have their own queue and
+    worker, so a liveness probe never waits behind scrapes or password
+    checks that hold the other workers.
 
 Requests are parsed by the standard library's BaseHTTPRequestHandler (request
 line, headers, HTTP/0.9 and error replies) over the buffered head; handlers
@@ -35,7 +41,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -56,6 +62,7 @@ class Request:
     path: str  # without the query string
     query: str
     headers: Mapping[str, str]
+    client: str = ""  # the peer's address without the port ("" when unknown)
 
 
 @dataclass
@@ -94,8 +101,11 @@ class BoundedHTTPServer:
         backlog: int = 512,
         family: socket.AddressFamily = socket.AF_INET,
         tls: ssl.SSLContext | None = None,
+        fast_paths: Collection[str] = (),
+        fast_queue: int = 64,
     ) -> None:
         self.routes = dict(routes)
+        self.fast_paths = frozenset(path.encode("latin-1") for path in fast_paths)
         self.tls = tls
         self.workers = workers
         self.max_connections = max_connections
@@ -109,6 +119,9 @@ class BoundedHTTPServer:
         self.closed_for_capacity = 0  # connections closed to make room (for tests and logs)
         self._reading: dict[int, _Conn] = {}  # fd -> connection still sending its head
         self._ready: queue.Queue[_Conn | None] = queue.Queue(maxsize=max_connections)
+        # Health requests answer from flags in microseconds: their own small queue
+        # and worker, so they never wait behind a slow collect or a bcrypt check.
+        self._fast: queue.Queue[_Conn | None] = queue.Queue(maxsize=fast_queue)
         self._in_work = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -124,9 +137,17 @@ class BoundedHTTPServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         threads = [threading.Thread(target=self._loop, name="http", daemon=True)]
         threads += [
-            threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
+            threading.Thread(
+                target=self._work, args=(self._ready,), name=f"http-worker-{i}", daemon=True
+            )
             for i in range(self.workers)
         ]
+        if self.fast_paths:
+            threads.append(
+                threading.Thread(
+                    target=self._work, args=(self._fast,), name="http-health", daemon=True
+                )
+            )
         self._threads = threads
         for thread in threads:
             thread.start()
@@ -138,6 +159,8 @@ class BoundedHTTPServer:
         for _ in range(self.workers):
             with contextlib.suppress(queue.Full):
                 self._ready.put_nowait(None)
+        with contextlib.suppress(queue.Full):
+            self._fast.put_nowait(None)
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -152,7 +175,7 @@ class BoundedHTTPServer:
     @property
     def open_connections(self) -> int:
         with self._lock:
-            return len(self._reading) + self._ready.qsize() + self._in_work
+            return len(self._reading) + self._ready.qsize() + self._fast.qsize() + self._in_work
 
     # -- selector thread: accept and read heads ----------------------------
 
@@ -260,10 +283,10 @@ class BoundedHTTPServer:
             self._drop(conn)
             return
         conn.head += data
-        if _head_complete(conn.head):
-            self._unregister(conn)
-            self._enqueue(conn)
-        elif len(conn.head) > MAX_HEAD:
+        # The size first: a head that ends inside this read is still refused when
+        # it is too long (a 20 KB head in one burst used to be served).
+        length = _head_length(conn.head)
+        if (len(conn.head) if length is None else length) > MAX_HEAD:
             self._unregister(conn)
             conn.sock.setblocking(True)
             conn.sock.settimeout(1.0)
@@ -273,12 +296,23 @@ class BoundedHTTPServer:
                     b"Content-Length: 0\r\nConnection: close\r\n\r\n"
                 )
             _close(conn.sock)
+        elif length is not None:
+            self._unregister(conn)
+            self._enqueue(conn)
 
     def _enqueue(self, conn: _Conn) -> None:
+        lane = self._fast if self._is_fast(conn) else self._ready
         try:
-            self._ready.put_nowait(conn)
+            lane.put_nowait(conn)
         except queue.Full:
             _close(conn.sock)
+
+    def _is_fast(self, conn: _Conn) -> bool:
+        """The request line names a fast path; the full parse stays with the handler."""
+        if not self.fast_paths or conn.plain_on_tls:
+            return False
+        words = bytes(conn.head).split(b"\n", 1)[0].split()
+        return len(words) >= 2 and words[1].split(b"?", 1)[0] in self.fast_paths
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._reading.values() if now - c.opened > self.header_timeout]:
@@ -304,9 +338,9 @@ class BoundedHTTPServer:
 
     # -- workers: parse, route, write --------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, lane: queue.Queue[_Conn | None]) -> None:
         while True:
-            conn = self._ready.get()
+            conn = lane.get()
             if conn is None or self._stop.is_set():
                 if conn is not None:
                     _close(conn.sock)
@@ -333,12 +367,17 @@ class BoundedHTTPServer:
         writer.flush_all()
 
 
-def _head_complete(head: bytearray) -> bool:
-    if b"\r\n\r\n" in head or b"\n\n" in head:
-        return True
+def _head_length(head: bytearray) -> int | None:
+    """Bytes of the first request head in `head` (what follows may be a body or a
+    pipelined request), or None while it has not ended."""
+    ends = [at + len(end) for end in (b"\r\n\r\n", b"\n\n") if (at := head.find(end)) >= 0]
+    if ends:
+        return min(ends)
     # HTTP/0.9 ("GET /path" and a newline) has no headers; answer it rather than wait.
-    first, newline, _ = bytes(head).partition(b"\n")
-    return bool(newline) and len(first.split()) < 3
+    newline = head.find(b"\n")
+    if newline >= 0 and len(head[:newline].split()) < 3:
+        return newline + 1
+    return None
 
 
 def _answer_plain_http(sock: socket.socket) -> None:
@@ -358,6 +397,13 @@ def _answer_plain_http(sock: socket.socket) -> None:
             if not chunk:
                 break
             received += len(chunk)
+
+
+def _host(address: Any) -> str:
+    """The peer's host from a socket address ((host, port) or (host, port, flow, scope))."""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return ""
 
 
 def _close(sock: socket.socket) -> None:
@@ -430,7 +476,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             response = Response(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
         else:
-            request = Request(self.command, path, query, {k: v for k, v in self.headers.items()})
+            headers = {k: v for k, v in self.headers.items()}
+            request = Request(self.command, path, query, headers, _host(self.client_address))
             response = route(request)
         self._respond(response)
 

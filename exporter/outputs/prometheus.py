@@ -12,8 +12,10 @@ bounded server.
 
 Extra plain-text routes (/healthz, /readyz from outputs/health.py) and the
 optional web config (TLS + basic auth, outputs/webconfig.py) plug in through
-`routes` and `web_config`: basic auth guards every path but the health ones,
-TLS is the bounded server's own (handshakes driven by its selector).
+`routes` and `web_config`: basic auth guards every path but the health ones
+(401 for wrong credentials, 429 when a password check is already running and
+this client may not wait for it), TLS is the bounded server's own (handshakes
+driven by its selector). The health paths have their own HTTP lane.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from exporter.model import MetricFamily
 from exporter.outputs.exposition import Renderer, exposition_form, supports
 from exporter.outputs.health import HEALTH_PATHS
 from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route
-from exporter.outputs.webconfig import WebConfig
+from exporter.outputs.webconfig import AuthResult, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +192,14 @@ class PrometheusServer:
         if auth is not None:
             for path, route in self.routes.items():
                 if path not in HEALTH_PATHS:
-                    self.routes[path] = _authenticated(route, auth.check)
+                    self.routes[path] = _authenticated(route, auth.verify)
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         self.httpd = BoundedHTTPServer(
             (listen.host, listen.port),
             self.routes,
             family=family,
             tls=web_config.tls if web_config is not None else None,
+            fast_paths=[path for path in HEALTH_PATHS if path in self.routes],
         )
         self.address = self.httpd.address
 
@@ -250,9 +253,15 @@ def _plain_text(answer: Callable[[], tuple[int, str]]) -> Route:
     return route
 
 
-def _authenticated(route: Route, check: Callable[[str | None], bool]) -> Route:
+def _authenticated(route: Route, verify: Callable[[str | None, str], AuthResult]) -> Route:
     def guarded(request: Request) -> Response:
-        if not check(request.headers.get("Authorization")):
+        result = verify(request.headers.get("Authorization"), request.client)
+        if result is AuthResult.BUSY:
+            # Another password is being checked (one bcrypt at a time): retry soon.
+            return Response(
+                429, "text/plain; charset=utf-8", b"Too Many Requests\n", {"Retry-After": "1"}
+            )
+        if result is not AuthResult.OK:
             return Response(
                 401,
                 "text/plain; charset=utf-8",

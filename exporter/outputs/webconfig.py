@@ -18,21 +18,34 @@ curve_preferences, RequestClientCert, ...) and unknown keys are rejected at
 start with the key named, never silently ignored: a security setting that
 does nothing is worse than an error. The file is read once at start.
 
-/healthz and /readyz are exempt from basic auth (the kubelet cannot send
-credentials and they carry no workload data). A client certificate, when
-required, is required at the TLS handshake for every path, as in
-exporter-toolkit.
+/healthz and /readyz are exempt from basic auth: the kubelet's httpGet probes
+could only send a password written in clear into the pod spec, and they carry
+no workload data. exporter-toolkit guards every path unless listed in an
+`auth_excluded_paths` setting (found in some of its versions, for exactly
+this) and node_exporter has no health path; orb8 exempts the two health
+paths by design and serves them on their own HTTP lane, so they never wait
+behind password checks. A client certificate, when required, is required at
+the TLS handshake for every path, as in exporter-toolkit.
+
+Password checks have a bounded cost (BasicAuth): results are remembered,
+one bcrypt runs at a time and at most half a core; see docs/operating.md.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
+import ipaddress
 import logging
+import secrets
 import ssl
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,47 +81,249 @@ class WebConfigError(ValueError):
     """The web config file is invalid; the message names the file and key."""
 
 
+class AuthResult(enum.Enum):
+    OK = "ok"
+    DENIED = "denied"  # 401
+    BUSY = "busy"  # 429: a password check is running and this one may not wait
+
+
+BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; bcrypt>=5 raises instead of truncating
+FAILED_CAPACITY = 4096  # failed credentials remembered (LRU)
+PASSED_CAPACITY = 64  # correct credentials remembered (LRU; bcrypt's 72-byte cut makes many)
+SUSPECTS_CAPACITY = 1024  # client hosts with a recent failure (LRU)
+SUSPECT_SECONDS = 60.0  # a host that failed this recently waits less, and second
+REPORT_SECONDS = 60.0  # at most one warning about failures per minute
+
+
+class BcryptGate:
+    """At most one bcrypt at a time, busy at most `share` of the time (after a
+    check that took t seconds the next starts no sooner than t * (1/share - 1)
+    later), and at most one waiter per class: one "trusted" caller (a client
+    without recent failures), which goes first, and one other. Everyone else
+    is refused at once. So however many passwords arrive, bcrypt costs at most
+    `share` of one core and holds at most three HTTP workers, and a trusted
+    caller is next whenever the current check ends."""
+
+    def __init__(self, share: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.share = share
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting = {True: 0, False: 0}  # trusted -> callers waiting
+        self._next = 0.0  # earliest start of the next check
+
+    def enter(self, wait: float, trusted: bool = False) -> bool:
+        """True: the caller runs its check, then calls leave(). False: refused."""
+        with self._cond:
+            now = self._clock()
+            if not any(self._waiting.values()) and self._free(now):
+                self._busy = True
+                return True
+            if wait <= 0 or self._waiting[trusted]:
+                return False
+            deadline = now + wait
+            self._waiting[trusted] += 1
+            try:
+                while True:
+                    if self._free(now) and (trusted or not self._waiting[True]):
+                        self._busy = True
+                        return True
+                    if now >= deadline:
+                        return False
+                    left = deadline - now
+                    resting = not self._busy and self._next > now
+                    self._cond.wait(min(left, self._next - now) if resting else left)
+                    now = self._clock()
+            finally:
+                self._waiting[trusted] -= 1
+                self._cond.notify_all()  # a trusted waiter leaving may unblock the other
+
+    def leave(self, took: float) -> None:
+        with self._cond:
+            self._busy = False
+            self._next = self._clock() + max(0.0, took) * (1 / self.share - 1)
+            self._cond.notify_all()
+
+    def _free(self, now: float) -> bool:
+        return not self._busy and now >= self._next
+
+
 @dataclass
 class BasicAuth:
-    """bcrypt-hashed users. bcrypt is deliberately slow (~50-100 ms at cost 10),
-    so the last password that matched is remembered per user as a SHA-256
-    digest: one entry per configured user, bounded by the file."""
+    """bcrypt-hashed users, checked at a bounded cost whatever clients send.
+
+    bcrypt is deliberately slow (~50-100 ms at cost 10): 100 wrong passwords a
+    second used to pin both CPUs and starve /metrics and /healthz. Now:
+      - every result, failed or passed, is remembered under an HMAC-SHA256 of
+        (user, password) with a random per-process key, in bounded LRUs
+        (FAILED_CAPACITY, PASSED_CAPACITY): a repeated credential costs one
+        HMAC, and the real scraper pays bcrypt once, not per scrape;
+      - a credential not remembered goes through one BcryptGate: one bcrypt
+        at a time, at most half a core, one waiter per class, the rest get
+        429 at once. A client host without failures in the last
+        SUSPECT_SECONDS may wait up to `wait` seconds and goes first; one
+        that failed waits at most `suspect_wait`, behind it. So a scraper
+        with the right password gets in during a flood from other hosts.
+
+    No user-name oracle (see 6dccd2b): an unknown user is checked against a
+    dummy hash as costly as the costliest configured one, and everything
+    before that check is blind to whether the user exists: the cache key
+    covers user and password alike and failures of unknown and known users
+    are remembered the same way, so a repeat is equally fast for both; the
+    gate decides from the client's history and its own state, before the
+    user table is read. A hit in the passed cache needs the right password.
+    The key is an HMAC with a secret key, not a plain hash, so a client
+    cannot choose passwords whose cache keys share a prefix with a stored
+    one (dict lookups compare keys byte by byte), and no unsalted fast hash
+    of a password sits in memory.
+    """
 
     users: dict[str, bytes]
-    _verified: dict[str, bytes] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    wait: float = 2.0  # how long a client without recent failures may wait for bcrypt
+    suspect_wait: float = 0.5  # the same for a client that failed recently (goes second)
+    checkpw: Callable[[bytes, bytes], bool] = bcrypt.checkpw  # injectable: tests count runs
+    gate: BcryptGate = field(default_factory=BcryptGate)
+    clock: Callable[[], float] = time.monotonic
     # Compared against for unknown users so that timing does not reveal names:
     # as costly as the costliest configured hash ($2b$NN$...).
     _dummy: bytes = b""
+    _key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _failed: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _passed: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _suspects: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Counters for tests and the periodic warning.
+    bcrypt_runs: int = 0
+    cache_hits: int = 0
+    refused_busy: int = 0
+    failures: int = 0
+    _reported: tuple[float, int, int] = (float("-inf"), 0, 0)  # time, failures, refused
 
     def __post_init__(self) -> None:
         costs = [int(h[4:6]) for h in self.users.values() if h[4:6].isdigit()]
         rounds = min(max([4, *costs]), 31)
         self._dummy = bcrypt.hashpw(b"orb8", bcrypt.gensalt(rounds))
 
-    def check(self, authorization: str | None) -> bool:
+    def check(self, authorization: str | None, client: str = "") -> bool:
         """True when an `Authorization: Basic ...` header names a user and its password."""
+        return self.verify(authorization, client) is AuthResult.OK
+
+    def verify(self, authorization: str | None, client: str = "") -> AuthResult:
         credentials = parse_basic(authorization)
         if credentials is None:
-            return False
+            return AuthResult.DENIED  # nothing to check: costs nothing, says nothing
         user, password = credentials
-        digest = hashlib.sha256(password).digest()
-        with self._lock:
-            remembered = self._verified.get(user)
-        if remembered is not None and hmac.compare_digest(remembered, digest):
-            return True
-        hashed = self.users.get(user)
-        if hashed is None:
-            bcrypt.checkpw(password, self._dummy)
-            return False
-        try:
-            ok = bcrypt.checkpw(password, hashed)
-        except ValueError:  # validated at load; kept so a bad hash never raises here
-            return False
-        if ok:
+        key = hmac.new(self._key, _length_prefixed(user) + password, hashlib.sha256).digest()
+        host = _host_key(client)
+        remembered = self._remembered(key)
+        if remembered is not None:
+            return self._finish(remembered, host, cached=True)
+        trusted = not self._suspect(host)
+        if not self.gate.enter(self.wait if trusted else self.suspect_wait, trusted):
             with self._lock:
-                self._verified[user] = digest
-        return ok
+                self.refused_busy += 1
+            self._report(client)
+            return AuthResult.BUSY
+        started = self.clock()
+        ran = False
+        try:
+            # Another worker may have checked the same credential while this one waited.
+            remembered = self._remembered(key)
+            if remembered is None:
+                ran = True
+                remembered = self._bcrypt(user, password)
+        finally:
+            self.gate.leave(self.clock() - started if ran else 0.0)
+        with self._lock:
+            cache = self._passed if remembered else self._failed
+            cache[key] = None
+            while len(cache) > (PASSED_CAPACITY if remembered else FAILED_CAPACITY):
+                cache.popitem(last=False)
+        result = self._finish(remembered, host, cached=not ran)
+        if not remembered:
+            self._report(client)
+        return result
+
+    def _bcrypt(self, user: str, password: bytes) -> bool:
+        """One bcrypt, as costly for an unknown user as for a known one."""
+        hashed = self.users.get(user)
+        with self._lock:
+            self.bcrypt_runs += 1
+        # bcrypt uses the first 72 bytes (htpasswd cuts there too); bcrypt>=5 raises
+        # on longer ones, which for the dummy used to end the request unanswered.
+        password = password[:BCRYPT_MAX_PASSWORD]
+        try:
+            ok = self.checkpw(password, self._dummy if hashed is None else hashed)
+        except ValueError:  # hashes are validated at load; kept so a check never raises
+            ok = False
+        return ok and hashed is not None
+
+    def _remembered(self, key: bytes) -> bool | None:
+        with self._lock:
+            passed, failed = key in self._passed, key in self._failed
+            if passed:
+                self._passed.move_to_end(key)
+            elif failed:
+                self._failed.move_to_end(key)
+        return True if passed else False if failed else None
+
+    def _finish(self, ok: bool, host: str, cached: bool) -> AuthResult:
+        with self._lock:
+            if cached:
+                self.cache_hits += 1
+            if not ok:
+                self.failures += 1
+                self._suspects[host] = self.clock()
+                self._suspects.move_to_end(host)
+                while len(self._suspects) > SUSPECTS_CAPACITY:
+                    self._suspects.popitem(last=False)
+        return AuthResult.OK if ok else AuthResult.DENIED
+
+    def _suspect(self, host: str) -> bool:
+        with self._lock:
+            failed = self._suspects.get(host)
+        return failed is not None and self.clock() - failed < SUSPECT_SECONDS
+
+    def _report(self, client: str) -> None:
+        """One warning a minute at most: a flood of wrong passwords must not flood the log."""
+        now = self.clock()
+        with self._lock:
+            at, failures, refused = self._reported
+            if now - at < REPORT_SECONDS:
+                return
+            self._reported = (now, self.failures, self.refused_busy)
+            new_failures, new_refused = self.failures - failures, self.refused_busy - refused
+            runs, cached, cached_failed = self.bcrypt_runs, self.cache_hits, len(self._failed)
+        log.warning(
+            "basic auth: %d failed checks and %d refused (429, a password check was running) "
+            "since the last report; last from %s; %d bcrypt runs and %d cache hits in all, "
+            "%d failed credentials remembered (capacity %d)",
+            new_failures,
+            new_refused,
+            client or "an unknown address",
+            runs,
+            cached,
+            cached_failed,
+            FAILED_CAPACITY,
+        )
+
+
+def _length_prefixed(user: str) -> bytes:
+    encoded = user.encode("utf-8", "surrogatepass")
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+def _host_key(client: str) -> str:
+    """IPv6 clients by /64 (one host usually holds a whole /64); IPv4 by address."""
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def parse_basic(authorization: str | None) -> tuple[str, bytes] | None:

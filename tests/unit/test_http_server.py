@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import resource
@@ -16,6 +17,7 @@ import pytest
 
 from exporter.listen import Listen
 from exporter.model import MetricFamily, counter
+from exporter.outputs.http import MAX_HEAD
 from exporter.outputs.prometheus import PrometheusServer
 from tests.helpers import ROOT
 
@@ -254,3 +256,86 @@ def test_a_crowd_of_idle_clients_leaves_threads_and_memory_of_the_server_flat():
         proc.kill()
         proc.wait()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("size", [17 * 1024, 20 * 1024, 64 * 1024])
+def test_a_head_over_the_limit_is_refused_even_when_it_arrives_in_one_burst(serve, size):
+    """The size is checked before completeness: a head that ends inside the read
+    that crosses MAX_HEAD used to be served (200 for 20 KB sent at once)."""
+    server = serve()
+    start = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+    assert len(head) == size > MAX_HEAD
+    answer = _exchange(server.address[1], head)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    # A head of exactly MAX_HEAD bytes, in one burst too, is served.
+    fits = start + b"a" * (MAX_HEAD - len(start) - 4) + b"\r\n\r\n"
+    assert len(fits) == MAX_HEAD
+    answer = _exchange(server.address[1], fits)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"orb8_test_total" in answer
+
+
+def test_a_small_head_followed_by_more_bytes_is_measured_by_its_head(serve):
+    """What follows the head (a body, a pipelined request) is not part of the head:
+    a POST with a 20 KB body gets its 405, not a 431."""
+    server = serve()
+    body = b"x" * 20 * 1024
+    answer = _exchange(
+        server.address[1],
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert answer.startswith(b"HTTP/1.1 405 "), answer[:100]
+
+
+class BlockedCollect(Collect):
+    """A collect that does not return until the test says so (a node whose
+    kernel maps take forever to read), counting the scrapes that wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self) -> list[MetricFamily]:
+        self.entered.set()
+        self.release.wait(60)
+        return super().__call__()
+
+
+def test_health_is_answered_while_every_worker_waits_for_a_collect():
+    """/healthz and /readyz have their own lane: a collect that holds every worker
+    (here: never returns until released) must not make the liveness probe fail."""
+    collect = BlockedCollect()
+    server = PrometheusServer(
+        Listen("127.0.0.1", 0),
+        collect,
+        lambda: "",
+        routes={"/healthz": lambda: (200, "ok\n"), "/readyz": lambda: (200, "ready\n")},
+    )
+    server.start()
+    scrapes = server.httpd.workers + 2  # every worker busy, and more queued
+    try:
+        with ThreadPoolExecutor(scrapes) as pool:
+            futures = [pool.submit(request, server) for _ in range(scrapes)]
+            assert collect.entered.wait(10)
+            for path in ("/healthz", "/readyz", "/healthz?verbose=1"):
+                status, _, body = request(server, path=path)
+                assert status == 200 and body in (b"ok\n", b"ready\n"), (path, status)
+            status, _, _ = request(server, "HEAD", path="/healthz")
+            assert status == 200
+            assert not any(f.done() for f in futures)  # the scrapes were still held
+            collect.release.set()
+            assert all(f.result()[0] == 200 for f in futures)
+    finally:
+        collect.release.set()
+        server.close()
