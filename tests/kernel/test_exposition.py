@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.sources.syscalls import native_syscall_numbers
 from tests.gpu.dcgm_fixtures import DcgmServer, Gpu, PodResourcesServer, dcgm_text
 from tests.gpu.nvml_fixtures import CAPTURE, UUID, build_fake_nvml, nvml_env
 from tests.helpers import ORB8, ROOT, run_workload, series, wait_for
@@ -65,7 +66,8 @@ def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload, tm
         "0.3",
         env=nvml_env(build_fake_nvml(), CAPTURE),
     )
-    run_workload(workload, cgroups.make(), "110:3", "308:2:-1")  # getppid, setns(-1)
+    nr = native_syscall_numbers()  # raw syscall(2) numbers of this architecture
+    run_workload(workload, cgroups.make(), f"{nr['getppid']}:3", f"{nr['setns']}:2:-1")
     wait_for(lambda: series(exporter.scrape(), "orb8_dcgm_pod_resources_up"), what="DCGM")
     live = live_families(exporter.url)
     dcgm.stop()
