@@ -8,13 +8,22 @@ import signal
 import subprocess
 import time
 
-from tests.helpers import ORB8, ROOT, free_port, run_workload, series
+from tests.helpers import ORB8, ROOT, TEST_SYSCALL_SLOTS, free_port, run_workload, series
 from tests.kernel.test_syscalls import GETPPID, rel
 
 
 def spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*ORB8, "run", "--listen", f"127.0.0.1:{free_port()}", "--log-format", "json", *args],
+        [
+            *ORB8,
+            "run",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--log-format",
+            "json",
+            *TEST_SYSCALL_SLOTS,
+            *args,
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
