@@ -57,6 +57,13 @@ def bpftool_structs(names: set[str]) -> dict[str, tuple[int, dict[str, int]]]:
     return found
 
 
+def promtool_version() -> str:
+    """First line of `promtool --version`, for failure messages: `check metrics`
+    lints differ between Prometheus releases."""
+    result = subprocess.run(["promtool", "--version"], capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).splitlines()[0]
+
+
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """{(sample name, sorted labels): value} from a live /metrics."""
     with urllib.request.urlopen(url, timeout=10) as response:
