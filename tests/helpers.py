@@ -200,7 +200,11 @@ def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
     if pid is not None:
         held = set()
         for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-            for line in info.read_text().splitlines():
+            try:
+                text = info.read_text()
+            except FileNotFoundError:
+                continue  # closed since the listing (a scrape's socket, say): not a map
+            for line in text.splitlines():
                 if line.startswith("map_id:"):
                     held.add(int(line.split()[1]))
         ids = [map_id for map_id in ids if map_id in held]
