@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter.identity.cgroupfs import find_cgroup2_mount
-from tests.helpers import ROOT, CgroupFactory, Exporter
+from tests.helpers import ROOT, TEST_SYSCALL_SLOTS, CgroupFactory, Exporter
 
 
 @pytest.fixture
@@ -25,7 +25,8 @@ def start_exporter() -> Iterator:
     def start(
         *args: str, env: dict[str, str] | None = None, cgroup: Path | None = None
     ) -> Exporter:
-        exporter = Exporter(list(args), env, cgroup)
+        flags = list(args) if "--syscall-slots" in args else [*TEST_SYSCALL_SLOTS, *args]
+        exporter = Exporter(flags, env, cgroup)
         started.append(exporter)
         return exporter
 

@@ -20,6 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent
 ORB8 = [sys.executable, "-m", "exporter.cli"]
 
 
+def _possible_cpus() -> int:
+    """CPUs per-CPU maps are sized for, from e.g. "0-255" or "0-3,8-11"."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return sum(int(part.split("-")[-1]) - int(part.split("-")[0]) + 1 for part in text.split(","))
+
+
+# Syscall slots for the tests that do not test capacity (a test's own
+# --syscall-slots wins). Each slot costs 8 bytes per possible CPU in
+# syscall_counts: the default 65536 is 128 MiB per exporter at 256 CPUs, and
+# some tests run two. But every cgroup on the host that makes syscalls takes
+# slots, not only the test's: 4096 filled within seconds while a benchmark
+# churned 2000 cgroups next to the tests (12,248 failed inserts, the test's
+# own counts lost). So: the default where it costs little, scaled down to a
+# 32 MiB budget on many CPUs (16384 slots at 256), never below 4096.
+TEST_SYSCALL_SLOTS = (
+    "--syscall-slots",
+    str(max(4096, min(65536, (32 << 20) // (8 * _possible_cpus())))),
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,6 +70,13 @@ def bpftool_structs(names: set[str]) -> dict[str, tuple[int, dict[str, int]]]:
     missing = names - set(found)
     assert not missing, f"bpftool shows no struct {sorted(missing)}"
     return found
+
+
+def promtool_version() -> str:
+    """First line of `promtool --version`, for failure messages: `check metrics`
+    lints differ between Prometheus releases."""
+    result = subprocess.run(["promtool", "--version"], capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).splitlines()[0]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -173,7 +200,11 @@ def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
     if pid is not None:
         held = set()
         for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-            for line in info.read_text().splitlines():
+            try:
+                text = info.read_text()
+            except FileNotFoundError:
+                continue  # closed since the listing (a scrape's socket, say): not a map
+            for line in text.splitlines():
                 if line.startswith("map_id:"):
                     held.add(int(line.split()[1]))
         ids = [map_id for map_id in ids if map_id in held]

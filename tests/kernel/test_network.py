@@ -232,6 +232,7 @@ def test_tcp_transfer_bytes_are_bounded_and_peers_named(pods, make_source):
     source = make_source(pods.pods)
     before = Snapshot(source.collect())
     netns_retransmits = pods.snmp(pods.a, "Tcp:RetransSegs")
+    netns_out, netns_in = pods.snmp(pods.a, "Tcp:OutSegs"), pods.snmp(pods.b, "Tcp:InSegs")
     server = pods.spawn(pods.b, "tcp-serve", pods.b.ipv4, 6000)
     server.wait_ready()
     pods.spawn(pods.a, "tcp-send", pods.b.ipv4, 6000, TCP_PAYLOAD).result()
@@ -250,19 +251,28 @@ def test_tcp_transfer_bytes_are_bounded_and_peers_named(pods, make_source):
     # packet count, up to the payload of retransmitted segments (at most
     # one MSS each; none on an idle machine, but a busy one can overflow
     # the veth backlog). Data segments carry at most an MSS each, so the
-    # packet count is at least ceil(payload / MSS) + SYN, ACK and FIN, and
-    # at most that plus short segments ending GSO bursts and retransmits.
+    # packet count is at least ceil(payload / MSS) + SYN, ACK and FIN.
     headers = 52 * sent_packets + 8
     assert TCP_PAYLOAD + headers <= sent_bytes <= TCP_PAYLOAD + headers + MSS * retransmits
     min_segments = math.ceil(TCP_PAYLOAD / MSS) + 3
     print(
         f"sender: {sent_bytes:.0f} bytes, {sent_packets:.0f} packets, {retransmits:.0f} retransmits"
     )
-    assert min_segments <= sent_packets <= min_segments + 64 + retransmits
+    assert min_segments <= sent_packets
+    # How many more (short segments ending GSO bursts, retransmits) depends on
+    # timing and the kernel: the kernel's own count in A's namespace, where this
+    # is the only TCP socket, says. OutSegs leaves out retransmitted segments,
+    # RetransSegs counts them, both in wire segments as orb8 counts a GSO skb.
+    kernel_sent = pods.snmp(pods.a, "Tcp:OutSegs") - netns_out
+    assert sent_packets == kernel_sent + retransmits
     # The receiving pod saw exactly what reached its socket: everything sent,
     # unless a segment was dropped on the way (then retransmitted).
     received_bytes = delta(before, after, "orb8_network_bytes_total", **b_in)
     received_packets = delta(before, after, "orb8_network_packets_total", **b_in)
+    # InSegs counts what reached TCP in B's namespace per skb (measured: 167
+    # for 6912 segments over veth, which passes GSO skbs whole), so it bounds
+    # the wire segments orb8 counts from below only.
+    assert 0 < pods.snmp(pods.b, "Tcp:InSegs") - netns_in <= received_packets
     if retransmits == 0:
         assert (received_bytes, received_packets) == (sent_bytes, sent_packets)
     else:
@@ -306,7 +316,13 @@ def test_resets_of_refused_and_aborted_connections(pods, make_source):
     assert after_refused.value("orb8_tcp_connections_opened_total", **who(pods.a)) == 0
     # ...which the kernel sent from its per-CPU control socket, not from a
     # socket of pod B: B has no sent reset; the control socket is the root
-    # cgroup's.
+    # cgroup's. That holds on any kernel since 5.18 ("ipv4/tcp: do not use
+    # per netns ctl sockets"): an IPv4 reset without a full socket goes out
+    # through the per-CPU ipv4_tcp_sk, created at boot by tcp_v4_init in the
+    # root cgroup, whatever netns it is sent in. It would not on 5.8-5.17,
+    # where each netns made its own control sockets in the cgroup of the task
+    # that created it (here `ip netns add`, run from the test's cgroup), nor
+    # for IPv6, whose control socket is still per netns.
     assert after_refused.value("orb8_tcp_resets_total", **who(pods.b)) == 0
     assert delta(before, after_refused, resets, cgroup="/", direction="egress") >= 1
 

@@ -22,13 +22,16 @@ import pytest
 
 from exporter import catalogue
 from exporter.outputs import otlp_names
+from exporter.sources.syscalls import native_syscall_numbers
 from tests.helpers import ROOT, run_workload, series, wait_for
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 from tests.otlp_receiver import GrpcReceiver, HttpReceiver
 
 pytestmark = pytest.mark.kernel
 
-GETPPID = "110"
+# The workload makes raw syscall(2) calls: this architecture's numbers, not x86_64's.
+NR = native_syscall_numbers()
+GETPPID = str(NR["getppid"])
 N_GETPPID = 4321
 DATAGRAMS, PAYLOAD = 300, 100
 IP_UDP = 20 + 8
@@ -138,7 +141,7 @@ def test_push_matches_metrics_sample_for_sample(
         },
     )
     run_workload(workload, pod_cgroup, f"{GETPPID}:{N_GETPPID}")
-    run_workload(workload, host_cgroup, f"{GETPPID}:{N_GETPPID + 1}", "308:2:-1")  # setns(-1)
+    run_workload(workload, host_cgroup, f"{GETPPID}:{N_GETPPID + 1}", f"{NR['setns']}:2:-1")
     udp_loopback(pod_cgroup)
     pod = {"namespace": "shop", "pod": "cart", "container": "app", "cgroup": ""}
     wait_for(

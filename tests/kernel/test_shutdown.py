@@ -8,13 +8,31 @@ import signal
 import subprocess
 import time
 
-from tests.helpers import ORB8, ROOT, free_port, run_workload, series
+from tests.helpers import (
+    ORB8,
+    ROOT,
+    TEST_SYSCALL_SLOTS,
+    free_port,
+    kernel_pairs_of,
+    run_workload,
+    series,
+    wait_for,
+)
 from tests.kernel.test_syscalls import GETPPID, rel
 
 
 def spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*ORB8, "run", "--listen", f"127.0.0.1:{free_port()}", "--log-format", "json", *args],
+        [
+            *ORB8,
+            "run",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--log-format",
+            "json",
+            *TEST_SYSCALL_SLOTS,
+            *args,
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -65,12 +83,20 @@ def test_removed_cgroups_retire_without_any_scrape(start_exporter, cgroups, cgro
     run_workload(workload, cgroup, f"{GETPPID}:77")
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == 77
+    cgroup_id = cgroup.stat().st_ino
+    assert kernel_pairs_of(cgroup_id, exporter.proc.pid) > 0
     cgroups.remove(cgroup)
     # Nobody scrapes: housekeeping (every second with this grace) sees the cgroup go,
     # waits the grace and retires it. Retiring only inside scrapes, the next scrape
-    # would be the first to notice, and the series would still be there. Bound:
-    # the cgroup tree is re-read every 5 s (Resolver.max_age), + 1 s grace, + one
-    # housekeeping round of 1 s, with margin for a loaded machine.
-    time.sleep(10)
+    # would be the first to notice, and the series would still be there. Retiring
+    # frees the kernel entries, which bpftool shows without a scrape: typically
+    # within 7 s (the cgroup tree is re-read every 5 s, + 1 s grace, + a 1 s
+    # round), up to 30 s on a loaded machine. Then one scrape.
+    wait_for(
+        lambda: kernel_pairs_of(cgroup_id, exporter.proc.pid) == 0,
+        timeout=30,
+        what="the removed cgroup's kernel entries freed without a scrape",
+        interval=0.5,
+    )
     samples = exporter.scrape()
     assert series(samples, "orb8_syscalls_total", cgroup=label) == 0

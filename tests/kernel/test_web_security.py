@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from exporter.sources.syscalls import native_syscall_numbers
-from tests.helpers import ORB8, ROOT, free_port, run_workload
+from tests.helpers import ORB8, ROOT, TEST_SYSCALL_SLOTS, free_port, run_workload
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
 from tests.tls import make_pki
 
@@ -124,6 +124,7 @@ def secured_stack(tmp_path):
                     str(kubeconfig),
                     "--node-name",
                     "node-a",
+                    *TEST_SYSCALL_SLOTS,
                 ],
                 stdout=orb8_log.open("w"),
                 stderr=subprocess.STDOUT,
