@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, Static
 
 from exporter.top.fetch import Scraper, Source
 from exporter.top.model import COLUMN_BY_ATTR, COLUMNS, Column, Frame, Row, columns_for, select
-from exporter.top.render import cell, detail_lines, header_lines
+from exporter.top.render import cell, detail_lines, header_lines, mark
 
 ALERT_STYLE = "bold red"
 PAST_STYLE = "yellow"  # dangerous calls before the window
@@ -57,10 +57,10 @@ class TopApp(App[None]):
         self.filter_text = query
         self.containers = containers
         self.paused = False
-        self.detail: tuple[str, ...] | None = None
+        self.detail: str | None = None
         self.frame: Frame | None = None
         self.error = ""
-        self._columns: list[Column] = []
+        self._shape: tuple[object, ...] = ()
         self._rows: list[Row] = []
         self._latest: Frame | str | None = None
         self._lock = threading.Lock()
@@ -122,20 +122,22 @@ class TopApp(App[None]):
         selected = None
         if table.row_count and 0 <= table.cursor_row < table.row_count:
             selected = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        if columns != self._columns:
+        # Headings carry the sort arrow: rebuilt when the sort or the columns change.
+        shape = (tuple(columns), self.sort, self.descending)
+        if shape != self._shape:
             table.clear(columns=True)
+            table.add_column("", key="mark")
             for column in columns:
                 table.add_column(self._title(column), key=column.attr)
-            self._columns = columns
+            self._shape = shape
         else:
             table.clear()
-            for column in columns:
-                table.columns[column.attr].label = Text(self._title(column))  # type: ignore[index]
         restore = 0
         for i, row in enumerate(self._rows):
-            key = "\x1f".join(row.key)
+            key = row.key
             style = ALERT_STYLE if row.alert else PAST_STYLE if row.dangerous else ""
             table.add_row(
+                Text(mark(row), style=style),
                 *[
                     Text(cell(row, c), style=style, justify="left" if c.attr == "name" else "right")
                     for c in columns
@@ -247,7 +249,7 @@ class TopApp(App[None]):
         value: Any = event.row_key.value
         if value is None:
             return
-        self.detail = tuple(str(value).split("\x1f"))
+        self.detail = str(value)
         self.query_one("#table", DataTable).display = False
         self.query_one("#detail").display = True
         self.refresh_view()

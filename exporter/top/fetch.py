@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.top.model import WANTED, Frame, Scrape, Tracker
-from exporter.top.parse import LineParser
+from exporter.top.model import Frame, Scrape, Tracker, parser
 
 DEFAULT_URL = "http://127.0.0.1:9826/metrics"
 MAX_BYTES = 256 << 20  # a runaway endpoint must not take the terminal's memory
@@ -110,7 +109,7 @@ class Source:
 
     def __init__(self, endpoint: Endpoint, window: float = 60.0) -> None:
         self.endpoint = endpoint
-        self.parser = LineParser(WANTED)
+        self.parser = parser()
         self.tracker = Tracker(window=window)
 
     def scrape(self) -> Frame:

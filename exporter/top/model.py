@@ -23,9 +23,9 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from exporter.top.parse import Families, Labels
+from exporter.top.parse import Families, Labels, LineParser
 
 SYSCALLS = "orb8_syscalls_total"
 DANGEROUS = "orb8_dangerous_syscalls_total"
@@ -85,24 +85,52 @@ def ident_of(labels: Labels) -> Ident:
     return Ident(found["namespace"], found["pod"], found["container"], found["cgroup"])
 
 
-def row_key(ident: Ident, containers: bool) -> tuple[str, ...]:
-    """A pod (or its container), or a cgroup path for anything not a pod."""
+def row_key(ident: Ident, containers: bool) -> str:
+    """A pod (or its container), or a cgroup path for anything not a pod; a
+    string, so that summing 60,000 series into rows hashes cached strings."""
     if ident.pod:
         if containers:
-            return ("pod", ident.namespace, ident.pod, ident.container)
-        return ("pod", ident.namespace, ident.pod)
-    return ("cgroup", ident.cgroup)
+            return "\x1f".join(("pod", ident.namespace, ident.pod, ident.container))
+        return "\x1f".join(("pod", ident.namespace, ident.pod))
+    return "\x1f".join(("cgroup", ident.cgroup))
 
 
-def row_name(key: tuple[str, ...]) -> str:
-    return "/".join(key[1:]) if key[0] == "pod" else key[1]
+def row_name(key: str) -> str:
+    kind, *parts = key.split("\x1f")
+    return "/".join(parts) if kind == "pod" else parts[0]
 
 
-@dataclass(frozen=True)
-class Point:
+class Info:
+    """What a series' labels mean to the view, made once per label set (the
+    parser caches it with them)."""
+
+    __slots__ = ("ctr_key", "detail", "ident", "ingress", "labels", "pod_key")
+
+    def __init__(self, family: str, labels: Labels) -> None:
+        found = dict(labels)
+        self.labels = labels
+        self.ident = ident_of(labels)
+        self.pod_key = row_key(self.ident, False)
+        self.ctr_key = row_key(self.ident, True)
+        self.ingress = found.get("direction") == "ingress"
+        self.detail = found.get("syscall", "?")
+        if family == FLOW_BYTES:
+            klass, ns, pod = (
+                found.get(k, "") for k in ("peer_class", "peer_namespace", "peer_pod")
+            )
+            name = f"{ns}/{pod}" if pod else klass or "?"
+            protocol = found.get("protocol", "")
+            self.detail = f"{name} ({protocol})" if protocol else name
+
+
+def parser() -> LineParser:
+    """The parser top's model reads: wanted families, labels with their Info."""
+    return LineParser(WANTED, derive=Info)
+
+
+class Point(NamedTuple):
     family: str
-    ident: Ident
-    labels: Labels
+    info: Info
     value: float
     increase: float | None  # since the previous scrape; None on the first and for gauges
 
@@ -123,20 +151,23 @@ class Header:
         return max(fills, key=lambda f: f[1]) if fills else None
 
 
+def _labelled(families: Families, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(dict(info.labels), value) for (_, info), value in families.get(name, {}).values()]
+
+
 def header_of(families: Families) -> Header:
     header = Header()
-    for labels, _ in families.get(BUILD_INFO, {}).values():
-        found = dict(labels)
+    for found, _ in _labelled(families, BUILD_INFO):
         header.version, header.kernel = found.get("version", ""), found.get("kernel", "")
-    for labels, value in families.get(PROBE_UP, {}).values():
-        header.probes[dict(labels).get("probe", "")] = value == 1
-    entries = {dict(lb).get("map", ""): v for lb, v in families.get(MAP_ENTRIES, {}).values()}
-    capacity = {dict(lb).get("map", ""): v for lb, v in families.get(MAP_CAPACITY, {}).values()}
+    for found, value in _labelled(families, PROBE_UP):
+        header.probes[found.get("probe", "")] = value == 1
+    entries = {lb.get("map", ""): v for lb, v in _labelled(families, MAP_ENTRIES)}
+    capacity = {lb.get("map", ""): v for lb, v in _labelled(families, MAP_CAPACITY)}
     for name in sorted(entries.keys() & capacity.keys()):
         if math.isfinite(entries[name]) and math.isfinite(capacity[name]):
             header.maps[name] = (entries[name], capacity[name])
-    header.ring_drops = _finite_sum(v for _, v in families.get(RING_DROPS, {}).values())
-    header.map_failures = _finite_sum(v for _, v in families.get(MAP_FAILURES, {}).values())
+    header.ring_drops = _finite_sum(v for _, v in _labelled(families, RING_DROPS))
+    header.map_failures = _finite_sum(v for _, v in _labelled(families, MAP_FAILURES))
     return header
 
 
@@ -159,53 +190,56 @@ class Frame:
 
 @dataclass
 class Tracker:
-    """Turns consecutive scrapes into frames; keeps what the rates need."""
+    """Turns consecutive scrapes (parsed by `parser()`) into frames; keeps
+    what the rates need: each counter's last value, and for a while those of
+    vanished series."""
 
     window: float = 60.0
     memory: float = 600.0  # how long a vanished series' last value is remembered
-    _last: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    _last: dict[str, dict[str, float]] = field(default_factory=dict)
+    _gone: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     _last_time: float | None = None
     _history: deque[tuple[float, list[Point]]] = field(default_factory=deque)
-    _idents: dict[Labels, Ident] = field(default_factory=dict)
 
     def update(self, scrape: Scrape) -> Frame:
         now = scrape.time
         first = self._last_time is None
         interval = None if self._last_time is None else now - self._last_time
         points: list[Point] = []
-        idents: dict[Labels, Ident] = {}
-        old_idents = self._idents
         windowed: list[Point] = []
-        for family in ROW_COUNTERS + ROW_GAUGES:
-            counter = family in ROW_COUNTERS
-            current = scrape.families.get(family, {})
+        isfinite = math.isfinite
+        for family in ROW_GAUGES:
+            for (_, info), value in scrape.families.get(family, {}).values():
+                points.append(Point(family, info, value, None))
+        for family in ROW_COUNTERS:
             last = self._last.get(family, {})
-            kept: dict[str, tuple[float, float]] = {}
-            for raw, (labels, value) in current.items():
-                ident = idents.get(labels) or old_idents.get(labels) or ident_of(labels)
-                idents[labels] = ident
-                if not counter:
-                    points.append(Point(family, ident, labels, value, None))
-                    continue
-                if not math.isfinite(value):
-                    continue
-                kept[raw] = (value, now)
+            gone = self._gone.get(family, {})
+            kept: dict[str, float] = {}
+            window = family in WINDOWED
+            for raw, ((_, info), value) in scrape.families.get(family, {}).items():
+                if not isfinite(value):
+                    continue  # a NaN counter is no count
+                kept[raw] = value
                 increase: float | None = None
                 if not first:
                     before = last.get(raw)
+                    if before is None and raw in gone:
+                        before = gone[raw][0]
                     # a new series, or a counter reset, counted from 0
-                    reset = before is None or value < before[0]
-                    increase = value if reset else value - before[0]  # type: ignore[index]
-                point = Point(family, ident, labels, value, increase)
+                    increase = value if before is None or value < before else value - before
+                point = Point(family, info, value, increase)
                 points.append(point)
-                if family in WINDOWED and increase:
+                if window and increase:
                     windowed.append(point)
-            if counter:
-                for raw, (value, seen) in last.items():
-                    if raw not in kept and now - seen < self.memory:
-                        kept[raw] = (value, seen)
-                self._last[family] = kept
-        self._idents = idents
+            still_gone = {
+                raw: old
+                for raw, old in gone.items()
+                if raw not in kept and now - old[1] < self.memory
+            }
+            for raw, value in last.items():
+                if raw not in kept:
+                    still_gone[raw] = (value, now)
+            self._last[family], self._gone[family] = kept, still_gone
         self._last_time = now
         self._history.append((now, windowed))
         while self._history and self._history[0][0] <= now - self.window:
@@ -217,7 +251,7 @@ class Tracker:
 
 @dataclass
 class Row:
-    key: tuple[str, ...]
+    key: str
     name: str
     namespace: str = ""
     pod: str = ""
@@ -277,32 +311,19 @@ def top_peers(row: Row, n: int = 10) -> list[tuple[str, tuple[float, float]]]:
     return [(peer, (rx, tx)) for peer, (rx, tx) in ranked[:n]]
 
 
-def _peer(labels: Labels) -> str:
-    found = dict(labels)
-    klass, ns, pod = (
-        found.get("peer_class", ""),
-        found.get("peer_namespace", ""),
-        found.get("peer_pod", ""),
-    )
-    name = f"{ns}/{pod}" if pod else klass or "?"
-    protocol = found.get("protocol", "")
-    return f"{name} ({protocol})" if protocol else name
-
-
-def _add(row: Row, attr: str, amount: float) -> None:
-    current = getattr(row, attr)
-    setattr(row, attr, amount if current is None else current + amount)
+RATES = ("syscalls", "rx", "tx", "packets", "resets", "retransmits")
 
 
 def rows_of(frame: Frame, containers: bool = False) -> list[Row]:
     """One row per pod (or container) and per non-pod cgroup, unsorted."""
-    rows: dict[tuple[str, ...], Row] = {}
+    rows: dict[str, Row] = {}
     per_second = 1.0 / frame.interval if frame.interval else None
 
-    def row_for(ident: Ident) -> Row:
-        key = row_key(ident, containers)
+    def row_for(info: Info) -> Row:
+        key = info.ctr_key if containers else info.pod_key
         row = rows.get(key)
         if row is None:
+            ident = info.ident
             row = rows[key] = Row(
                 key,
                 row_name(key),
@@ -311,56 +332,56 @@ def rows_of(frame: Frame, containers: bool = False) -> list[Row]:
                 ident.container if containers or not ident.pod else "",
                 "" if ident.pod else ident.cgroup,
             )
+            if per_second is not None:
+                # A row present for a whole interval with no traffic is 0/s, not unknown.
+                for attr in RATES:
+                    setattr(row, attr, 0.0)
         return row
 
-    for point in frame.points:
-        row = row_for(point.ident)
-        family = point.family
+    for family, info, value, increase in frame.points:
+        row = row_for(info)
         if family in (GPU_MEMORY, GPU_SM):
-            if math.isfinite(point.value):
-                _add(row, "gpu_memory" if family == GPU_MEMORY else "gpu_sm", point.value)
+            if math.isfinite(value):
+                attr = "gpu_memory" if family == GPU_MEMORY else "gpu_sm"
+                current = getattr(row, attr)
+                setattr(row, attr, value if current is None else current + value)
             continue
-        if family == DANGEROUS:
-            row.dangerous += point.value
-            syscall = dict(point.labels).get("syscall", "?")
-            row.dangerous_syscalls[syscall] = row.dangerous_syscalls.get(syscall, 0) + point.value
+        if family == SYSCALLS:
+            totals = row.syscall_totals
+            totals[info.detail] = totals.get(info.detail, 0.0) + value
+        elif family == DANGEROUS:
+            row.dangerous += value
+            found = row.dangerous_syscalls
+            found[info.detail] = found.get(info.detail, 0.0) + value
         elif family == NOVEL:
-            row.novel += point.value
-        rate = None if per_second is None or point.increase is None else point.increase * per_second
-        if family == SYSCALLS:
-            syscall = dict(point.labels).get("syscall", "?")
-            row.syscall_totals[syscall] = row.syscall_totals.get(syscall, 0) + point.value
-        if rate is None:
+            row.novel += value
+        if per_second is None or increase is None:
             continue
+        rate = increase * per_second
         if family == SYSCALLS:
-            _add(row, "syscalls", rate)
-            syscall = dict(point.labels).get("syscall", "?")
-            row.top_syscalls[syscall] = row.top_syscalls.get(syscall, 0) + rate
+            row.syscalls += rate  # type: ignore[operator]
+            top = row.top_syscalls
+            top[info.detail] = top.get(info.detail, 0.0) + rate
         elif family == NET_BYTES:
-            ingress = dict(point.labels).get("direction") == "ingress"
-            _add(row, "rx" if ingress else "tx", rate)
+            if info.ingress:
+                row.rx += rate  # type: ignore[operator]
+            else:
+                row.tx += rate  # type: ignore[operator]
         elif family == NET_PACKETS:
-            _add(row, "packets", rate)
+            row.packets += rate  # type: ignore[operator]
         elif family == TCP_RESETS:
-            _add(row, "resets", rate)
+            row.resets += rate  # type: ignore[operator]
         elif family == TCP_RETRANSMITS:
-            _add(row, "retransmits", rate)
+            row.retransmits += rate  # type: ignore[operator]
         elif family == FLOW_BYTES:
-            ingress = dict(point.labels).get("direction") == "ingress"
-            pair = row.peers.setdefault(_peer(point.labels), [0.0, 0.0])
-            pair[0 if ingress else 1] += rate
+            pair = row.peers.setdefault(info.detail, [0.0, 0.0])
+            pair[0 if info.ingress else 1] += rate
     for point in frame.window_points:
-        row = row_for(point.ident)
+        row = row_for(point.info)
         if point.family == DANGEROUS:
             row.dangerous_window += point.increase or 0
         else:
             row.novel_window += point.increase or 0
-    if per_second is not None:
-        # A row present for a whole interval with no traffic is 0/s, not unknown.
-        for row in rows.values():
-            for attr in ("syscalls", "rx", "tx", "packets", "resets", "retransmits"):
-                if getattr(row, attr) is None:
-                    setattr(row, attr, 0.0)
     return list(rows.values())
 
 
@@ -373,8 +394,9 @@ class Column:
     gpu: bool = False  # shown only when some row has GPU data
 
 
+# The name comes last, as COMMAND in top(1): cgroup paths can be long, and a
+# cut name still leaves every figure on screen.
 COLUMNS = (
-    Column("name", "NAME", "n", "name"),
     Column("syscalls", "SYSCALLS/s", "s", "rate"),
     Column("dangerous", "DANGER", "d", "count"),
     Column("dangerous_window", "DANGER/win", "w", "count"),
@@ -386,6 +408,7 @@ COLUMNS = (
     Column("retransmits", "RETX/s", "t", "rate"),
     Column("gpu_memory", "GPU MEM", "g", "bytes", gpu=True),
     Column("gpu_sm", "SM %", "u", "percent", gpu=True),
+    Column("name", "NAME", "n", "name"),
 )
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 COLUMN_BY_ATTR = {c.attr: c for c in COLUMNS}

@@ -16,11 +16,15 @@ never fatal: the view must survive whatever an endpoint serves.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
-# name -> raw label text (the series' identity within its family) -> (labels, value)
-Families = dict[str, dict[str, tuple[Labels, float]]]
+# name -> raw label text (the series' identity within its family) -> (labels, value),
+# or ((labels, derived), value) with a `derive`
+Families = dict[str, dict[str, tuple[Any, float]]]
+
 
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 _ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
@@ -65,46 +69,57 @@ class LineParser:
     """
 
     wanted: frozenset[str]
+    # Made once per label set and cached with it (the model's identity and
+    # row keys); the samples then carry (labels, derived) instead of labels.
+    derive: Callable[[str, Labels], object] | None = None
     malformed: int = 0
-    _cache: dict[str, object] = field(default_factory=dict)
+    _cache: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def parse(self, text: str) -> Families:
         out: Families = {name: {} for name in self.wanted}
-        old: dict[str, object] = self._cache
-        cache: dict[str, object] = {}
-        wanted = self.wanted
+        old = self._cache
+        cache: dict[str, dict[str, object]] = {}
+        wanted, derive = self.wanted, self.derive
+        # Families come in runs of lines: switch their dicts once per run.
+        current = ""
+        samples: dict[str, tuple[Any, float]] = {}
+        seen: dict[str, object] = {}
+        before: dict[str, object] = {}
         for line in text.split("\n"):
             # Comments (# HELP/# TYPE) and unwanted families leave here.
             brace = line.find("{")
             space = line.find(" ")
             if brace != -1 and (space == -1 or brace < space):
                 name = line[:brace]
-                if name not in wanted:
-                    continue
                 close = line.rfind("}")
-                if close < brace:
-                    self.malformed += 1
-                    continue
                 raw = line[brace + 1 : close]
-                labels = cache.get(raw, _MISSING)
-                if labels is _MISSING:
-                    labels = old.get(raw, _MISSING)
-                    if labels is _MISSING:
-                        labels = parse_labels(raw)
-                    cache[raw] = labels
                 rest = line[close + 1 :]
+                if close < brace:
+                    raw = "\0"  # never a label text: counted as malformed below
+            elif space != -1:
+                name, raw, rest = line[:space], "", line[space:]
             else:
-                if space == -1:
-                    continue
-                name = line[:space]
+                continue
+            if name != current:
                 if name not in wanted:
                     continue
-                raw, labels, rest = "", (), line[space:]
+                current = name
+                samples = out[name]
+                seen = cache.setdefault(name, {})
+                before = old.get(name, {})
+            labels = seen.get(raw, _MISSING)
+            if labels is _MISSING:
+                labels = before.get(raw, _MISSING)
+                if labels is _MISSING:
+                    labels = parse_labels(raw) if raw != "\0" else None
+                    if labels is not None and derive is not None:
+                        labels = (labels, derive(name, labels))
+                seen[raw] = labels
             parts = rest.split(None, 1)
             value = parse_value(parts[0]) if parts else None
             if labels is None or value is None:
                 self.malformed += 1
                 continue
-            out[name][raw] = (labels, value)  # type: ignore[assignment]
+            samples[raw] = (labels, value)
         self._cache = cache
         return out

@@ -9,7 +9,7 @@ from typing import Any
 
 from exporter.top.model import Column, Frame, Header, Row, columns_for, top_peers, top_syscalls
 
-ALERT_MARK = "!"  # before the name of a row with dangerous calls in the window
+ALERT_MARK = "!"  # first on the line of a row with dangerous calls in the window
 
 
 def human(value: float | None, unit: str) -> str:
@@ -41,8 +41,12 @@ def human(value: float | None, unit: str) -> str:
 
 def cell(row: Row, column: Column) -> str:
     if column.attr == "name":
-        return f"{ALERT_MARK} {row.name}" if row.alert else f"  {row.name}"
+        return row.name
     return human(getattr(row, column.attr), column.unit)
+
+
+def mark(row: Row) -> str:
+    return ALERT_MARK if row.alert else " "
 
 
 def header_lines(header: Header, node: str, frame: Frame | None, window: float) -> list[str]:
@@ -70,14 +74,15 @@ def table(rows: list[Row], columns: list[Column] | None = None, limit: int | Non
     columns = columns or columns_for(rows)
     shown = rows if limit is None else rows[:limit]
     cells = [[c.title for c in columns]] + [[cell(r, c) for c in columns] for r in shown]
+    marks = [" "] + [mark(r) for r in shown]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     out = []
-    for line in cells:
+    for flag, line in zip(marks, cells, strict=True):
         parts = [
             text.ljust(width) if col.attr == "name" else text.rjust(width)
             for text, width, col in zip(line, widths, columns, strict=True)
         ]
-        out.append("  ".join(parts).rstrip())
+        out.append(f"{flag} " + "  ".join(parts).rstrip())
     return "\n".join(out)
 
 

@@ -72,6 +72,8 @@ def _start_in(cgroup: Path, code: str, *args: str) -> subprocess.Popen:
 @pytest.fixture
 def pods(start_exporter, cgroups, tmp_path) -> Iterator[Pods]:
     namespace = f"top-{uuid.uuid4().hex[:6]}"
+    # Under a parent of our own: kubepods.slice may be shared with other tests.
+    parent = f"orb8-top-{uuid.uuid4().hex[:8]}"
     api = ApiServer()
     api.start()
     workers: list[subprocess.Popen] = []
@@ -93,7 +95,7 @@ def pods(start_exporter, cgroups, tmp_path) -> Iterator[Pods]:
             )
             sd = uid.replace("-", "_")
             cgroup = cgroups.make(
-                "kubepods.slice/kubepods-besteffort.slice/"
+                f"{parent}/kubepods.slice/kubepods-besteffort.slice/"
                 f"kubepods-besteffort-pod{sd}.slice/cri-containerd-{cid}.scope"
             )
             workers.append(_start_in(cgroup, code, *args))
@@ -125,9 +127,9 @@ def top(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def table_rows(text: str) -> list[str]:
-    """The rows under the NAME heading, marker column included."""
+    """The rows under the column headings, marker column included."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("NAME"))
+    start = next(i for i, line in enumerate(lines) if "SYSCALLS/s" in line and "NAME" in line)
     rows = []
     for line in lines[start + 1 :]:
         if not line.strip():
@@ -137,7 +139,7 @@ def table_rows(text: str) -> list[str]:
 
 
 def name_of(row: str) -> str:
-    return row.replace("!", " ").split()[0]
+    return row.split()[-1]
 
 
 def test_once_ranks_and_marks_the_pods(pods):
@@ -155,6 +157,7 @@ def test_once_ranks_and_marks_the_pods(pods):
     assert name_of(by_tx[0]) == f"{pods.namespace}/udp"
 
     result = top(pods.url, "--json", "--interval", "1", "--filter", f"ns={pods.namespace}")
+    assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     rows_json = {r["pod"]: r for r in document["rows"]}
     assert set(rows_json) == {"busy", "udp", "ptracer"}
@@ -170,7 +173,9 @@ class Tmux:
 
     def __init__(self, command: list[str]) -> None:
         self.socket = f"orb8-top-test-{uuid.uuid4().hex[:10]}"
-        shell = f"{shlex.join(command)}; echo TOP-EXITED-$?; sleep 600"
+        # pytest's environment carries COLUMNS/LINES of its own (80x24),
+        # which would override the pane's size.
+        shell = f"unset COLUMNS LINES; {shlex.join(command)}; echo TOP-EXITED-$?; sleep 600"
         self._tmux("new-session", "-d", "-s", "top", "-x", "200", "-y", "45", shell)
 
     def _tmux(self, *args: str) -> str:
