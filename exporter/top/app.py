@@ -15,6 +15,10 @@ from exporter.top.fetch import Scraper, Source
 from exporter.top.model import COLUMN_BY_ATTR, COLUMNS, Column, Frame, Row, columns_for, select
 from exporter.top.render import cell, detail_lines, header_lines, mark
 
+# Filling the table is linear in its rows and runs in the UI thread: 1,000
+# rows took ~240 ms, 300 ~64 ms (benchmarks/top_parse.py). Beyond this the
+# status line says how many more there are; sort or filter to reach them.
+MAX_ROWS = 300
 ALERT_STYLE = "bold red"
 PAST_STYLE = "yellow"  # dangerous calls before the window
 
@@ -64,6 +68,7 @@ class TopApp(App[None]):
         self._rows: list[Row] = []
         self._latest: Frame | str | None = None
         self._lock = threading.Lock()
+        self.source.containers = containers
         self._scraper = Scraper(source, interval, self._publish)
 
     def compose(self) -> ComposeResult:
@@ -133,7 +138,7 @@ class TopApp(App[None]):
         else:
             table.clear()
         restore = 0
-        for i, row in enumerate(self._rows):
+        for i, row in enumerate(self._rows[:MAX_ROWS]):
             key = row.key
             style = ALERT_STYLE if row.alert else PAST_STYLE if row.dangerous else ""
             table.add_row(
@@ -172,7 +177,8 @@ class TopApp(App[None]):
             f"sort {column.title if column else self.sort}",
             "containers" if self.containers else "pods",
             f"filter '{self.filter_text}'" if self.filter_text else "",
-            f"rows {len(self._rows)}",
+            f"rows {len(self._rows)}"
+            + (f" (first {MAX_ROWS} shown)" if len(self._rows) > MAX_ROWS else ""),
             f"ERROR {self.error}" if self.error else "",
         ]
         keys = "q quit  space pause  / filter  c pod/ctr  enter drill  sort: " + " ".join(
@@ -202,6 +208,7 @@ class TopApp(App[None]):
         if self._filtering():
             return
         self.containers = not self.containers
+        self.source.containers = self.containers
         self.detail = None
         self._show_table()
         self.refresh_view()

@@ -264,7 +264,8 @@ def test_live_view_sorts_filters_marks_and_drills(pods, tmux_top):
     assert first.split()[0] == "getppid", screen
     assert "top peers" in screen
     tmux_top.keys("Escape")
-    tmux_top.wait_screen(lambda s: "SYSCALLS/s" in s, "back to the table")
+    # Wait for it before the next key: ESC then c within a moment reads as Alt+c.
+    tmux_top.wait_screen(lambda s: "top syscalls" not in s and "SYSCALLS/s▼" in s, "the table")
     # One row per container.
     tmux_top.keys("c")
     screen = tmux_top.wait_screen(lambda s: f"{ns}/busy/main" in s, "container rows")
