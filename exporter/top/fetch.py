@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import gzip
 import socket
 import ssl
 import threading
@@ -13,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,7 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     timeout: float = 10.0
+    max_bytes: int = MAX_BYTES
 
     def __post_init__(self) -> None:
         self.url = normalise_url(self.url)
@@ -88,20 +89,23 @@ class Endpoint:
             with urllib.request.urlopen(
                 request, timeout=self.timeout, context=self._context
             ) as response:
-                body = response.read(MAX_BYTES + 1)
+                body = response.read(self.max_bytes + 1)
                 encoding = response.headers.get("Content-Encoding", "")
         except urllib.error.HTTPError as e:
             raise FetchError(f"{self.url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise FetchError(f"{self.url}: {reason}") from None
-        if len(body) > MAX_BYTES:
-            raise FetchError(f"{self.url}: answer larger than {MAX_BYTES >> 20} MiB")
+        if len(body) > self.max_bytes:
+            raise FetchError(f"{self.url}: answer larger than {self.max_bytes} bytes")
         if encoding == "gzip":
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError) as e:
+            try:  # bounded like the body: a small bomb must not take the memory
+                inflater = zlib.decompressobj(wbits=31)
+                body = inflater.decompress(body, self.max_bytes + 1)
+            except zlib.error as e:
                 raise FetchError(f"{self.url}: bad gzip: {e}") from None
+            if len(body) > self.max_bytes:
+                raise FetchError(f"{self.url}: answer larger than {self.max_bytes} bytes")
         return body.decode("utf-8", errors="replace")
 
 

@@ -77,11 +77,19 @@ class Ident:
     cgroup: str
 
 
+def printable(text: str) -> str:
+    """Control characters written as \\xHH: a cgroup directory may be named with
+    any byte (ESC included), and its name reaches a terminal here."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def ident_of(labels: Labels) -> Ident:
     found = {"namespace": "", "pod": "", "container": "", "cgroup": ""}
     for key, value in labels:
         if key in found:
-            found[key] = value
+            found[key] = printable(value)
     return Ident(found["namespace"], found["pod"], found["container"], found["cgroup"])
 
 
@@ -121,6 +129,7 @@ class Info:
             name = f"{ns}/{pod}" if pod else klass or "?"
             protocol = found.get("protocol", "")
             self.detail = f"{name} ({protocol})" if protocol else name
+        self.detail = printable(self.detail)
 
 
 def parser() -> LineParser:

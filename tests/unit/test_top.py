@@ -510,3 +510,43 @@ def test_cli_rejects_an_unknown_sort(capsys):
 
     assert main(["top", "--once", "--sort", "bogus"]) == 2
     assert "unknown --sort" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_an_answer_over_the_limit_is_refused_also_once_inflated(compress):
+    """A 1 MB answer that gzips to ~1 KB: refused after inflating at most the
+    limit, so a small gzip bomb cannot take the terminal's memory."""
+    big = (BODY + "# " + "x" * 1_000_000 + "\n").encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = gzip.compress(big) if compress else big
+            self.send_response(200)
+            if compress:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(fetch.FetchError, match="larger than 100000 bytes"):
+            fetch.Endpoint(url, max_bytes=100_000).fetch()
+        assert "orb8_build_info" in fetch.Endpoint(url, max_bytes=2_000_000).fetch()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_control_characters_in_names_are_escaped():
+    """A cgroup may be named with any byte; its name must not drive the terminal."""
+    cgroup = 'namespace="",pod="",container="",cgroup="/evil\x1b[2J\x07.scope"'
+    (frame,) = frames(exposition(f'orb8_syscalls_total{{{cgroup},syscall="read"}} 1'))
+    (row,) = rows_of(frame)
+    assert row.name == "/evil\\x1b[2J\\x07.scope"
+    assert "\x1b" not in table([row])
