@@ -550,3 +550,21 @@ def test_control_characters_in_names_are_escaped():
     (row,) = rows_of(frame)
     assert row.name == "/evil\\x1b[2J\\x07.scope"
     assert "\x1b" not in table([row])
+
+
+def test_without_the_top_extra_the_live_view_says_how_to_get_it():
+    """textual is an optional extra: without it, a clear message (and --once works)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = (
+        "import sys; sys.modules['textual'] = None\n"
+        "from exporter.cli import main; sys.exit(main(['top', '127.0.0.1:9']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 2
+    assert "pip install 'orb8[top]'" in result.stderr
