@@ -120,9 +120,18 @@ def pods(start_exporter, cgroups, tmp_path) -> Iterator[Pods]:
         api.stop()
 
 
-def top(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+# orb8's own scrape can take seconds on a loaded 2-vCPU machine: top's
+# default 10 s per scrape is too tight for CI.
+SCRAPE_TIMEOUT = ["--timeout", "60"]
+
+
+def top(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*ORB8, "top", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+        [*ORB8, "top", *SCRAPE_TIMEOUT, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
     )
 
 
@@ -153,7 +162,9 @@ def test_once_ranks_and_marks_the_pods(pods):
     marked = {name_of(r) for r in rows if r.lstrip().startswith("!")}
     assert marked == {f"{pods.namespace}/ptracer"}
 
-    by_tx = table_rows(top(pods.url, *once, "--sort", "tx").stdout)
+    result = top(pods.url, *once, "--sort", "tx")
+    assert result.returncode == 0, result.stderr
+    by_tx = table_rows(result.stdout)
     assert name_of(by_tx[0]) == f"{pods.namespace}/udp"
 
     result = top(pods.url, "--json", "--interval", "1", "--filter", f"ns={pods.namespace}")
@@ -165,6 +176,8 @@ def test_once_ranks_and_marks_the_pods(pods):
     assert rows_json["ptracer"]["dangerous_syscalls"]["ptrace"] >= 1
     assert rows_json["ptracer"]["dangerous_window"] >= 1
     assert rows_json["udp"]["tx"] > rows_json["busy"]["tx"]
+    assert rows_json["udp"]["top_peers"][0]["peer"] == "loopback (udp)"
+    assert rows_json["udp"]["top_peers"][0]["tx"] > 0
     assert document["probes"] == {"syscalls": True, "network": True}
 
 
@@ -209,7 +222,7 @@ class Tmux:
 
 @pytest.fixture
 def tmux_top(pods) -> Iterator[Tmux]:
-    session = Tmux([*ORB8, "top", pods.url, "--interval", "1"])
+    session = Tmux([*ORB8, "top", pods.url, "--interval", "1", *SCRAPE_TIMEOUT])
     try:
         yield session
     finally:
