@@ -568,3 +568,16 @@ def test_without_the_top_extra_the_live_view_says_how_to_get_it():
     )
     assert result.returncode == 2
     assert "pip install 'orb8[top]'" in result.stderr
+
+
+def test_insecure_skips_verifying_the_server_but_still_authenticates(https_server, pki):
+    url, _ = https_server
+    options = {"cert_file": pki.client_cert, "key_file": pki.client_key, "username": "prometheus"}
+    with pytest.raises(fetch.FetchError, match="CERTIFICATE_VERIFY_FAILED"):
+        fetch.Endpoint(url, password="s3cret", **options).fetch()  # no CA: not trusted
+    assert (
+        "orb8_build_info"
+        in fetch.Endpoint(url, password="s3cret", insecure=True, **options).fetch()
+    )
+    with pytest.raises(fetch.FetchError, match="HTTP 401"):
+        fetch.Endpoint(url, password="nope", insecure=True, **options).fetch()
