@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_URL,
         help=f"orb8's /metrics (default {DEFAULT_URL}); host:port is enough",
     )
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes (2)")
     parser.add_argument(
-        "--window", type=float, default=60.0, help="seconds over which dangerous calls count"
+        "--window", type=float, default=60.0, help="seconds over which dangerous and novel calls count (60)"
     )
     parser.add_argument("--once", action="store_true", help="print one plain table and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON document and exit")
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="file holding the basic auth password (or set ORB8_TOP_PASSWORD)",
     )
-    tls.add_argument("--timeout", type=float, default=10.0, help="seconds per scrape")
+    tls.add_argument("--timeout", type=float, default=10.0, help="seconds per scrape (10)")
 
 
 def _endpoint(args: argparse.Namespace) -> Endpoint:
