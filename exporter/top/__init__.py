@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes (2)")
     parser.add_argument(
-        "--window", type=float, default=60.0, help="seconds over which dangerous and novel calls count (60)"
+        "--window",
+        type=float,
+        default=60.0,
+        help="seconds over which dangerous and novel calls count (60)",
     )
     parser.add_argument("--once", action="store_true", help="print one plain table and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON document and exit")
