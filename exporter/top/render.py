@@ -18,15 +18,11 @@ def human(value: float | None, unit: str) -> str:
         return "-"
     if unit == "percent":
         return f"{value:.0f}"
-    base, suffixes = (
-        (1024.0, ("", "K", "M", "G", "T"))
-        if "bytes" in unit
-        else (
-            1000.0,
-            ("", "k", "M", "G", "T"),
-        )
-    )
-    if unit in ("count",) and value == int(value) and abs(value) < 100_000:
+    if "bytes" in unit:
+        base, suffixes = 1024.0, ("", "K", "M", "G", "T")
+    else:
+        base, suffixes = 1000.0, ("", "k", "M", "G", "T")
+    if unit == "count" and value == int(value) and abs(value) < 100_000:
         return str(int(value))
     magnitude = abs(value)
     for suffix in suffixes:
