@@ -1,4 +1,4 @@
-"""orb8 command line: run | diagnose | check | version."""
+"""orb8 command line: run | diagnose | check | version | top."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(check)
     sub.add_parser("version", help="print version and kernel")
+    from exporter.top import add_arguments as add_top_arguments
+
+    top = sub.add_parser(
+        "top", help="live view of this node's pods from an orb8 /metrics (--once: a table)"
+    )
+    add_top_arguments(top)
     return parser
 
 
@@ -125,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"orb8 {__version__} (kernel {platform.release()})")
         return 0
+    if args.command == "top":  # a client of /metrics: none of the agent's settings
+        from exporter.top import main as top_main
+
+        return top_main(args)
     try:
         settings = load_settings(vars(args), check_paths=args.command != "diagnose")
     except ConfigError as e:

@@ -3,7 +3,7 @@
 # before it acts, so `make run` and `make test` can call it every time.
 #
 #   - Debian packages: BCC (python3-bpfcc, bpfcc-tools), bpftool, kernel
-#     headers, and the real Prometheus/Alertmanager/iperf3 the tests use;
+#     headers, and the real Prometheus/Alertmanager/iperf3/tmux the tests use;
 #   - kernel headers for the running kernel, or the distribution's headers
 #     linked in as a fallback (see README "Requirements" and docs/deploying.md);
 #   - tracefs mounted at /sys/kernel/tracing;
@@ -21,7 +21,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 PACKAGES=(python3-bpfcc bpfcc-tools bpftool linux-headers-amd64 iproute2 iperf3
-          prometheus prometheus-alertmanager gcc libc6-dev python3-venv)
+          prometheus prometheus-alertmanager gcc libc6-dev python3-venv tmux)
 if [[ "$(uname -m)" == "aarch64" ]]; then
     PACKAGES=("${PACKAGES[@]/linux-headers-amd64/linux-headers-arm64}")
 fi

@@ -75,6 +75,15 @@ def test_sources_import_neither_the_registry_nor_the_agent_nor_outputs():
             assert not bad, (name, bad)
 
 
+def test_top_is_a_client_of_metrics_and_imports_nothing_of_the_agent():
+    """orb8 top reads /metrics like Prometheus does: the agent, its sources,
+    outputs and settings stay out of it (and so do their heavy imports)."""
+    for name, deps in graph().items():
+        if name.startswith("exporter.top"):
+            bad = {d for d in deps if not d.startswith("exporter.top") and d != "exporter"}
+            assert not bad, (name, bad)
+
+
 def test_no_ctypes_or_libbcc_outside_the_bpf_access_layer():
     allowed = {"exporter.probes"}
     for path in PACKAGE.rglob("*.py"):
