@@ -118,8 +118,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     log_path = work / "orb8.log"
     python = checkout / ".venv" / "bin" / "python"
     orb8 = subprocess.Popen(
-        [str(python), "-m", "exporter.cli", "run", "--probes", "syscalls"]
-        + ["--listen", f"127.0.0.1:{port}", "--state-dir", str(state), *args.orb8_args],
+        [
+            *(str(python), "-m", "exporter.cli", "run", "--probes", "syscalls"),
+            *("--listen", f"127.0.0.1:{port}", "--state-dir", str(state), *args.orb8_args),
+        ],
         cwd=checkout,
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
         samples: list[tuple[float, float, float, float]] = []  # (t, cpu s, VmRSS, RssAnon)
         latencies: list[tuple[float, float]] = []  # (t since churn start, seconds)
+        collects: list[float] = []  # the syscalls collect inside each of those scrapes
         stop = threading.Event()
         t_start = time.monotonic()
 
@@ -165,6 +168,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 quiet_done = True
             seconds, last_body = scrape(url)
             latencies.append((now, seconds))
+            collects.append(metric(last_body, "orb8_collect_duration_seconds") or 0.0)
             time.sleep(max(0.0, args.scrape_every - seconds))
         churned = int(churner.communicate()[0].strip() or 0)
         churn_end = time.monotonic() - t_start
@@ -226,6 +230,12 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "scrape_p50_s": round(pct(during, 0.5), 3),
         "scrape_p90_s": round(pct(during, 0.9), 3),
         "scrape_max_s": round(max(during), 3) if during else None,
+        "worst_scrapes": [
+            (round(t), round(s, 2)) for t, s in sorted(latencies, key=lambda x: -x[1])[:5]
+        ],
+        "collect_p50_s": round(pct(collects, 0.5), 3),
+        "collect_max_s": round(max(collects), 3) if collects else None,
+        "load_average": os.getloadavg(),
         "scrape_after_p50_s": round(pct(after, 0.5), 3),
         "cpu_during": round(cpu_share(0, churn_end), 3),
         "cpu_after": round(cpu_share(churn_end, churn_end + args.after), 3),
