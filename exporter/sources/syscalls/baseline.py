@@ -15,8 +15,9 @@ the same workload). Lengthen the window, or allowlist the workload.
 Workloads come and go (every CronJob run is a new one, and a tenant can
 create cgroups by the thousand), so a baseline not seen for `forget_after`
 seconds is dropped, and at most `capacity` are kept: past it, the one seen
-least recently goes first. A workload that runs is seen every collect, so
-churn evicts churn. orb8_table_entries{table="baselines"} shows the fill.
+least recently goes first, unless it was seen in the same collect (then the
+new workload waits, unlearned, for room). A workload that runs is seen every
+collect, so churn evicts churn. orb8_table_entries{table="baselines"} shows the fill.
 
 With a state directory, baselines are written atomically (temp file +
 rename) and loaded at start, so a restart neither relearns nor resets the
@@ -79,6 +80,7 @@ class Baselines:
         # Least recently seen first: pruning and eviction take from the front.
         self.workloads: OrderedDict[str, Baseline] = OrderedDict()
         self.evicted = 0  # dropped early because the table was full
+        self.refused = 0  # not learned: full of workloads seen in the same collect
         self._dirty = False
         self.save_failing = ""  # the error of the current failed-save episode, if any
         if self.path is not None:
@@ -148,11 +150,18 @@ class Baselines:
         now = self.clock()
         baseline = self.workloads.get(workload)
         if baseline is None:
-            baseline = self.workloads[workload] = Baseline(now, last_seen=now)
-            self._dirty = True
-            while len(self.workloads) > self.capacity:
+            if len(self.workloads) >= self.capacity:
+                oldest = next(iter(self.workloads.values()), None)
+                if oldest is None or oldest.last_seen >= now:
+                    # Every baseline was seen in this very collect: a burst
+                    # of new workloads does not evict running ones; this
+                    # one is learned once there is room.
+                    self.refused += 1
+                    return False
                 self.workloads.popitem(last=False)
                 self.evicted += 1
+            baseline = self.workloads[workload] = Baseline(now, last_seen=now)
+            self._dirty = True
         elif baseline.last_seen != now:
             if now - baseline.last_seen > SEEN_SAVE_STEP:
                 self._dirty = True  # so a restart does not think it long gone
