@@ -117,12 +117,10 @@ class Resolver:
         see the id (at most once for all ids first seen by then)."""
         with self._lock:
             if not self.tree.needs_walk(cgroup_id, first_seen):
-                self._touch(cgroup_id)
-                return self._resolve(cgroup_id, first_seen)
+                return self._remembered(cgroup_id, first_seen)
         self._walk(first_seen)
         with self._lock:
-            self._touch(cgroup_id)
-            return self._resolve(cgroup_id, first_seen)
+            return self._remembered(cgroup_id, first_seen)
 
     def peek(self, cgroup_id: int, seen_at: float) -> Resolution | None:
         """resolve() without walking: None if only a walk begun after `seen_at`
@@ -131,8 +129,7 @@ class Resolver:
             if self.tree.needs_walk(cgroup_id, seen_at):
                 self._waiting = True
                 return None
-            self._touch(cgroup_id)
-            return self._resolve(cgroup_id, seen_at)
+            return self._remembered(cgroup_id, seen_at)
 
     def walk_if_due(self) -> bool:
         """Walk once if peek() met ids the last walk could not answer and the
@@ -151,6 +148,14 @@ class Resolver:
             paths, started = self.tree.walk()  # the filesystem, without self._lock
             with self._lock:
                 self.tree.install(paths, started)
+
+    def _remembered(self, cgroup_id: int, first_seen: float) -> Resolution:
+        resolution = self._resolve(cgroup_id, first_seen)
+        if resolution.identity is not UNRESOLVED or cgroup_id in self._asked:
+            self._touch(cgroup_id)
+        # else: removed before any walk saw it. Nothing is remembered of it,
+        # so a churn of such ids takes no room from the ids that matter.
+        return resolution
 
     def _touch(self, cgroup_id: int) -> None:
         self._asked[cgroup_id] = self.clock()
