@@ -203,7 +203,12 @@ DASHBOARD = DashboardSpec(
                     "Walks of the cgroup tree per second: at most about one a second for "
                     "evidence plus one per collect, whatever the churn of cgroups.",
                     "ops",
-                    (Query(f"rate(orb8_cgroup_walks_total{{{T}}}[$__rate_interval])", "{{instance}}"),),
+                    (
+                        Query(
+                            f"rate(orb8_cgroup_walks_total{{{T}}}[$__rate_interval])",
+                            "{{instance}}",
+                        ),
+                    ),
                     width=8,
                 ),
             ),
