@@ -9,6 +9,7 @@ counts to CarriedCounts (the one carry rule), and deletes its kernel entries.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from exporter.identity import Resolver
@@ -64,10 +65,10 @@ class CgroupLifecycle:
 # cgroup). Longer than Prometheus' 5-minute staleness: a series absent for
 # longer is a new series to every query that does not span the gap.
 CARRY_KEEP = 3600.0
-# Identities absent from the maps whose carried counts are kept for a
-# comeback: each is a cgroup path or pod a tenant can mint by the thousand
-# (churn), so the longest-absent go first past this many.
-CARRY_ABSENT_CAPACITY = 4096
+# Carried series of identities absent from the maps, kept for a comeback:
+# each identity is a cgroup path or pod a tenant can mint by the thousand
+# (churn), so past this many series the longest-absent identities go first.
+CARRY_ABSENT_CAPACITY = 65536
 
 
 class CarriedCounts:
@@ -84,8 +85,8 @@ class CarriedCounts:
     - under any other identity: while some cgroup in the source's maps has
       that identity; after it disappears, its carried counts are kept for
       `keep` seconds, unexported, and a comeback continues from them; at
-      most `absent_capacity` absent identities are kept so (longest absent
-      dropped first: its comeback would start a new series from zero).
+      most `absent_capacity` series of absent identities are kept so
+      (longest absent dropped first: its comeback starts from zero).
     """
 
     def __init__(
@@ -129,10 +130,15 @@ class CarriedCounts:
             since = self._absent_since.setdefault(identity, now)
             if now - since >= self.keep:
                 dropped.add(identity)
-        excess = len(absent) - len(dropped) - self.absent_capacity
+        series = Counter(key[0] for key in self._counts if key[0] in absent)
+        excess = sum(series.values()) - self.absent_capacity
         if excess > 0:
-            kept = sorted(absent - dropped, key=lambda identity: self._absent_since[identity])
-            dropped.update(kept[:excess])
+            for identity in sorted(absent, key=lambda identity: self._absent_since[identity]):
+                if excess <= 0:
+                    break
+                if identity not in dropped:
+                    dropped.add(identity)
+                    excess -= series[identity]
         for identity in dropped:
             self._absent_since.pop(identity, None)
         if dropped:
