@@ -170,6 +170,15 @@ def test_evidence_of_new_cgroups_waits_for_one_batched_walk_and_a_full_queue_los
     assert {line["cgroup"] for line in lines[1:]} == {"/new.scope"}
     assert len(source._deferred) == 0
 
+    # At shutdown, records still waiting are logged too (one walk names them).
+    clock.now += 0.1
+    other = cgroup(root, "other.scope")
+    record(other)
+    assert len(source._deferred) == 1
+    source.close()
+    last = json.loads(caplog.records[-1].getMessage())
+    assert (last["cgroup"], last["cgroup_id"]) == ("/other.scope", other)
+
 
 @pytest.mark.parametrize("absent", [10, 5000])
 def test_carried_series_of_absent_identities_are_capped(absent):

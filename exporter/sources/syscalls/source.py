@@ -331,6 +331,7 @@ class SyscallSource:
 
     def close(self) -> None:
         self._stop.set()
+        reader_done = True
         if self._evidence_thread is not None:
             self._evidence_thread.join(timeout=5)
             if self._evidence_thread.is_alive():
@@ -338,7 +339,11 @@ class SyscallSource:
                 # segfaults. The process is exiting; the kernel frees it all.
                 log.warning("evidence reader still busy at shutdown: leaving BPF cleanup to exit")
                 self._bpf = None
+                reader_done = False
             self._evidence_thread = None
+        while reader_done and self._deferred:  # records waiting for a walk: logged, not lost
+            seen_at, event = self._deferred.popleft()  # (one walk names them all)
+            self._log_evidence(event, self.resolver.resolve(event.cgroup_id, seen_at).identity)
         self._maps = None
         if self._bpf is not None:
             self._bpf.cleanup()
