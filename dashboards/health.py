@@ -177,7 +177,39 @@ DASHBOARD = DashboardSpec(
                         Query(f"orb8_k8s_pods_tracked{{{T}}}", "{{instance}} pods"),
                         Query(f"orb8_cgroups_unresolved{{{T}}}", "{{instance}} unresolved"),
                     ),
-                    width=24,
+                    width=8,
+                ),
+                Panel(
+                    "timeseries",
+                    "User-space table fill",
+                    "Entries of each orb8 table keyed by cgroups or workloads (identity "
+                    "cache, baselines, evidence waiting for a cgroup walk, evidence rate "
+                    "buckets) over its capacity. Near 100% under cgroup churn is expected "
+                    "for identity; see docs/operating.md#cgroup-churn.",
+                    "percentunit",
+                    (
+                        Query(
+                            "max by (instance, table) "
+                            f"(orb8_table_entries{{{T}}} / orb8_table_capacity{{{T}}})",
+                            "{{instance}} {{table}}",
+                        ),
+                    ),
+                    width=8,
+                    max_value=1,
+                ),
+                Panel(
+                    "timeseries",
+                    "Cgroup tree walks",
+                    "Walks of the cgroup tree per second: at most about one a second for "
+                    "evidence plus one per collect, whatever the churn of cgroups.",
+                    "ops",
+                    (
+                        Query(
+                            f"rate(orb8_cgroup_walks_total{{{T}}}[$__rate_interval])",
+                            "{{instance}}",
+                        ),
+                    ),
+                    width=8,
                 ),
             ),
         ),

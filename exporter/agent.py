@@ -73,7 +73,7 @@ def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
     factory = kubernetes_api_factory(settings)
     if factory is None:
         log.info("no kubeconfig and not in a cluster: plain-host mode, cgroups labelled by path")
-        return Resolver(CgroupTree(root)), None
+        return Resolver(CgroupTree(root), capacity=settings.identity_cache_size), None
     node = settings.node_name or socket.gethostname().lower()
     try:
         factory()  # fail fast on an unusable kubeconfig
@@ -81,7 +81,10 @@ def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
         raise StartupError(f"kubernetes client configuration failed: {e}") from None
     watcher = PodWatcher(factory, node, deleted_grace=settings.deleted_pod_grace)
     log.info("watching pods of node %s", node)
-    return Resolver(CgroupTree(root), pods=lambda: watcher.pods), watcher
+    resolver = Resolver(
+        CgroupTree(root), pods=lambda: watcher.pods, capacity=settings.identity_cache_size
+    )
+    return resolver, watcher
 
 
 def build_sources(

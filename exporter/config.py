@@ -312,6 +312,14 @@ SETTINGS: tuple[Spec, ...] = (
         "cgroup v2 mount point (default: found in /proc/self/mountinfo)",
         "DIR",
     ),
+    Spec(
+        "identity_cache_size",
+        positive_int,
+        16384,
+        "most cgroup ids whose identity orb8 remembers; when full, the id asked about "
+        'least recently is forgotten (fill: orb8_table_entries{table="identity"})',
+        "N",
+    ),
 )
 LOGGING: tuple[Spec, ...] = (
     Spec("log_level", log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),

@@ -62,6 +62,9 @@ METRICS: dict[str, Instrument] = {
     "orb8_flow_packets_total": Instrument("orb8.flow.packets", "{packet}"),
     "orb8_active_flows": Instrument("orb8.flow.active", "{flow}"),
     "orb8_cgroups_unresolved": Instrument("orb8.cgroups.unresolved", "{cgroup}"),
+    "orb8_cgroup_walks_total": Instrument("orb8.cgroups.walks", "{walk}"),
+    "orb8_table_entries": Instrument("orb8.table.entries", "{entry}"),
+    "orb8_table_capacity": Instrument("orb8.table.capacity", "{entry}"),
     "orb8_k8s_watch_connected": Instrument("orb8.k8s.watch.connected", "1"),
     "orb8_k8s_watch_reconnections_total":
         Instrument("orb8.k8s.watch.reconnections", "{reconnection}"),
@@ -160,6 +163,7 @@ ATTRIBUTES: dict[str, str] = {
     "peer_class": "orb8.peer.class",
     "probe": "orb8.probe",
     "map": "orb8.bpf.map",
+    "table": "orb8.table",
     "program": "orb8.bpf.program",
     "version": "service.version",
     "kernel": "os.version",

@@ -104,6 +104,24 @@ def process_families() -> list[MetricFamily]:
     return families
 
 
+def table_families(tables: dict[str, tuple[int, int]]) -> list[MetricFamily]:
+    """Fill of user-space tables keyed by what tenants create (cgroups,
+    workloads): {table: (entries, capacity)}. What a full table does is in
+    docs/metrics.md."""
+    entries = gauge(
+        "orb8_table_entries",
+        "Entries in an orb8 user-space table keyed by cgroups or workloads.",
+        ("table",),
+    )
+    capacity = gauge(
+        "orb8_table_capacity", "Most entries an orb8 user-space table holds.", ("table",)
+    )
+    for name, (used, limit) in sorted(tables.items()):
+        entries.add((name,), used)
+        capacity.add((name,), limit)
+    return [entries, capacity]
+
+
 def identity_families(resolver: Resolver | None, watcher: PodWatcher | None) -> list[MetricFamily]:
     families = []
     if resolver is not None:
@@ -113,7 +131,17 @@ def identity_families(resolver: Resolver | None, watcher: PodWatcher | None) -> 
             "(labelled by cgroup path meanwhile).",
         )
         unresolved.add((), len(resolver.pending))
-        families.append(unresolved)
+        walks = counter(
+            "orb8_cgroup_walks_total",
+            "Walks of the cgroup v2 tree to map new cgroup ids to paths: at most one per "
+            "collect and one a second for evidence, however many cgroups come and go.",
+        )
+        walks.add((), resolver.tree.scans)
+        families += [
+            unresolved,
+            walks,
+            *table_families({"identity": (resolver.entries, resolver.capacity)}),
+        ]
     if watcher is None:
         return families
     health = watcher.health

@@ -9,6 +9,7 @@ counts to CarriedCounts (the one carry rule), and deletes its kernel entries.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from exporter.identity import Resolver
@@ -29,9 +30,17 @@ class CgroupLifecycle:
     def resolve(
         self, cgroup_ids: Iterable[int], now: float
     ) -> tuple[dict[int, Identity], list[int]]:
-        """(identity of every id, the ids whose grace is over)."""
+        """(identity of every id, the ids whose grace is over).
+
+        `cgroup_ids` are all the ids in the source's maps: ids no longer
+        there (an LRU map evicted them) are forgotten here too, so these
+        tables stay bounded by the maps' capacity whatever the churn."""
         identities: dict[int, Identity] = {}
         retire: list[int] = []
+        cgroup_ids = set(cgroup_ids)
+        for table in (self._first_seen, self._gone_since):
+            for cgroup_id in [c for c in table if c not in cgroup_ids]:
+                del table[cgroup_id]
         for cgroup_id in cgroup_ids:
             first_seen = self._first_seen.setdefault(cgroup_id, now)
             resolution = self.resolver.resolve(cgroup_id, first_seen)
@@ -56,6 +65,10 @@ class CgroupLifecycle:
 # cgroup). Longer than Prometheus' 5-minute staleness: a series absent for
 # longer is a new series to every query that does not span the gap.
 CARRY_KEEP = 3600.0
+# Carried series of identities absent from the maps, kept for a comeback:
+# each identity is a cgroup path or pod a tenant can mint by the thousand
+# (churn), so past this many series the longest-absent identities go first.
+CARRY_ABSENT_CAPACITY = 65536
 
 
 class CarriedCounts:
@@ -71,11 +84,16 @@ class CarriedCounts:
       by what a source can key on: syscall tables, protocols, peers);
     - under any other identity: while some cgroup in the source's maps has
       that identity; after it disappears, its carried counts are kept for
-      `keep` seconds, unexported, and a comeback continues from them.
+      `keep` seconds, unexported, and a comeback continues from them; at
+      most `absent_capacity` series of absent identities are kept so
+      (longest absent dropped first: its comeback starts from zero).
     """
 
-    def __init__(self, keep: float = CARRY_KEEP) -> None:
+    def __init__(
+        self, keep: float = CARRY_KEEP, absent_capacity: int = CARRY_ABSENT_CAPACITY
+    ) -> None:
         self.keep = keep
+        self.absent_capacity = absent_capacity
         self._counts: dict[tuple, list[int]] = {}
         self._absent_since: dict[Identity, float] = {}
 
@@ -112,6 +130,15 @@ class CarriedCounts:
             since = self._absent_since.setdefault(identity, now)
             if now - since >= self.keep:
                 dropped.add(identity)
+        series = Counter(key[0] for key in self._counts if key[0] in absent)
+        excess = sum(series.values()) - self.absent_capacity
+        if excess > 0:
+            for identity in sorted(absent, key=lambda identity: self._absent_since[identity]):
+                if excess <= 0:
+                    break
+                if identity not in dropped:
+                    dropped.add(identity)
+                    excess -= series[identity]
         for identity in dropped:
             self._absent_since.pop(identity, None)
         if dropped:

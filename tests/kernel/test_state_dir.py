@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from exporter.sources.syscalls.baseline import Baselines
+from exporter.sources.syscalls.baseline import MAX_STATE_BYTES, Baselines
 
 
 def _saves(baselines: Baselines, n: int) -> None:
@@ -99,3 +101,53 @@ def test_read_only_state_dir_warns_once(tmp_path, caplog):
             _saves(baselines, 6)
         assert len(_warnings(caplog)) == 1 and "Read-only" in _warnings(caplog)[0]
         assert list(state.iterdir()) == []
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _oversized(path: Path) -> None:
+    with path.open("wb") as f:  # sparse: no disk used
+        f.truncate(MAX_STATE_BYTES + 1)
+
+
+def _symlink_out(path: Path) -> None:
+    # A valid baselines file outside the state dir: still not followed.
+    outside = path.parent.parent / f"elsewhere-{uuid.uuid4().hex[:8]}.json"
+    outside.write_text(json.dumps({"version": 1, "workloads": {}}))
+    path.symlink_to(outside)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_dev_zero, _fifo, _oversized, _symlink_out, Path.mkdir],
+    ids=["symlink-to-dev-zero", "fifo", "oversized", "symlink-out", "directory"],
+)
+def test_a_baselines_path_that_is_not_a_small_regular_file_means_learning_afresh(
+    tmp_path, caplog, make
+):
+    state = tmp_path / "state"
+    state.mkdir()
+    make(state / "baselines.json")
+    with caplog.at_level(logging.WARNING):
+        baselines = Baselines(window=10, state_dir=state)  # neither hangs nor raises
+    assert baselines.workloads == {}
+    (warning,) = _warnings(caplog)
+    assert "learning from scratch" in warning and "\n" not in warning
+    if make is _oversized:
+        assert f"more than {MAX_STATE_BYTES}" in warning, "refused unread, by its size"
+
+
+def test_a_fifo_state_file_does_not_hold_up_start_up(tmp_path, start_exporter):
+    """Before: start-up blocked reading the FIFO and /healthz never answered."""
+    os.mkfifo(tmp_path / "baselines.json")
+    exporter = start_exporter("--probes", "syscalls", "--state-dir", str(tmp_path))
+    health = exporter.url.replace("/metrics", "/healthz")
+    with urllib.request.urlopen(health, timeout=10) as response:
+        assert response.status == 200
+    assert exporter.output().count("cannot read baselines") == 1

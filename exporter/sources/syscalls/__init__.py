@@ -45,6 +45,8 @@ def create(context: Context) -> SyscallSource:
             sample_every=settings.ring_buffer_sample_every,
             log_per_minute=settings.evidence_log_per_minute,
             baseline_window=settings.baseline_window,
+            baseline_forget_after=settings.baseline_forget_after,
+            baseline_capacity=settings.baseline_capacity,
             state_dir=settings.state_dir,
         ),
         headers=context.headers,

@@ -101,6 +101,9 @@ def evidence_line(
         "pod": identity.pod,
         "container": identity.container,
         "cgroup": identity.cgroup,
+        # The kernel's id: the cgroup of a line whose path was not known yet
+        # (a record that waited for a walk the cgroup did not outlive).
+        "cgroup_id": event.cgroup_id,
         "pid": event.tgid,
         "tid": event.pid,
         "uid": event.uid,

@@ -12,6 +12,7 @@ from exporter.config import (
     map_capacity,
     name_list,
     non_negative_float,
+    positive_float,
     positive_int,
 )
 from exporter.sources.syscalls.names import native_syscall_numbers
@@ -129,5 +130,21 @@ SETTINGS: tuple[Spec, ...] = (
         "seconds from a workload's first appearance during which its syscalls are learned; "
         "later syscalls outside that set count in orb8_syscall_novel_total",
         "SECONDS",
+    ),
+    Spec(
+        "baseline_forget_after",
+        positive_float,
+        7 * 86400.0,
+        "seconds a workload may go unseen before its learned baseline is dropped "
+        "(it relearns if it comes back)",
+        "SECONDS",
+    ),
+    Spec(
+        "baseline_capacity",
+        positive_int,
+        10_000,
+        "most workloads with a learned baseline; when full, the one seen least recently "
+        'is dropped (fill: orb8_table_entries{table="baselines"})',
+        "N",
     ),
 )

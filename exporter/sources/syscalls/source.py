@@ -55,11 +55,14 @@ from exporter.identity import Resolver
 from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
-from exporter.sources.exporter_self import program_families
+from exporter.sources.exporter_self import program_families, table_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.sources.mapstats import MapStats, map_families, memory_family
+from exporter.sources.syscalls.baseline import DEFAULT_CAPACITY as BASELINE_CAPACITY
+from exporter.sources.syscalls.baseline import DEFAULT_FORGET_AFTER as BASELINE_FORGET_AFTER
 from exporter.sources.syscalls.baseline import Baselines
 from exporter.sources.syscalls.evidence import (
+    MAX_RATE_KEYS,
     Allowlist,
     RateLimiter,
     evidence_line,
@@ -102,6 +105,8 @@ HOOKS = {
         ("raw_syscalls:sys_enter", "syscalls_enter_tp"),
     ),
 }
+# Evidence records waiting for a cgroup walk: ~2 s of 2,000 new cgroups/s.
+DEFERRED_CAPACITY = 4096
 RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
 evidence_log = logging.getLogger("orb8.evidence")
 
@@ -117,6 +122,8 @@ class SecurityOptions:
     sample_every: int = 10
     log_per_minute: int = 6
     baseline_window: float = 600.0
+    baseline_forget_after: float = BASELINE_FORGET_AFTER
+    baseline_capacity: int = BASELINE_CAPACITY
     state_dir: Path | None = None
 
 
@@ -159,7 +166,12 @@ class SyscallSource:
         self._own_workload: tuple[str, str] | None = None  # (namespace, owner) in Kubernetes
         self.allowlist = Allowlist(self.security.allowlist)
         self.rate_limiter = RateLimiter(self.security.log_per_minute)
-        self.baselines = Baselines(self.security.baseline_window, self.security.state_dir)
+        self.baselines = Baselines(
+            self.security.baseline_window,
+            self.security.state_dir,
+            capacity=self.security.baseline_capacity,
+            forget_after=self.security.baseline_forget_after,
+        )
         self.hook = ""
         self._bpf: Any = None
         # The kernel maps (probes.BpfMaps once started); tests hand in an
@@ -169,6 +181,9 @@ class SyscallSource:
         self._stop = threading.Event()
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
+        # Evidence records of cgroups the last walk did not see, waiting for
+        # the next batched one: (when read, a copy of the record).
+        self._deferred: deque[tuple[float, Any]] = deque()
         self._boot_offset = monotonic_to_wall_offset()
         # Final counts of retired cgroups, keyed (identity, key), for all
         # syscalls and for dangerous ones; novel calls are counted in user
@@ -298,7 +313,10 @@ class SyscallSource:
             return False
         if self._own_workload is None:
             # Evidence can arrive before the first collect: look orb8 up now.
-            own = self.resolver.resolve(self._own_cgroup, self.clock()).identity
+            resolution = self.resolver.peek(self._own_cgroup, self.clock())
+            if resolution is None:
+                return False
+            own = resolution.identity
             owner = self.resolver.owners().get((own.namespace, own.pod)) if own.pod else None
             if not owner:
                 return False
@@ -311,6 +329,7 @@ class SyscallSource:
 
     def close(self) -> None:
         self._stop.set()
+        reader_done = True
         if self._evidence_thread is not None:
             self._evidence_thread.join(timeout=5)
             if self._evidence_thread.is_alive():
@@ -318,7 +337,11 @@ class SyscallSource:
                 # segfaults. The process is exiting; the kernel frees it all.
                 log.warning("evidence reader still busy at shutdown: leaving BPF cleanup to exit")
                 self._bpf = None
+                reader_done = False
             self._evidence_thread = None
+        while reader_done and self._deferred:  # records waiting for a walk: logged, not lost
+            seen_at, event = self._deferred.popleft()  # (one walk names them all)
+            self._log_evidence(event, self.resolver.resolve(event.cgroup_id, seen_at).identity)
         self._maps = None
         if self._bpf is not None:
             self._bpf.cleanup()
@@ -332,6 +355,7 @@ class SyscallSource:
         while not self._stop.is_set():
             try:
                 probes.poll_ring_buffer(self._bpf, 100)
+                self._drain_deferred()
                 maps.put("ringbuf_progress", 1, self._consumed)
             except Exception:
                 if self._stop.is_set():
@@ -343,9 +367,51 @@ class SyscallSource:
         self._consumed += 1
         try:
             event = self._read_event(data, size)
-            identity = self.resolver.resolve(event.cgroup_id, self.clock()).identity
+            seen_at = self.clock()
+            resolution = self.resolver.peek(event.cgroup_id, seen_at)
+            if resolution is None:
+                # A cgroup the last walk did not see: never walk per record
+                # (churn made that cost seconds of scrapes); wait for the
+                # next batched walk instead. The record points into the ring
+                # buffer, so keep a copy.
+                self._defer(seen_at, type(event).from_buffer_copy(event))
+            else:
+                self._log_evidence(event, resolution.identity)
+            self._drain_deferred()
+        except Exception as e:  # one line, rate-limited by the log filter
+            log.error("bad evidence record: %s: %s", type(e).__name__, e)
+        return 0
+
+    def _defer(self, seen_at: float, event: Any) -> None:
+        if len(self._deferred) >= DEFERRED_CAPACITY:
+            # Full: the oldest is logged now, with its cgroup id and no
+            # path, rather than lost.
+            _, oldest = self._deferred.popleft()
+            self._log_evidence(oldest, UNRESOLVED)
+        self._deferred.append((seen_at, event))
+
+    def _drain_deferred(self) -> None:
+        """Log the records that waited for a walk, once one (a collect's, or
+        the batched one due now) began after the oldest was read."""
+        if not self._deferred:
+            return
+        walked = self.resolver.walk_if_due()
+        if not walked and self.resolver.tree.scanned_at < self._deferred[0][0]:
+            return
+        waiting: deque[tuple[float, Any]] = deque()
+        while self._deferred:
+            seen_at, event = self._deferred.popleft()
+            resolution = self.resolver.peek(event.cgroup_id, seen_at)
+            if resolution is None:
+                waiting.append((seen_at, event))
+            else:
+                self._log_evidence(event, resolution.identity)
+        self._deferred = waiting
+
+    def _log_evidence(self, event: Any, identity: Identity) -> None:
+        try:
             if self.allowlist.allows(identity) or self._is_own_workload(identity):
-                return 0
+                return
             syscall = self.syscall_name(event.nr)
             admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
             if admitted:
@@ -355,7 +421,6 @@ class SyscallSource:
                 )
         except Exception as e:  # one line, rate-limited by the log filter
             log.error("bad evidence record: %s: %s", type(e).__name__, e)
-        return 0
 
     # -- collect ---------------------------------------------------------------
 
@@ -402,6 +467,13 @@ class SyscallSource:
             *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             *self._ring_buffer_families(),
             *program_families(self._maps.programs()),
+            *table_families(
+                {
+                    "baselines": (len(self.baselines.workloads), self.baselines.capacity),
+                    "evidence_deferred": (len(self._deferred), DEFERRED_CAPACITY),
+                    "evidence_rate_limit": (len(self.rate_limiter.buckets), MAX_RATE_KEYS),
+                }
+            ),
         ]
         if retire:
             self._retire(retire, identities, (keys, counts), (d_keys, d_counts))
@@ -413,6 +485,7 @@ class SyscallSource:
         return families
 
     def _observe_baselines(self, series: Series) -> None:
+        self.baselines.prune()
         owners = self.resolver.owners()
         for key, value in series.items():
             identity, nr = key
