@@ -110,6 +110,7 @@ def test_evidence_line_is_one_json_object():
         "pod": "web",
         "container": "app",
         "cgroup": "",
+        "cgroup_id": 7,
         "pid": 11,
         "tid": 12,
         "uid": 0,
