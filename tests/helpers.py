@@ -137,6 +137,8 @@ class Exporter:
                 return
             except OSError:
                 if time.monotonic() > deadline:
+                    self.proc.kill()  # e.g. hung in start-up: never leave it running
+                    self.proc.wait()
                     raise RuntimeError(f"orb8 run not serving:\n{self.output()}") from None
                 time.sleep(0.2)
 
