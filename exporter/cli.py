@@ -82,6 +82,7 @@ def cmd_diagnose(settings: Settings) -> int:
         name: getattr(settings, name)
         for name in (
             "syscall_slots",
+            "dangerous_slots",
             "ring_buffer_size",
             "network_traffic_entries",
             "network_tcp_entries",

@@ -195,6 +195,7 @@ def check_map_memory(capacities: dict[str, int], cpus: int) -> Check:
 
     maps = orb8_maps(
         slots=capacities["syscall_slots"],
+        dangerous=capacities["dangerous_slots"],
         ring_buffer_bytes=capacities["ring_buffer_size"],
         traffic=capacities["network_traffic_entries"],
         tcp=capacities["network_tcp_entries"],

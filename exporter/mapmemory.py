@@ -135,11 +135,14 @@ TRAFFIC_KEY, TRAFFIC_VALUE = 16, 16
 TCP_KEY = 16
 FLOW_KEY, FLOW_VALUE = 32, 16
 NR_FLAGS = 3 * 1024  # ABI_TABLES x NR_TABLE
+NR_TABLE = 1024
+DANGEROUS_VALUE = 16  # struct dangerous_value
+EVIDENCE_BUCKET = 32  # struct evidence_bucket
 
 
 def orb8_maps(
     slots: int,
-    dangerous: int = 4096,
+    dangerous: int = 16384,
     excluded: int = 64,
     ring_buffer_bytes: int = 1 << 20,
     traffic: int = 16384,
@@ -154,11 +157,13 @@ def orb8_maps(
         MapDef("syscall_cache", "percpu_array", 4, CPU_CACHE, 1),
         MapDef("syscall_epoch", "array", 4, 8, 1),
         MapDef("syscall_update_failures", "percpu_array", 4, 8, 1),
-        MapDef("syscall_flags", "array", 4, 1, NR_FLAGS),
+        MapDef("syscall_flags", "array", 4, 4, NR_FLAGS),
         MapDef("dangerous_excluded", "hash", 8, 1, excluded),
         MapDef("dangerous_config", "array", 4, 8, 1),
-        MapDef("dangerous_counts", "percpu_hash", SYSCALL_PAIR, 8, dangerous),
+        MapDef("dangerous_counts", "hash", SYSCALL_PAIR, DANGEROUS_VALUE, dangerous),
+        MapDef("dangerous_overflow", "array", 4, DANGEROUS_VALUE, NR_TABLE),
         MapDef("dangerous_update_failures", "percpu_array", 4, 8, 1),
+        MapDef("dangerous_buckets", "lru_hash", 8, EVIDENCE_BUCKET, dangerous),
         MapDef("dangerous_events", "ringbuf", 0, 0, ring_buffer_bytes),
         MapDef("ringbuf_stats", "percpu_array", 4, 8, 5),
         MapDef("ringbuf_progress", "array", 4, 8, 2),

@@ -38,6 +38,8 @@ TCP_EVENT_KEY = np.dtype([("cgroup_id", "<u8"), ("event", "<u4"), ("pad", "<u4")
 KEYS = {
     "syscall_slots": SYSCALL_PAIR,
     "dangerous_counts": SYSCALL_PAIR,
+    "dangerous_overflow": np.dtype("<u4"),
+    "dangerous_buckets": np.dtype("<u8"),
     "network_traffic": TRAFFIC_KEY,
     "network_tcp": TCP_EVENT_KEY,
     "network_flows": FLOW_KEY,
@@ -62,6 +64,10 @@ class DangerousEvent(ct.Structure):
         ("uid", ct.c_uint32),
         ("nr", ct.c_uint32),
         ("comm", ct.c_char * 16),
+        ("suppressed", ct.c_uint64),
+        ("since_ns", ct.c_uint64),
+        ("flags", ct.c_uint32),
+        ("pad", ct.c_uint32),
     ]
 
 

@@ -76,6 +76,7 @@ def test_syscall_abi_detection_is_reported(tmp_path):
 
 DEFAULT_CAPACITIES = {
     "syscall_slots": 65536,
+    "dangerous_slots": 16384,
     "ring_buffer_size": 1 << 20,
     "network_traffic_entries": 16384,
     "network_tcp_entries": 8192,

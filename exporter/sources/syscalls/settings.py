@@ -12,6 +12,7 @@ from exporter.config import (
     map_capacity,
     name_list,
     non_negative_float,
+    positive_float,
     positive_int,
 )
 from exporter.sources.syscalls.names import native_syscall_numbers
@@ -53,6 +54,20 @@ def allowlist(value: Any) -> tuple[str, ...]:
                 f"{selector!r} is neither namespace/pod/container nor cgroup:<path glob>"
             )
     return selectors
+
+
+def evidence_rate(value: Any) -> float:
+    rate = positive_float(value)
+    if not 0.01 <= rate <= 1e6:
+        raise ValueError(f"{rate} must be between 0.01 and 1000000 records per second")
+    return rate
+
+
+def evidence_burst(value: Any) -> int:
+    burst = positive_int(value)
+    if burst > 1_000_000:
+        raise ValueError(f"{burst} is more than 1000000 records")
+    return burst
 
 
 def ring_buffer_size(value: Any) -> int:
@@ -100,6 +115,31 @@ SETTINGS: tuple[Spec, ...] = (
         True,
         "do not count orb8's own dangerous syscalls (it calls bpf and perf_event_open)",
         "BOOL",
+    ),
+    Spec(
+        "dangerous_slots",
+        map_capacity,
+        16384,  # 1,000 cgroups x 16 distinct dangerous syscalls (docs/scaling.md)
+        "capacity of the kernel map of dangerous calls in (cgroup, dangerous syscall) pairs; "
+        'when full, new pairs are counted under cgroup="<overflow>" (their evidence '
+        "names the cgroup)",
+        "N",
+    ),
+    Spec(
+        "dangerous_evidence_rate",
+        evidence_rate,
+        5.0,
+        "evidence records per second per cgroup the kernel writes (bursts of "
+        "dangerous_evidence_burst); further calls are still counted, and counted in "
+        "orb8_dangerous_evidence_suppressed_total",
+        "N",
+    ),
+    Spec(
+        "dangerous_evidence_burst",
+        evidence_burst,
+        20,
+        "evidence records a quiet cgroup may write at once before dangerous_evidence_rate applies",
+        "N",
     ),
     Spec(
         "ring_buffer_size",

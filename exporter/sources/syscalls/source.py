@@ -10,8 +10,14 @@ allowlisted workloads excluded); orb8_syscall_novel_total{...,syscall}
 (outside the workload's learned baseline, see baseline.py);
 orb8_ring_buffer_{events,drops,sampled}_total, _utilization, _size_bytes
 for probe="syscalls"; orb8_bpf_map_entries / _capacity / _update_failures_total
-for map="syscall_slots" and map="dangerous_counts". Each dangerous call is
-also one JSON evidence line (evidence.py).
+for map="syscall_slots", "dangerous_counts" and "dangerous_buckets". Each
+dangerous call may also be one JSON evidence line (evidence.py): the kernel
+writes at most `dangerous_evidence_rate` records a second per cgroup (bursts
+of `dangerous_evidence_burst`) and counts the rest per (cgroup, syscall) in
+orb8_dangerous_evidence_suppressed_total; the next record of the cgroup
+says how many. dangerous_counts holds one entry per (cgroup, dangerous
+name) whatever the ABI; calls that find it full are counted per name under
+cgroup="<overflow>", and their evidence names the cgroup.
 
 Overhead: no helper call and three inlined array lookups per syscall on the
 hot path, plus one array store per context switch (see bpf/syscalls.c and
@@ -81,7 +87,11 @@ log = logging.getLogger(__name__)
 
 SLOT_MAP = "syscall_slots"
 DANGEROUS_MAP = "dangerous_counts"
-DANGEROUS_CAPACITY = 4096
+OVERFLOW_MAP = "dangerous_overflow"
+BUCKETS_MAP = "dangerous_buckets"
+# Dangerous calls that found dangerous_counts full: counted per name here.
+OVERFLOW = Identity(cgroup="<overflow>")
+NATIVE_SHIFT = 16  # syscall_flags: a dangerous key's native number (bpf/syscalls.c)
 NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)
 KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
 FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
@@ -104,7 +114,7 @@ HOOKS = {
         ("raw_syscalls:sys_enter", "syscalls_enter_tp"),
     ),
 }
-RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
+RECORD_BYTES = 80  # struct dangerous_event (72) + 8-byte header, 8-aligned
 evidence_log = logging.getLogger("orb8.evidence")
 
 Series = dict[tuple[Identity, int], int]
@@ -117,6 +127,9 @@ class SecurityOptions:
     exclude_self: bool = True
     ring_buffer_size: int = MIB
     sample_every: int = 10
+    dangerous_slots: int = 16384
+    evidence_rate: float = 5.0  # records per second per cgroup, in the kernel
+    evidence_burst: int = 20
     log_per_minute: int = 6
     baseline_window: float = 600.0
     state_dir: Path | None = None
@@ -178,13 +191,17 @@ class SyscallSource:
         self._carried = CarriedCounts()
         self._peaks: deque[tuple[float, int]] = deque()  # (monotonic time, ring peak)
         self._carried_dangerous = CarriedCounts()
+        self._carried_suppressed = CarriedCounts()
         self._novel = CarriedCounts()
         self._last_counts: Series = {}
 
     def describe(self) -> str:
         return (
             f"hook={self.hook or 'none'} slots={self.capacity} "
-            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size} "
+            f"dangerous={len(self.dangerous_numbers)} "
+            f"dangerous_slots={self.security.dangerous_slots} "
+            f"evidence={self.security.evidence_rate:g}/s burst {self.security.evidence_burst} "
+            f"ring_buffer={self.security.ring_buffer_size} "
             f"abi: {self.abi_detail}"
         )
 
@@ -194,7 +211,9 @@ class SyscallSource:
         )
         defines = {
             "SLOT_CAPACITY": self.capacity,
-            "DANGEROUS_CAPACITY": DANGEROUS_CAPACITY,
+            "DANGEROUS_CAPACITY": self.security.dangerous_slots,
+            "EVIDENCE_INTERVAL_NS": f"{max(1, round(1e9 / self.security.evidence_rate))}ull",
+            "EVIDENCE_BURST": self.security.evidence_burst,
             "EXCLUDED_CAPACITY": EXCLUDED_CAPACITY,
             "RINGBUF_PAGES": self.security.ring_buffer_size // 4096,
             "RINGBUF_SAMPLE_EVERY": self.security.sample_every,
@@ -244,11 +263,16 @@ class SyscallSource:
         # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
         maps.put("syscall_epoch", 0, 1)
         dangerous = set(self.security.dangerous)
+        native = native_syscall_numbers()
         for abi, table in abi_tables().items():
             for nr, name in table.items():
                 if nr >= NR_TABLE:
                     raise probes.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
-                value = FLAG_KNOWN | (FLAG_DANGEROUS if name in dangerous else 0)
+                value = FLAG_KNOWN
+                if name in dangerous:
+                    # Counted under its native number, whatever the ABI: one
+                    # dangerous_counts entry per (cgroup, name).
+                    value |= FLAG_DANGEROUS | native[name] << NATIVE_SHIFT
                 maps.put("syscall_flags", abi * NR_TABLE + nr, value)
         if self.security.exclude_self:
             maps.put("dangerous_config", 0, os.getpid())
@@ -350,10 +374,15 @@ class SyscallSource:
                 return 0
             syscall = self.syscall_name(event.nr)
             admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
+            rate_limited = self.rate_limiter.rate_limited(
+                (identity, event.nr), event.suppressed, event.since_ns, admitted
+            )
             if admitted:
                 abi = ABIS[event.nr >> ABI_SHIFT] if event.nr >> ABI_SHIFT < len(ABIS) else "?"
                 evidence_log.warning(
-                    evidence_line(event, identity, syscall, suppressed, self._boot_offset, abi)
+                    evidence_line(
+                        event, identity, syscall, suppressed, self._boot_offset, abi, rate_limited
+                    )
                 )
         except Exception as e:  # one line, rate-limited by the log filter
             log.error("bad evidence record: %s: %s", type(e).__name__, e)
@@ -375,15 +404,28 @@ class SyscallSource:
         return keys, totals[slots] if len(slots) else slots
 
     def _read_dangerous(self) -> tuple[np.ndarray, np.ndarray]:
-        keys, counts = self._maps.read_hash(DANGEROUS_MAP, DANGEROUS_CAPACITY, 1)
-        return keys, counts[:, 0]
+        """(keys, [calls, suppressed] per key) of dangerous_counts."""
+        return self._maps.read_hash(DANGEROUS_MAP, self.security.dangerous_slots, 2)
+
+    def _read_overflow(self) -> tuple[Series, Series]:
+        """(calls, suppressed) per native number of the calls that found
+        dangerous_counts full, under cgroup="<overflow>"."""
+        indices, values = self._maps.read_hash(OVERFLOW_MAP, NR_TABLE, 2)
+        calls: Series = {}
+        suppressed: Series = {}
+        for index, (count, held) in zip(indices.tolist(), values.tolist(), strict=True):
+            if count:
+                calls[(OVERFLOW, int(index))] = count
+                suppressed[(OVERFLOW, int(index))] = held
+        return calls, suppressed
 
     def collect(self) -> list[MetricFamily]:
         if self._maps is None:
             raise probes.ProbeError("syscalls probe is not loaded")
         now = self.clock()
         keys, counts = self._read_pairs()
-        d_keys, d_counts = self._read_dangerous()
+        d_keys, d_values = self._read_dangerous()
+        d_counts, d_suppressed = d_values[:, 0], d_values[:, 1]
         cgroup_ids, nrs = keys["cgroup_id"], keys["nr"]
         d_cgroup_ids, d_nrs = d_keys["cgroup_id"], d_keys["nr"]
         self.resolver.refresh()
@@ -397,18 +439,30 @@ class SyscallSource:
         dangerous = _aggregate(
             identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous, present
         )
+        suppressed = _aggregate(
+            identities, d_cgroup_ids, d_nrs, d_suppressed, self._carried_suppressed, present
+        )
+        overflow, overflow_suppressed = self._read_overflow()
+        dangerous.update(overflow)
+        suppressed.update(overflow_suppressed)
         self._observe_baselines(series)
 
         novel = {key: value for key, (value,) in self._novel.items(present)}
         families = [
             *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
+            self._suppressed_family(suppressed),
             *self._ring_buffer_families(),
             *program_families(self._maps.programs()),
         ]
         if retire:
-            self._retire(retire, identities, (keys, counts), (d_keys, d_counts))
+            self._retire(retire, identities, (keys, counts), (d_keys, d_values))
         dropped = set()
-        for ledger in (self._carried, self._carried_dangerous, self._novel):
+        for ledger in (
+            self._carried,
+            self._carried_dangerous,
+            self._carried_suppressed,
+            self._novel,
+        ):
             dropped |= ledger.expire(present, now)
         for key in [key for key in self._last_counts if key[0] in dropped]:
             del self._last_counts[key]
@@ -475,8 +529,15 @@ class SyscallSource:
                 MapStats(
                     DANGEROUS_MAP,
                     dangerous_entries,
-                    DANGEROUS_CAPACITY,
+                    self.security.dangerous_slots,
                     self._maps.percpu_sum("dangerous_update_failures"),
+                ),
+                # An LRU: full is fine (a forgotten cgroup starts a fresh limit).
+                MapStats(
+                    BUCKETS_MAP,
+                    len(self._maps.read_hash(BUCKETS_MAP, self.security.dangerous_slots, 4)[0]),
+                    self.security.dangerous_slots,
+                    0,
                 ),
             ]
         )
@@ -488,6 +549,20 @@ class SyscallSource:
         )
         abi.add((), 1 if self.abi_told_apart else 0)
         return [syscalls, dangerous_family, novel, *maps, abi]
+
+    def _suppressed_family(self, suppressed: Series) -> MetricFamily:
+        family = counter(
+            "orb8_dangerous_evidence_suppressed_total",
+            "Dangerous calls (counted in orb8_dangerous_syscalls_total) given no evidence "
+            "record by their cgroup's evidence rate limit in the kernel.",
+            (*IDENTITY_LABELS, "syscall"),
+        )
+        for (identity, name), value in self._by_name(suppressed).items():
+            # Only once something was held back: no zero series beside every dangerous one.
+            exempt = self.allowlist.allows(identity) or self._is_own_workload(identity)
+            if value and not exempt:
+                family.add((*identity, name), value)
+        return family
 
     def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:
         """Kernel keys -> syscall names: an i386 and a native ptrace are one series."""
@@ -567,11 +642,13 @@ class SyscallSource:
                 continue
             self._maps.zero("syscall_counts", slot)
             self._maps.push("syscall_free_slots", slot)
-        keys, counts = dangerous
-        for key, count in zip(keys, counts.tolist(), strict=True):
+        keys, values = dangerous
+        for key, (count, suppressed) in zip(keys, values.tolist(), strict=True):
             cgroup_id = int(key["cgroup_id"])
             if cgroup_id in retiring:
-                self._carried_dangerous.add((identities[cgroup_id], int(key["nr"])), count)
+                series_key = (identities[cgroup_id], int(key["nr"]))
+                self._carried_dangerous.add(series_key, count)
+                self._carried_suppressed.add(series_key, suppressed)
                 self._maps.delete(DANGEROUS_MAP, key.tobytes())
         self.lifecycle.retired(retire)
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
