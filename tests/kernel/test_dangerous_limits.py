@@ -6,6 +6,7 @@ calls go uncounted."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -24,6 +25,9 @@ X32 = {name: nr for nr, name in SYSCALLS["x32"].items()}
 X32_SYSCALL_BIT = 0x40000000
 NOBODY = "uid:65534"
 PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) only reads the persona
+# Evidence lines can lag behind while the host churns cgroups (each unknown
+# cgroup id is resolved by user space): counts are read at once, lines waited for.
+LOG_WAIT = 90.0
 
 
 def rel(cgroup: Path, root: Path) -> str:
@@ -39,7 +43,11 @@ def dangerous_entries_of(pid: int, cgroup_id: int) -> int:
     """Entries of cgroup `cgroup_id` in the dangerous_counts map of process `pid`."""
     held = set()
     for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        for line in info.read_text().splitlines():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue  # closed in between
+        for line in text.splitlines():
             if line.startswith("map_id:"):
                 held.add(int(line.split()[1]))
     shown = json.loads(subprocess.check_output(["bpftool", "-j", "map", "show"]))
@@ -91,7 +99,11 @@ def test_a_flooding_cgroup_sheds_only_its_own_evidence(
     # Every victim's one call is logged, whatever the flood.
     for victim in victims:
         label = rel(victim, cgroup2_root)
-        line = wait_for(lambda label=label: evidence(exporter, label), what=f"evidence of {label}")
+        line = wait_for(
+            lambda label=label: evidence(exporter, label),
+            what=f"evidence of {label}",
+            timeout=LOG_WAIT,
+        )
         assert [(e["syscall"], e["comm"]) for e in line] == [("ptrace", "workload")]
         assert "rate_limited" not in line[0]
     # The flooder's calls are each either recorded (one line each: nothing is
@@ -104,6 +116,7 @@ def test_a_flooding_cgroup_sheds_only_its_own_evidence(
     flood_lines = wait_for(
         lambda: (lines := evidence(exporter, flood_label)) and len(lines) == calls - suppressed,
         what="one line per record the kernel let through",
+        timeout=LOG_WAIT,
     )
     # The first record after a suppressed stretch says how many calls it hid.
     told = sum(e.get("rate_limited", 0) for e in evidence(exporter, flood_label))
@@ -118,11 +131,20 @@ def test_a_full_dangerous_map_still_counts_every_call_and_alerts(
     slots = 256
     exporter = start_exporter(
         "--probes", "syscalls", "--dangerous-slots", str(slots),
-        "--evidence-log-per-minute", "100000",
+        "--evidence-log-per-minute", "100000", "--deleted-cgroup-grace", "1",
     )  # fmt: skip
+    # Each attacker cgroup keeps a process while the test needs the map full
+    # (past the grace an empty one's entries are freed, see below).
+    sleepers = []
+
+    def attacker() -> Path:
+        cgroup = cgroups.make()
+        sleepers.append(subprocess.Popen(["sleep", "600"], preexec_fn=join(cgroup)))
+        return cgroup
+
     # One attacker cgroup calls every dangerous syscall through every ABI it
     # can enter: it takes one entry per name, not one per (ABI, name).
-    first = cgroups.make()
+    first = attacker()
     specs = [f"{NR[name]}:1:-1" for name in DEFAULT_DANGEROUS_SYSCALLS]
     if platform.machine() == "x86_64":
         specs += [f"int80:{I386[n]}:1:-1" for n in DEFAULT_DANGEROUS_SYSCALLS if n in I386]
@@ -132,7 +154,7 @@ def test_a_full_dangerous_map_still_counts_every_call_and_alerts(
     assert dangerous_entries_of(exporter.proc.pid, first_id) == len(DEFAULT_DANGEROUS_SYSCALLS)
     # More such cgroups than the map holds.
     for _ in range(slots // len(DEFAULT_DANGEROUS_SYSCALLS) + 1):
-        run_workload(workload, cgroups.make(), NOBODY, *specs[: len(DEFAULT_DANGEROUS_SYSCALLS)])
+        run_workload(workload, attacker(), NOBODY, *specs[: len(DEFAULT_DANGEROUS_SYSCALLS)])
     wait_for(
         lambda: series(exporter.scrape(), "orb8_bpf_map_entries", map="dangerous_counts") == slots,
         what="a full dangerous_counts map",
@@ -147,6 +169,7 @@ def test_a_full_dangerous_map_still_counts_every_call_and_alerts(
     lines = wait_for(
         lambda: len(found := evidence(exporter, victim_label)) == 5 and found,
         what="5 evidence lines of the victim",
+        timeout=LOG_WAIT,
     )
     assert {(e["syscall"], e["counted_as"]) for e in lines} == {("ptrace", "<overflow>")}
 
@@ -164,10 +187,36 @@ def test_a_full_dangerous_map_still_counts_every_call_and_alerts(
         counted = overflow(samples, "orb8_dangerous_syscalls_total")
         return counted >= 5 and counted == len(ptrace) + suppressed
 
-    wait_for(accounted, what="every overflow call counted")
+    wait_for(accounted, what="every overflow call counted", timeout=LOG_WAIT)
     samples = exporter.scrape()
     assert series(samples, "orb8_bpf_map_update_failures_total", map="dangerous_counts") >= 5
     assert series(samples, "orb8_dangerous_syscalls_total", cgroup=victim_label) == 0
+
+    # The attackers' cgroups stay, empty. Past the grace their entries are
+    # freed (their series continue from carried counts) and a new workload's
+    # calls are counted under its own name again.
+    for sleeper in sleepers:
+        sleeper.kill()
+        sleeper.wait()
+    wait_for(
+        lambda: (
+            series(exporter.scrape(), "orb8_bpf_map_entries", map="dangerous_counts") < slots / 2
+        ),
+        what="the empty attackers' entries to be freed",
+    )
+    later = cgroups.make()
+    run_workload(workload, later, f"{NR['ptrace']}:5:-1")
+    samples = exporter.scrape()
+    assert series(samples, "orb8_dangerous_syscalls_total", cgroup=rel(later, cgroup2_root)) == 5
+    first_label = rel(first, cgroup2_root)
+    assert series(samples, "orb8_dangerous_syscalls_total", cgroup=first_label) == len(specs) - 1
+
+
+def join(cgroup: Path):
+    def preexec() -> None:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    return preexec
 
 
 def evidence_all(exporter) -> list[dict]:

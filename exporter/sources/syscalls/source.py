@@ -100,6 +100,10 @@ EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are no
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
 PEAK_WINDOW = 60.0  # seconds orb8_ring_buffer_utilization looks back
+# Fill of dangerous_counts from which the entries of empty, idle cgroups
+# (e.g. an attacker's, left behind to keep the map full) are freed.
+PRESSURE = 0.5
+IDLE_CHECKS = 512  # cgroup.events reads per collect, at most
 # (tracepoint, program) per variant, raw first; cache invalidation hooks
 # before the counter itself.
 HOOKS = {
@@ -192,6 +196,9 @@ class SyscallSource:
         self._peaks: deque[tuple[float, int]] = deque()  # (monotonic time, ring peak)
         self._carried_dangerous = CarriedCounts()
         self._carried_suppressed = CarriedCounts()
+        # cgroup id -> (its dangerous calls, since when unchanged), kept while
+        # dangerous_counts is under pressure.
+        self._dangerous_idle: dict[int, tuple[int, float]] = {}
         self._novel = CarriedCounts()
         self._last_counts: Series = {}
 
@@ -456,6 +463,10 @@ class SyscallSource:
         ]
         if retire:
             self._retire(retire, identities, (keys, counts), (d_keys, d_values))
+        if len(d_cgroup_ids) >= self.security.dangerous_slots * PRESSURE:
+            self._retire_idle_dangerous(d_keys, d_values, identities, set(retire), now)
+        else:
+            self._dangerous_idle.clear()
         dropped = set()
         for ledger in (
             self._carried,
@@ -652,6 +663,73 @@ class SyscallSource:
                 self._maps.delete(DANGEROUS_MAP, key.tobytes())
         self.lifecycle.retired(retire)
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
+
+    def _retire_idle_dangerous(
+        self,
+        keys: np.ndarray,
+        values: np.ndarray,
+        identities: dict[int, Identity],
+        retired: set[int],
+        now: float,
+    ) -> None:
+        """dangerous_counts is under pressure: free the entries of cgroups that
+        still exist but made no dangerous call for the grace and hold no
+        process (what an attacker leaves behind to keep the map full).
+
+        Their final counts go to the carried counts, as for removed cgroups
+        (the series continues; a later call starts a new entry). No process
+        means no call between the atomic read-and-delete and the carry."""
+        totals: dict[int, int] = defaultdict(int)
+        for cgroup_id, count in zip(keys["cgroup_id"].tolist(), values[:, 0].tolist(), strict=True):
+            if cgroup_id not in retired:
+                totals[cgroup_id] += count
+        idle = self._dangerous_idle
+        for cgroup_id in [c for c in idle if c not in totals]:
+            del idle[cgroup_id]
+        candidates = []
+        for cgroup_id, total in totals.items():
+            seen = idle.get(cgroup_id)
+            if seen is None or seen[0] != total:
+                idle[cgroup_id] = (total, now)
+            elif now - seen[1] >= self.lifecycle.deleted_grace:
+                candidates.append(cgroup_id)
+        candidates.sort(key=lambda c: idle[c][1])
+        root, paths = self.resolver.tree.root, self.resolver.tree.paths
+        empty = {c for c in candidates[:IDLE_CHECKS] if _is_empty(root, paths.get(c), c)}
+        if not empty:
+            return
+        for key in keys:
+            cgroup_id = int(key["cgroup_id"])
+            if cgroup_id not in empty:
+                continue
+            final = self._maps.take(DANGEROUS_MAP, key.tobytes(), 2)
+            if final is None:
+                continue
+            series_key = (identities[cgroup_id], int(key["nr"]))
+            self._carried_dangerous.add(series_key, final[0])
+            self._carried_suppressed.add(series_key, final[1])
+        for cgroup_id in empty:
+            del idle[cgroup_id]
+        log.info(
+            "dangerous_counts over %d%% full: freed the entries of %d empty, idle cgroup(s)",
+            PRESSURE * 100,
+            len(empty),
+        )
+
+
+def _is_empty(root: Path, path: str | None, cgroup_id: int) -> bool:
+    """True if the cgroup at `path` (relative to root) is still `cgroup_id`
+    and holds no process, in it or below it (cgroup.events)."""
+    if path is None:
+        return False
+    directory = root / path.lstrip("/")
+    try:
+        if directory.stat().st_ino != cgroup_id:
+            return False  # an escaped label, or the path was reused
+        events = (directory / "cgroup.events").read_text()
+    except (OSError, ValueError):
+        return False
+    return "populated 0" in events.splitlines()
 
 
 def _foreign_processes(pids: list[int], proc: Path = Path("/proc")) -> list[int]:
