@@ -59,12 +59,10 @@ def dangerous_entries_of(pid: int, cgroup_id: int) -> int:
 def test_a_flooding_cgroup_sheds_only_its_own_evidence(
     cgroups, start_exporter, cgroup2_root, workload
 ):
-    # A small ring buffer: without a limit per cgroup the flood fills it at
-    # once and the victims' records are dropped or sampled away.
-    exporter = start_exporter(
-        "--probes", "syscalls", "--ring-buffer-size", "65536",
-        "--evidence-log-per-minute", "100000",
-    )  # fmt: skip
+    # The default 1 MiB ring buffer: without a limit per cgroup the flood
+    # fills it within a second and the victims' records are dropped or
+    # sampled away (8 of 30 logged in issue 18).
+    exporter = start_exporter("--probes", "syscalls", "--evidence-log-per-minute", "100000")
     flooder = cgroups.make()
     flood_label = rel(flooder, cgroup2_root)
     flood = subprocess.Popen(
@@ -209,7 +207,7 @@ def test_a_full_dangerous_map_still_counts_every_call_and_alerts(
     samples = exporter.scrape()
     assert series(samples, "orb8_dangerous_syscalls_total", cgroup=rel(later, cgroup2_root)) == 5
     first_label = rel(first, cgroup2_root)
-    assert series(samples, "orb8_dangerous_syscalls_total", cgroup=first_label) == len(specs) - 1
+    assert series(samples, "orb8_dangerous_syscalls_total", cgroup=first_label) == len(specs)
 
 
 def join(cgroup: Path):
