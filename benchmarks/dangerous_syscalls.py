@@ -8,12 +8,13 @@
    with zero drops is what the ring buffer + consumer sustain.
 3. Overload: an unpaced flood of 1,000,000 calls into a 1 MiB buffer;
    events + drops must equal the calls exactly.
-4. orb8's CPU during a flood (issue 18): one process floods personality()
-   (a read-only query) as fast as it can for a few seconds, with the
-   kernel's per-cgroup evidence limit at its default and switched off (a
-   limit no flood reaches: every call gets a record, as before issue 18),
-   alternating; CPU = this process's user + system time (the evidence
-   reader) over the flood's wall time.
+4. orb8's CPU during a flood (issue 18): one process floods setns(-1) as
+   fast as it can, with the kernel's per-cgroup evidence limit at its
+   default and switched off (a limit no flood reaches: every call gets a
+   record, as before issue 18), alternating; CPU = this process's user +
+   system time (the evidence reader) over the flood's wall time. Only setns
+   is dangerous here, so other processes on a shared machine (a cgroup
+   churn making personality() calls, say) add no records of their own.
 
 Appends a report to RESULTS.md. Usage (root):
   .venv/bin/python benchmarks/dangerous_syscalls.py [--only flood]
@@ -160,10 +161,6 @@ def overload(loop: Loop, calls: int = 1_000_000) -> tuple[int, int, int, float]:
     return after[0] - before[0], after[1] - before[1], counted_after - counted_before, ns
 
 
-PERSONALITY = native_syscall_numbers()["personality"]
-PERSONALITY_QUERY = 0xFFFFFFFF
-
-
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -175,14 +172,14 @@ def flood_cpu(loop: Loop, rounds: int = 3, calls: int = 3_000_000) -> dict[str, 
     for round_ in range(rounds):
         for mode in ("limited", "unlimited") if round_ % 2 == 0 else ("unlimited", "limited"):
             src = (
-                source(DEFAULT_DANGEROUS_SYSCALLS, evidence_rate=5.0, evidence_burst=20)
+                source(("setns",), evidence_rate=5.0, evidence_burst=20)
                 if mode == "limited"
-                else source(DEFAULT_DANGEROUS_SYSCALLS)
+                else source(("setns",))
             )
             try:
                 time.sleep(1)  # start-up work done
                 consumed, cpu, start = src._consumed, cpu_seconds(), time.monotonic()
-                ns = loop.run(calls, PERSONALITY, PERSONALITY_QUERY)
+                ns = loop.run(calls, SETNS, -1)
                 time.sleep(0.5)  # what is left in the buffer is read too
                 wall = time.monotonic() - start
                 rows[mode].append(
@@ -201,7 +198,7 @@ def flood_report(rows: dict[str, list[tuple]]) -> str:
     )
     median = {mode: statistics.median(r[0] for r in rows[mode]) for mode in rows}
     return f"""
-orb8's CPU during a flood (issue 18): personality() as fast as one pinned
+orb8's CPU during a flood (issue 18): setns(-1) as fast as one pinned
 process can, 3,000,000 calls per flood, alternating; CPU of the evidence
 reader over the flood's wall time (+0.5 s drain), in share of one core:
 
