@@ -604,7 +604,7 @@ class SyscallSource:
             (
                 "drops_total",
                 "Evidence records not written (buffer full, or sampled away); "
-                "events_total + drops_total = dangerous calls.",
+                "events_total + drops_total + evidence suppressed = dangerous calls.",
                 RB_DROPPED,
             ),
             (
