@@ -170,6 +170,12 @@ def test_short_records_are_rejected():
         ({"dangerous_allowlist": "shop/web"}, "neither namespace/pod/container"),
         ({"dangerous_exclude_self": "maybe"}, "is not a boolean"),
         ({"ring_buffer_sample_every": "0"}, "not a positive integer"),
+        ({"dangerous_slots": "0"}, "not a positive integer"),
+        ({"dangerous_evidence_rate": "0"}, "between 0.01 and 1000000 records per second"),
+        ({"dangerous_evidence_rate": "nan"}, "between 0.01 and 1000000"),
+        ({"dangerous_evidence_rate": "fast"}, "is not a number"),
+        ({"dangerous_evidence_burst": "0"}, "not a positive integer"),
+        ({"dangerous_evidence_burst": "2000000"}, "more than 1000000 records"),
     ],
 )
 def test_invalid_security_settings(flags, message):
@@ -180,4 +186,6 @@ def test_invalid_security_settings(flags, message):
 def test_ring_buffer_size_from_the_environment():
     settings = load_settings({}, environ={"ORB8_RING_BUFFER_SIZE": str(4 << 20)})
     assert settings.ring_buffer_size == 4 << 20
+    assert (settings.dangerous_slots, settings.dangerous_evidence_rate) == (16384, 5.0)
+    assert settings.dangerous_evidence_burst == 20
     assert "ptrace" in settings.dangerous_syscalls and "bpf" in settings.dangerous_syscalls

@@ -12,7 +12,6 @@ from exporter.config import (
     map_capacity,
     name_list,
     non_negative_float,
-    positive_float,
     positive_int,
 )
 from exporter.sources.syscalls.names import native_syscall_numbers
@@ -57,8 +56,13 @@ def allowlist(value: Any) -> tuple[str, ...]:
 
 
 def evidence_rate(value: Any) -> float:
-    rate = positive_float(value)
-    if not 0.01 <= rate <= 1e6:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0.01 <= rate <= 1e6:  # also refuses nan and inf
         raise ValueError(f"{rate} must be between 0.01 and 1000000 records per second")
     return rate
 
