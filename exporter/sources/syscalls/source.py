@@ -432,6 +432,10 @@ class SyscallSource:
         now = self.clock()
         keys, counts = self._read_pairs()
         d_keys, d_values = self._read_dangerous()
+        overflow, overflow_suppressed = self._read_overflow()
+        # Right after the dangerous counts, so that records written + dropped
+        # + suppressed match them (other calls keep coming meanwhile).
+        ring_buffer = self._ring_buffer_families()
         d_counts, d_suppressed = d_values[:, 0], d_values[:, 1]
         cgroup_ids, nrs = keys["cgroup_id"], keys["nr"]
         d_cgroup_ids, d_nrs = d_keys["cgroup_id"], d_keys["nr"]
@@ -449,7 +453,6 @@ class SyscallSource:
         suppressed = _aggregate(
             identities, d_cgroup_ids, d_nrs, d_suppressed, self._carried_suppressed, present
         )
-        overflow, overflow_suppressed = self._read_overflow()
         dangerous.update(overflow)
         suppressed.update(overflow_suppressed)
         self._observe_baselines(series)
@@ -458,7 +461,7 @@ class SyscallSource:
         families = [
             *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             self._suppressed_family(suppressed),
-            *self._ring_buffer_families(),
+            *ring_buffer,
             *program_families(self._maps.programs()),
         ]
         if retire:
