@@ -27,9 +27,24 @@
 // Dangerous syscalls (ptrace, mount, bpf, init_module, ...) are flagged in the
 // cache entry itself (top bit of the slot), so recognising them costs nothing
 // on the hot path. A flagged call is also counted exactly in its own map,
-// except when the caller is orb8 itself, and emits one evidence event into a
-// ring buffer. Every event is accounted for: written, or dropped (buffer
-// full, or sampled away while the buffer is over 90% full).
+// except when the caller is orb8 itself, and may emit one evidence record
+// into a ring buffer. Every call is accounted for: a record written, dropped
+// (buffer full, or sampled away while the buffer is over 90% full), or
+// suppressed by its cgroup's evidence limit.
+//
+// dangerous_counts holds one entry per (cgroup, dangerous syscall name):
+// the key is the name's native number whatever ABI the call entered through,
+// so a cgroup takes at most one entry per name. When the map is full, the
+// call is counted per name in dangerous_overflow (an array: nothing can fill
+// it), exported as cgroup="<overflow>", and its record names the cgroup.
+//
+// Evidence is rate-limited per cgroup in the kernel (GCRA: a "theoretical
+// arrival time" per cgroup, advanced by one interval per record, refusing a
+// record that would put it more than `burst` intervals ahead), so a flooding
+// cgroup sheds only its own records and user space decodes at most
+// (cgroups x rate) records a second. The limits live in an LRU hash: it can
+// never refuse a cgroup, and a cgroup it forgot starts with a full burst,
+// so a quiet cgroup's record always gets through the limit.
 //
 // Syscalls are keyed by the ABI they entered through (see syscall_key): a
 // 64-bit process may use `int $0x80`, and the i386 numbers mean other calls
@@ -69,9 +84,11 @@
 #define NR_INVALID 0xffffu
 // The one key under which a cgroup's calls of numbers no table names count.
 #define KEY_UNKNOWN 0xffffffffu
-// syscall_flags bits, per (ABI, number), filled by user space.
+// syscall_flags bits, per (ABI, number), filled by user space; a dangerous
+// entry also holds its name's native number from bit NATIVE_SHIFT.
 #define FLAG_KNOWN 1
 #define FLAG_DANGEROUS 2
+#define NATIVE_SHIFT 16
 
 #ifndef DANGEROUS_CAPACITY
 #define DANGEROUS_CAPACITY 4096
@@ -84,6 +101,17 @@
 #endif
 #ifndef RINGBUF_SAMPLE_EVERY
 #define RINGBUF_SAMPLE_EVERY 10
+#endif
+// Evidence limit per cgroup: one record per EVIDENCE_INTERVAL_NS on average,
+// bursts of EVIDENCE_BURST.
+#ifndef EVIDENCE_INTERVAL_NS
+#define EVIDENCE_INTERVAL_NS 200000000ull
+#endif
+#ifndef EVIDENCE_BURST
+#define EVIDENCE_BURST 20
+#endif
+#ifndef EVIDENCE_BUCKETS
+#define EVIDENCE_BUCKETS DANGEROUS_CAPACITY
 #endif
 #define RINGBUF_BYTES (RINGBUF_PAGES * 4096ull)
 
@@ -120,7 +148,7 @@ BPF_PERCPU_ARRAY(syscall_update_failures, u64, 1);
 
 // FLAG_* per ABI_TABLES * NR_TABLE (ABI, number): which numbers name a
 // syscall of that ABI, and which of those user space marked dangerous.
-BPF_ARRAY(syscall_flags, u8, ABI_TABLES * NR_TABLE);
+BPF_ARRAY(syscall_flags, u32, ABI_TABLES * NR_TABLE);
 // orb8 loads BPF, and so does a second orb8 beside it (a DaemonSet rollout,
 // `orb8 check` in the agent's container): their dangerous calls are not
 // counted. Excluded by cgroup id: orb8's own, and those of other instances of
@@ -130,8 +158,13 @@ BPF_ARRAY(syscall_flags, u8, ABI_TABLES * NR_TABLE);
 // its own process: [0] = its tgid.
 BPF_HASH(dangerous_excluded, u64, u8, EXCLUDED_CAPACITY);
 BPF_ARRAY(dangerous_config, u64, 1);
-BPF_PERCPU_HASH(dangerous_counts, struct syscall_pair, u64, DANGEROUS_CAPACITY);
+// Shared, not per-CPU: an entry costs the same on a 2- or a 256-CPU node, so
+// the map can be sized for every cgroup a node runs.
+BPF_HASH(dangerous_counts, struct syscall_pair, struct dangerous_value, DANGEROUS_CAPACITY);
+// Per native number: the calls that found dangerous_counts full.
+BPF_ARRAY(dangerous_overflow, struct dangerous_value, NR_TABLE);
 BPF_PERCPU_ARRAY(dangerous_update_failures, u64, 1);
+BPF_TABLE("lru_hash", u64, struct evidence_bucket, dangerous_buckets, EVIDENCE_BUCKETS);
 BPF_RINGBUF_OUTPUT(dangerous_events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(ringbuf_stats, u64, RB_STATS);
 // [0]: records written (all CPUs), [1]: records user space has consumed.
@@ -152,8 +185,37 @@ static __always_inline void ringbuf_stat_add(u32 stat, u64 value)
         *counter += value;
 }
 
-// Called for every flagged syscall: exact count, then evidence if possible.
-static __always_inline void count_dangerous(u64 cgroup_id, u32 nr)
+// FLAG_* (and NATIVE_SHIFT) of a key; 0 for a key no table names.
+static __always_inline u32 key_flags(u32 key)
+{
+    u32 nr = key & ((1u << ABI_SHIFT) - 1);
+    u32 abi = key >> ABI_SHIFT;
+    if (nr >= NR_TABLE || abi >= ABI_TABLES)
+        return 0;
+    u32 index = abi * NR_TABLE + nr;
+    u32 *flags = syscall_flags.lookup(&index);
+    return flags ? *flags : 0;
+}
+
+// Take one record's worth from a cgroup's evidence limit. Other CPUs may
+// race on the same bucket: a lost compare-and-swap retries once, then the
+// record is refused (and counted as suppressed), so the limit holds.
+static __always_inline bool take_evidence_token(struct evidence_bucket *bucket, u64 now)
+{
+#pragma unroll
+    for (int attempt = 0; attempt < 2; attempt++) {
+        u64 tat = *(volatile u64 *)&bucket->tat;
+        u64 next = (tat > now ? tat : now) + EVIDENCE_INTERVAL_NS;
+        if (next - now > EVIDENCE_INTERVAL_NS * EVIDENCE_BURST)
+            return false;
+        if (__sync_val_compare_and_swap(&bucket->tat, tat, next) == tat)
+            return true;
+    }
+    return false;
+}
+
+// Called for every flagged syscall: exact count, then evidence if allowed.
+static __always_inline void count_dangerous(u64 cgroup_id, u32 key)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 zero = 0, one = 1;
@@ -163,15 +225,38 @@ static __always_inline void count_dangerous(u64 cgroup_id, u32 nr)
     if (self_tgid && *self_tgid == (pid_tgid >> 32))
         return;
 
-    struct syscall_pair key = {.cgroup_id = cgroup_id, .nr = nr};
-    u64 init = 0;
-    u64 *count = dangerous_counts.lookup_or_try_init(&key, &init);
-    if (count) {
-        (*count)++;
-    } else {
+    u32 native = key_flags(key) >> NATIVE_SHIFT;
+    struct syscall_pair pair = {.cgroup_id = cgroup_id, .nr = native};
+    struct dangerous_value init = {};
+    u32 event_flags = 0;
+    struct dangerous_value *count = dangerous_counts.lookup_or_try_init(&pair, &init);
+    if (!count) {
         u64 *failures = dangerous_update_failures.lookup(&zero);
         if (failures)
             (*failures)++;
+        count = dangerous_overflow.lookup(&native);
+        if (!count)
+            return;  // unreachable: native < NR_TABLE
+        event_flags = EVENT_OVERFLOW;
+    }
+    __sync_fetch_and_add(&count->calls, 1);
+
+    u64 now = bpf_ktime_get_ns();
+    u64 suppressed = 0, since = 0;
+    struct evidence_bucket fresh = {};
+    struct evidence_bucket *bucket = dangerous_buckets.lookup_or_try_init(&cgroup_id, &fresh);
+    // No bucket (the LRU could not make room at this instant): the record
+    // is allowed, a quiet cgroup's evidence is never lost to the limit.
+    if (bucket) {
+        if (!take_evidence_token(bucket, now)) {
+            __sync_fetch_and_add(&count->suppressed, 1);
+            __sync_fetch_and_add(&bucket->suppressed, 1);
+            return;
+        }
+        u64 total = *(volatile u64 *)&bucket->suppressed;
+        u64 reported = __sync_lock_test_and_set(&bucket->reported, total);
+        suppressed = total > reported ? total - reported : 0;
+        since = __sync_lock_test_and_set(&bucket->last_ns, now);
     }
 
     // Backlog estimate: records written minus records user space consumed.
@@ -201,33 +286,25 @@ static __always_inline void count_dangerous(u64 cgroup_id, u32 nr)
         ringbuf_stat_add(RB_DROPPED, 1);
         return;
     }
-    event->time_ns = bpf_ktime_get_ns();
+    event->time_ns = now;
     event->cgroup_id = cgroup_id;
     event->pid = (u32)pid_tgid;
     event->tgid = (u32)(pid_tgid >> 32);
     event->uid = (u32)bpf_get_current_uid_gid();
-    event->nr = nr;
+    event->nr = key;
     bpf_get_current_comm(&event->comm, sizeof(event->comm));
+    event->suppressed = suppressed;
+    event->since_ns = since;
+    event->flags = event_flags;
+    event->pad = 0;
     dangerous_events.ringbuf_submit(event, 0);
     __sync_fetch_and_add(written, 1);
     ringbuf_stat_add(RB_WRITTEN, 1);
 }
 
-// FLAG_* of a key; 0 for a key no table names.
-static __always_inline u8 key_flags(u32 key)
-{
-    u32 nr = key & ((1u << ABI_SHIFT) - 1);
-    u32 abi = key >> ABI_SHIFT;
-    if (nr >= NR_TABLE || abi >= ABI_TABLES)
-        return 0;
-    u32 index = abi * NR_TABLE + nr;
-    u8 *flags = syscall_flags.lookup(&index);
-    return flags ? *flags : 0;
-}
-
 static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u32 key)
 {
-    u8 flags = key_flags(key);
+    u32 flags = key_flags(key);
     bool dangerous = flags & FLAG_DANGEROUS;
     // Numbers that name no syscall share one slot per cgroup: an attacker
     // trying 40,000 numbers takes one slot, not 40,000.

@@ -38,6 +38,9 @@ TCP_EVENT_KEY = np.dtype([("cgroup_id", "<u8"), ("event", "<u4"), ("pad", "<u4")
 KEYS = {
     "syscall_slots": SYSCALL_PAIR,
     "dangerous_counts": SYSCALL_PAIR,
+    # Arrays and scalar keys: BCC's ctypes key is a plain integer.
+    "dangerous_overflow": np.dtype("<i4"),
+    "dangerous_buckets": np.dtype("<u8"),
     "network_traffic": TRAFFIC_KEY,
     "network_tcp": TCP_EVENT_KEY,
     "network_flows": FLOW_KEY,
@@ -45,6 +48,9 @@ KEYS = {
 
 
 def encode(dtype: np.dtype, **fields: int) -> bytes:
+    if dtype.names is None:  # a scalar key: its one field, whatever its name
+        (value,) = fields.values()
+        return np.array([value], dtype=dtype).tobytes()
     key = np.zeros(1, dtype=dtype)
     for name, value in fields.items():
         key[name] = value
@@ -62,6 +68,10 @@ class DangerousEvent(ct.Structure):
         ("uid", ct.c_uint32),
         ("nr", ct.c_uint32),
         ("comm", ct.c_char * 16),
+        ("suppressed", ct.c_uint64),
+        ("since_ns", ct.c_uint64),
+        ("flags", ct.c_uint32),
+        ("pad", ct.c_uint32),
     ]
 
 

@@ -7,6 +7,8 @@
 //   range:START:COUNT        syscall(START + i) for i in 0..COUNT-1
 //   uid:UID                  drop to UID (setresgid/setresuid; not counted)
 //   int80:NR:COUNT[:ARG0]    the i386 syscall NR through `int $0x80` (x86_64)
+//   loop:NR[:ARG0]           syscall(NR, ARG0, 0, 0, 0) until SIGTERM, then
+//                            print the number of calls made and exit
 //
 // Moves itself into CGROUP_DIR (writes its pid to cgroup.procs) before the
 // first counted call, so every listed syscall is attributed to that cgroup.
@@ -15,8 +17,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+static volatile sig_atomic_t stop;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    stop = 1;
+}
 
 int main(int argc, char **argv)
 {
@@ -39,6 +50,20 @@ int main(int argc, char **argv)
             for (long n = 0; n < count; n++)
                 syscall(nr + n, 0, 0, 0, 0);
             continue;
+        }
+        if (sscanf(argv[i], "loop:%ld:%ld", &nr, &arg0) >= 1) {
+            struct sigaction action = {.sa_handler = on_term};
+            sigaction(SIGTERM, &action, NULL);
+            // Ready: the caller may send SIGTERM from now on.
+            printf("looping\n");
+            fflush(stdout);
+            unsigned long long calls = 0;
+            while (!stop) {
+                syscall(nr, arg0, 0, 0, 0);
+                calls++;
+            }
+            printf("%llu\n", calls);
+            return 0;
         }
         if (sscanf(argv[i], "uid:%ld", &nr) == 1) {
             if (syscall(SYS_setresgid, nr, nr, nr) != 0 || syscall(SYS_setresuid, nr, nr, nr) != 0) {

@@ -37,6 +37,9 @@ METRICS: dict[str, Instrument] = {
     "orb8_syscalls_total": Instrument("orb8.syscalls", "{call}"),
     "orb8_dangerous_syscalls_total": Instrument("orb8.syscalls.dangerous", "{call}"),
     "orb8_syscall_novel_total": Instrument("orb8.syscalls.novel", "{call}"),
+    "orb8_dangerous_evidence_suppressed_total": Instrument(
+        "orb8.syscalls.dangerous.evidence_suppressed", "{call}"
+    ),
     "orb8_ring_buffer_events_total": Instrument("orb8.ring_buffer.events", "{event}"),
     "orb8_ring_buffer_drops_total": Instrument("orb8.ring_buffer.drops", "{event}"),
     "orb8_ring_buffer_sampled_total": Instrument("orb8.ring_buffer.sampled", "{event}"),

@@ -121,8 +121,8 @@ def fill_maps(syscalls: InMemoryMaps, network: InMemoryMaps, ids: dict[str, int]
     }.items():
         for syscall, n in counts.items():
             syscalls.count_syscall(ids[name], nr[syscall], n)
-    syscalls.set("dangerous_counts", [2], cgroup_id=ids["app"], nr=nr["ptrace"])
-    syscalls.set("dangerous_counts", [1], cgroup_id=ids["sidecar"], nr=nr["unshare"])
+    syscalls.set("dangerous_counts", [2, 1], cgroup_id=ids["app"], nr=nr["ptrace"])
+    syscalls.set("dangerous_counts", [1, 0], cgroup_id=ids["sidecar"], nr=nr["unshare"])
 
     egress, ingress, tcp, udp, ipv4, ipv6 = 1, 0, 0, 1, 0, 1
     for name, direction, protocol, family, values in (

@@ -211,7 +211,10 @@ def test_unresolved_series_stay_bounded_by_the_syscall_table(cgroups, start_expo
 
 
 def test_i386_syscalls_are_named_by_the_i386_table(cgroups, start_exporter, cgroup2_root, workload):
-    exporter = start_exporter("--evidence-log-per-minute", "1000")
+    # 400 calls at once: a record each (beyond the default evidence burst).
+    exporter = start_exporter(
+        "--evidence-log-per-minute", "1000", "--dangerous-evidence-burst", "1000"
+    )
     # Kernel builds differ: without CONFIG_IA32_EMULATION (or booted with
     # ia32_emulation=0) `int $0x80` is a fault, not a syscall. Measure which
     # kind this kernel is with one i386 getpid rather than assume.

@@ -61,6 +61,7 @@ def test_exact_dangerous_counts_and_one_evidence_line_per_call(
     exporter = start_exporter(
         "--kubeconfig", str(apiserver.kubeconfig), "--node-name", "node-a",
         "--evidence-log-per-minute", "1000",
+        "--dangerous-evidence-burst", "100",  # 22 records at once, all written
     )  # fmt: skip
     uid, container_id = add_pod(apiserver, "shop", "checkout")
     # ptrace(PTRACE_TRACEME) succeeds once, then fails; unshare(-1) fails.
@@ -90,7 +91,13 @@ def test_exact_dangerous_counts_and_one_evidence_line_per_call(
 def test_flood_is_counted_exactly_and_every_event_is_accounted_for(
     start_exporter, cgroups, cgroup2_root, workload
 ):
-    exporter = start_exporter("--ring-buffer-size", "65536")
+    # The kernel's per-cgroup evidence limit out of reach: this is about the
+    # ring buffer's own accounting under overload (the limit's own test is
+    # tests/kernel/test_dangerous_limits.py).
+    exporter = start_exporter(
+        "--ring-buffer-size", "65536",
+        "--dangerous-evidence-rate", "1000000", "--dangerous-evidence-burst", "1000000",
+    )  # fmt: skip
     before = exporter.scrape()
     cgroup = cgroups.make()
     calls = 1_000_000
@@ -108,7 +115,10 @@ def test_flood_is_counted_exactly_and_every_event_is_accounted_for(
         before, "orb8_dangerous_syscalls_total"
     )
     written, dropped = delta("orb8_ring_buffer_events_total"), delta("orb8_ring_buffer_drops_total")
-    assert written + dropped == dangerous_total >= calls
+    suppressed = series(samples, "orb8_dangerous_evidence_suppressed_total") - series(
+        before, "orb8_dangerous_evidence_suppressed_total"
+    )
+    assert written + dropped + suppressed == dangerous_total >= calls
     assert dropped > 0, "a 64 KiB buffer cannot hold a million records"
     assert delta("orb8_ring_buffer_sampled_total") > 0, "sampling starts above 90% full"
     assert written > 1000

@@ -9,6 +9,7 @@ directory. Clocks are injected.
 
 from __future__ import annotations
 
+import ctypes as ct
 import json
 import logging
 import os
@@ -153,7 +154,7 @@ def test_evidence_of_new_cgroups_waits_for_one_batched_walk_and_a_full_queue_los
 
     def record(cgroup_id: int) -> None:
         event = DangerousEvent(cgroup_id=cgroup_id, nr=NR["ptrace"], tgid=7, pid=7, comm=b"sh")
-        source._on_event(None, bytes(event), 48)
+        source._on_event(None, bytes(event), ct.sizeof(event))
 
     for _ in range(DEFERRED_CAPACITY + 1):
         record(new)

@@ -120,13 +120,44 @@ def test_evidence_line_is_one_json_object():
     assert "\n" not in line
 
 
+def test_evidence_line_says_what_the_kernel_left_unrecorded_and_overflow():
+    event = DangerousEvent(
+        time_ns=5_000_000_000, cgroup_id=7, pid=12, tgid=11, nr=135, comm=b"sh", flags=1
+    )
+    line = evidence_line(
+        event, Identity(cgroup="/evil"), "personality", 0, 1e9, rate_limited=(40, 4_000_000_000)
+    )
+    record = json.loads(line)
+    assert record["rate_limited"] == 40
+    assert record["rate_limited_since"] == "2001-09-09T01:46:44.000+00:00"
+    assert record["counted_as"] == "<overflow>" and record["cgroup"] == "/evil"
+    quiet = json.loads(evidence_line(DangerousEvent(nr=101), Identity(cgroup="/q"), "ptrace", 0, 0))
+    assert "rate_limited" not in quiet and "counted_as" not in quiet
+
+
+def test_kernel_counts_of_held_back_lines_go_to_the_next_line_of_the_key():
+    clock = Clock()
+    limiter = RateLimiter(per_minute=1, clock=clock)
+    key = ("shop/web/app", 135)
+    admitted, _ = limiter.admit(key)
+    assert limiter.rate_limited(key, 0, 0, admitted) == (0, 0)
+    for count, since in ((10, 200), (5, 100)):  # two records held back here
+        admitted, _ = limiter.admit(key)
+        assert limiter.rate_limited(key, count, since, admitted) == (0, 0)
+    clock.now += 60
+    admitted, suppressed = limiter.admit(key)
+    assert (admitted, suppressed) == (True, 2)
+    assert limiter.rate_limited(key, 3, 300, admitted) == (18, 100)
+    assert limiter.rate_limited(key, 0, 0, limiter.admit(key)[0]) == (0, 0)
+
+
 def test_short_records_are_rejected():
     read = probes.record_reader(
         {b"dangerous_events": RingBuffer(DangerousEvent)}, "dangerous_events", "evidence record"
     )
-    with pytest.raises(ValueError, match="evidence record of 8 bytes, expected 48"):
+    with pytest.raises(ValueError, match="evidence record of 8 bytes, expected 72"):
         read(b"\0" * 8, 8)
-    assert read(bytes(DangerousEvent(nr=101, comm=b"sh")), 48).comm == b"sh"
+    assert read(bytes(DangerousEvent(nr=101, comm=b"sh")), 72).comm == b"sh"
 
 
 @pytest.mark.parametrize(
@@ -140,6 +171,12 @@ def test_short_records_are_rejected():
         ({"dangerous_allowlist": "shop/web"}, "neither namespace/pod/container"),
         ({"dangerous_exclude_self": "maybe"}, "is not a boolean"),
         ({"ring_buffer_sample_every": "0"}, "not a positive integer"),
+        ({"dangerous_slots": "0"}, "not a positive integer"),
+        ({"dangerous_evidence_rate": "0"}, "between 0.01 and 1000000 records per second"),
+        ({"dangerous_evidence_rate": "nan"}, "between 0.01 and 1000000"),
+        ({"dangerous_evidence_rate": "fast"}, "is not a number"),
+        ({"dangerous_evidence_burst": "0"}, "not a positive integer"),
+        ({"dangerous_evidence_burst": "2000000"}, "more than 1000000 records"),
     ],
 )
 def test_invalid_security_settings(flags, message):
@@ -150,4 +187,6 @@ def test_invalid_security_settings(flags, message):
 def test_ring_buffer_size_from_the_environment():
     settings = load_settings({}, environ={"ORB8_RING_BUFFER_SIZE": str(4 << 20)})
     assert settings.ring_buffer_size == 4 << 20
+    assert (settings.dangerous_slots, settings.dangerous_evidence_rate) == (16384, 5.0)
+    assert settings.dangerous_evidence_burst == 20
     assert "ptrace" in settings.dangerous_syscalls and "bpf" in settings.dangerous_syscalls

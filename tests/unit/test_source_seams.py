@@ -78,7 +78,7 @@ def test_syscalls_retirement_frees_the_slot_and_the_series_continues_on_comeback
     source = syscalls_source(tmp_path, clock, maps)
     old_id = cgroup(tmp_path, "svc.service")
     maps.count_syscall(old_id, NR["getpid"], 5)
-    maps.set("dangerous_counts", [2], cgroup_id=old_id, nr=NR["ptrace"])
+    maps.set("dangerous_counts", [2, 0], cgroup_id=old_id, nr=NR["ptrace"])
     svc = {"cgroup": "/svc.service"}
 
     first = source.collect()
@@ -98,12 +98,56 @@ def test_syscalls_retirement_frees_the_slot_and_the_series_continues_on_comeback
     assert maps.arrays["syscall_counts"][0] == 0  # ...and counts from zero
 
     maps.count_syscall(new_id, NR["getpid"], 3)
-    maps.set("dangerous_counts", [1], cgroup_id=new_id, nr=NR["ptrace"])
+    maps.set("dangerous_counts", [1, 0], cgroup_id=new_id, nr=NR["ptrace"])
     after = source.collect()
     # Counters never go backwards: 5 carried + 3 counted by the new cgroup.
     assert value(after, "orb8_syscalls_total", syscall="getpid", **svc) == 8
     assert value(after, "orb8_dangerous_syscalls_total", syscall="ptrace", **svc) == 3
     assert value(after, "orb8_bpf_map_entries", map="syscall_slots") == 1
+
+
+def test_dangerous_entries_of_empty_idle_cgroups_are_freed_under_pressure(tmp_path):
+    clock, maps = Clock(), InMemoryMaps()
+    source = SyscallSource(
+        resolver(tmp_path, clock),
+        slots=8,
+        deleted_grace=GRACE,
+        clock=clock,
+        security=SecurityOptions(
+            dangerous=("ptrace", "unshare"), exclude_self=False, dangerous_slots=4
+        ),
+    )
+    source.use_maps(maps)
+    empty_id, busy_id = cgroup(tmp_path, "left.scope"), cgroup(tmp_path, "busy.scope")
+    (tmp_path / "left.scope" / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    (tmp_path / "busy.scope" / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    for cgroup_id in (empty_id, busy_id):
+        maps.set("dangerous_counts", [3, 40], cgroup_id=cgroup_id, nr=NR["ptrace"])
+    maps.set("dangerous_counts", [2, 0], cgroup_id=empty_id, nr=NR["unshare"])
+    left = {"cgroup": "/left.scope"}
+
+    source.collect()  # 3 of 4 entries: under pressure, idleness starts counting
+    clock.now += GRACE
+    after = source.collect()  # idle for the grace: the empty cgroup's entries go
+    remaining = {int(k["cgroup_id"]) for k in maps.read_hash("dangerous_counts", 4, 2)[0]}
+    assert remaining == {busy_id}
+    # The series continue from carried counts, and so does a later call.
+    assert value(after, "orb8_dangerous_syscalls_total", syscall="ptrace", **left) == 3
+    maps.set("dangerous_counts", [1, 0], cgroup_id=empty_id, nr=NR["ptrace"])
+    later = source.collect()
+    assert value(later, "orb8_dangerous_syscalls_total", syscall="ptrace", **left) == 4
+    assert value(later, "orb8_dangerous_syscalls_total", syscall="unshare", **left) == 2
+    assert value(later, "orb8_dangerous_evidence_suppressed_total", syscall="ptrace", **left) == 40
+
+
+def test_dangerous_calls_of_a_full_map_are_exported_under_overflow(tmp_path):
+    clock, maps = Clock(), InMemoryMaps()
+    source = syscalls_source(tmp_path, clock, maps)
+    maps.set("dangerous_overflow", [5, 2], index=NR["ptrace"])
+    families = source.collect()
+    overflow = {"cgroup": "<overflow>", "syscall": "ptrace", "pod": ""}
+    assert value(families, "orb8_dangerous_syscalls_total", **overflow) == 5
+    assert value(families, "orb8_dangerous_evidence_suppressed_total", **overflow) == 2
 
 
 def test_syscalls_counts_of_an_unresolved_cgroup_are_carried_for_good(tmp_path):

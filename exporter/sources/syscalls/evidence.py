@@ -7,6 +7,12 @@ query). A flood cannot fill disks: each (workload, syscall) gets at most
 `per_minute` lines a minute (token bucket); what was held back is summarised
 in the next line that gets through as `"suppressed": N`. The bucket table is
 bounded (least recently used keys are forgotten first).
+
+Before that, the kernel limits records per cgroup (bpf/syscalls.c); a record
+says how many of its cgroup's dangerous calls (any syscall) got no record
+since the cgroup's previous one, shown as `"rate_limited": N` and
+`"rate_limited_since"` (carried to the next line of the same key when this
+record's line is held back here).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 from exporter.model import Identity
 
 log = logging.getLogger("orb8.evidence")
+
+EVENT_OVERFLOW = 1  # dangerous_event.flags (bpf/include/syscalls.h)
 
 MAX_RATE_KEYS = 10_000
 
@@ -51,6 +59,8 @@ class _Bucket:
     tokens: float
     updated: float
     suppressed: int = 0
+    rate_limited: int = 0  # the kernel's counts of records held back here
+    rate_limited_since: int = 0  # CLOCK_MONOTONIC ns, the earliest of those
 
 
 class RateLimiter:
@@ -81,6 +91,24 @@ class RateLimiter:
         suppressed, bucket.suppressed = bucket.suppressed, 0
         return True, suppressed
 
+    def rate_limited(
+        self, key: tuple, count: int, since_ns: int, admitted: bool
+    ) -> tuple[int, int]:
+        """The kernel's count of unrecorded calls a record carries: kept for
+        the key's next line if this one is held back; else (count with what
+        was kept, the earliest since)."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            return (count, since_ns) if admitted else (0, 0)
+        if count and (not bucket.rate_limited or since_ns < bucket.rate_limited_since):
+            bucket.rate_limited_since = since_ns
+        bucket.rate_limited += count
+        if not admitted:
+            return 0, 0
+        total, since = bucket.rate_limited, bucket.rate_limited_since
+        bucket.rate_limited = bucket.rate_limited_since = 0
+        return total, since
+
 
 def evidence_line(
     event: Any,  # a struct dangerous_event (bpf/include/syscalls.h), as BCC decodes it
@@ -89,7 +117,10 @@ def evidence_line(
     suppressed: int,
     boot_offset: float,
     abi: str = "native",
+    rate_limited: tuple[int, int] = (0, 0),
 ) -> str:
+    """rate_limited: (calls of the cgroup the kernel gave no record, since
+    when in CLOCK_MONOTONIC ns; 0 if it does not remember)."""
     record = {
         "time": datetime.datetime.fromtimestamp(
             boot_offset + event.time_ns / 1e9, tz=datetime.timezone.utc
@@ -111,7 +142,21 @@ def evidence_line(
     }
     if suppressed:
         record["suppressed"] = suppressed
+    count, since_ns = rate_limited
+    if count:
+        record["rate_limited"] = count
+        if since_ns:
+            record["rate_limited_since"] = _iso(boot_offset + since_ns / 1e9)
+    if event.flags & EVENT_OVERFLOW:
+        # dangerous_counts was full: this call is in the cgroup="<overflow>" series.
+        record["counted_as"] = "<overflow>"
     return json.dumps(record, separators=(",", ":"))
+
+
+def _iso(unix_time: float) -> str:
+    return datetime.datetime.fromtimestamp(unix_time, tz=datetime.timezone.utc).isoformat(
+        timespec="milliseconds"
+    )
 
 
 def monotonic_to_wall_offset() -> float:

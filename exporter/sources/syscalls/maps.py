@@ -12,7 +12,6 @@ from __future__ import annotations
 from exporter.config import Settings
 from exporter.mapmemory import MapDef
 
-DANGEROUS_CAPACITY = 4096
 EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)
 ABI_TABLES = 3  # native, i386, x32
@@ -22,10 +21,12 @@ ABI_TABLES = 3  # native, i386, x32
 # live maps' value sizes).
 SYSCALL_PAIR = 16  # struct syscall_pair
 CPU_CACHE = 16 + 512 * 16  # struct cpu_cache: id, epoch, CACHE_WAYS x cache_entry
+DANGEROUS_VALUE = 16  # struct dangerous_value
+EVIDENCE_BUCKET = 32  # struct evidence_bucket
 
 
 def kernel_maps(settings: Settings) -> list[MapDef]:
-    slots = settings.syscall_slots
+    slots, dangerous = settings.syscall_slots, settings.dangerous_slots
     return [
         MapDef("syscall_slots", "hash", SYSCALL_PAIR, 4, slots),
         MapDef("syscall_counts", "percpu_array", 4, 8, slots),
@@ -33,11 +34,13 @@ def kernel_maps(settings: Settings) -> list[MapDef]:
         MapDef("syscall_cache", "percpu_array", 4, CPU_CACHE, 1),
         MapDef("syscall_epoch", "array", 4, 8, 1),
         MapDef("syscall_update_failures", "percpu_array", 4, 8, 1),
-        MapDef("syscall_flags", "array", 4, 1, ABI_TABLES * NR_TABLE),
+        MapDef("syscall_flags", "array", 4, 4, ABI_TABLES * NR_TABLE),
         MapDef("dangerous_excluded", "hash", 8, 1, EXCLUDED_CAPACITY),
         MapDef("dangerous_config", "array", 4, 8, 1),
-        MapDef("dangerous_counts", "percpu_hash", SYSCALL_PAIR, 8, DANGEROUS_CAPACITY),
+        MapDef("dangerous_counts", "hash", SYSCALL_PAIR, DANGEROUS_VALUE, dangerous),
+        MapDef("dangerous_overflow", "array", 4, DANGEROUS_VALUE, NR_TABLE),
         MapDef("dangerous_update_failures", "percpu_array", 4, 8, 1),
+        MapDef("dangerous_buckets", "lru_hash", 8, EVIDENCE_BUCKET, dangerous),
         MapDef("dangerous_events", "ringbuf", 0, 0, settings.ring_buffer_size),
         MapDef("ringbuf_stats", "percpu_array", 4, 8, 5),
         MapDef("ringbuf_progress", "array", 4, 8, 2),

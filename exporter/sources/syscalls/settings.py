@@ -56,6 +56,25 @@ def allowlist(value: Any) -> tuple[str, ...]:
     return selectors
 
 
+def evidence_rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0.01 <= rate <= 1e6:  # also refuses nan and inf
+        raise ValueError(f"{rate} must be between 0.01 and 1000000 records per second")
+    return rate
+
+
+def evidence_burst(value: Any) -> int:
+    burst = positive_int(value)
+    if burst > 1_000_000:
+        raise ValueError(f"{burst} is more than 1000000 records")
+    return burst
+
+
 def ring_buffer_size(value: Any) -> int:
     size = positive_int(value)
     if size & (size - 1) or not 4096 <= size <= 32 * MIB:
@@ -101,6 +120,31 @@ SETTINGS: tuple[Spec, ...] = (
         True,
         "do not count orb8's own dangerous syscalls (it calls bpf and perf_event_open)",
         "BOOL",
+    ),
+    Spec(
+        "dangerous_slots",
+        map_capacity,
+        16384,  # 1,000 cgroups x 16 distinct dangerous syscalls (docs/scaling.md)
+        "capacity of the kernel map of dangerous calls in (cgroup, dangerous syscall) pairs; "
+        'when full, new pairs are counted under cgroup="<overflow>" (their evidence '
+        "names the cgroup)",
+        "N",
+    ),
+    Spec(
+        "dangerous_evidence_rate",
+        evidence_rate,
+        5.0,
+        "evidence records per second per cgroup the kernel writes (bursts of "
+        "dangerous_evidence_burst); further calls are still counted, and counted in "
+        "orb8_dangerous_evidence_suppressed_total",
+        "N",
+    ),
+    Spec(
+        "dangerous_evidence_burst",
+        evidence_burst,
+        20,
+        "evidence records a quiet cgroup may write at once before dangerous_evidence_rate applies",
+        "N",
     ),
     Spec(
         "ring_buffer_size",

@@ -10,8 +10,14 @@ allowlisted workloads excluded); orb8_syscall_novel_total{...,syscall}
 (outside the workload's learned baseline, see baseline.py);
 orb8_ring_buffer_{events,drops,sampled}_total, _utilization, _size_bytes
 for probe="syscalls"; orb8_bpf_map_entries / _capacity / _update_failures_total
-for map="syscall_slots" and map="dangerous_counts". Each dangerous call is
-also one JSON evidence line (evidence.py).
+for map="syscall_slots", "dangerous_counts" and "dangerous_buckets". Each
+dangerous call may also be one JSON evidence line (evidence.py): the kernel
+writes at most `dangerous_evidence_rate` records a second per cgroup (bursts
+of `dangerous_evidence_burst`) and counts the rest per (cgroup, syscall) in
+orb8_dangerous_evidence_suppressed_total; the next record of the cgroup
+says how many. dangerous_counts holds one entry per (cgroup, dangerous
+name) whatever the ABI; calls that find it full are counted per name under
+cgroup="<overflow>", and their evidence names the cgroup.
 
 Overhead: no helper call and three inlined array lookups per syscall on the
 hot path, plus one array store per context switch (see bpf/syscalls.c and
@@ -68,7 +74,7 @@ from exporter.sources.syscalls.evidence import (
     evidence_line,
     monotonic_to_wall_offset,
 )
-from exporter.sources.syscalls.maps import DANGEROUS_CAPACITY, EXCLUDED_CAPACITY, NR_TABLE
+from exporter.sources.syscalls.maps import EXCLUDED_CAPACITY, NR_TABLE
 from exporter.sources.syscalls.names import (
     ABI_SHIFT,
     ABIS,
@@ -85,12 +91,21 @@ log = logging.getLogger(__name__)
 
 SLOT_MAP = "syscall_slots"
 DANGEROUS_MAP = "dangerous_counts"
+OVERFLOW_MAP = "dangerous_overflow"
+BUCKETS_MAP = "dangerous_buckets"
+# Dangerous calls that found dangerous_counts full: counted per name here.
+OVERFLOW = Identity(cgroup="<overflow>")
+NATIVE_SHIFT = 16  # syscall_flags: a dangerous key's native number (bpf/syscalls.c)
 KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
 FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
 TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
 PEAK_WINDOW = 60.0  # seconds orb8_ring_buffer_utilization looks back
+# Fill of dangerous_counts from which the entries of empty, idle cgroups
+# (e.g. an attacker's, left behind to keep the map full) are freed.
+PRESSURE = 0.5
+IDLE_CHECKS = 512  # cgroup.events reads per collect, at most
 # (tracepoint, program) per variant, raw first; cache invalidation hooks
 # before the counter itself.
 HOOKS = {
@@ -107,7 +122,7 @@ HOOKS = {
 }
 # Evidence records waiting for a cgroup walk: ~2 s of 2,000 new cgroups/s.
 DEFERRED_CAPACITY = 4096
-RECORD_BYTES = 56  # struct dangerous_event (48) + 8-byte header, 8-aligned
+RECORD_BYTES = 80  # struct dangerous_event (72) + 8-byte header, 8-aligned
 evidence_log = logging.getLogger("orb8.evidence")
 
 Series = dict[tuple[Identity, int], int]
@@ -120,6 +135,9 @@ class SecurityOptions:
     exclude_self: bool = True
     ring_buffer_size: int = MIB
     sample_every: int = 10
+    dangerous_slots: int = 16384
+    evidence_rate: float = 5.0  # records per second per cgroup, in the kernel
+    evidence_burst: int = 20
     log_per_minute: int = 6
     baseline_window: float = 600.0
     baseline_forget_after: float = BASELINE_FORGET_AFTER
@@ -191,13 +209,20 @@ class SyscallSource:
         self._carried = CarriedCounts()
         self._peaks: deque[tuple[float, int]] = deque()  # (monotonic time, ring peak)
         self._carried_dangerous = CarriedCounts()
+        self._carried_suppressed = CarriedCounts()
+        # cgroup id -> (its dangerous calls, since when unchanged), kept while
+        # dangerous_counts is under pressure.
+        self._dangerous_idle: dict[int, tuple[int, float]] = {}
         self._novel = CarriedCounts()
         self._last_counts: Series = {}
 
     def describe(self) -> str:
         return (
             f"hook={self.hook or 'none'} slots={self.capacity} "
-            f"dangerous={len(self.dangerous_numbers)} ring_buffer={self.security.ring_buffer_size} "
+            f"dangerous={len(self.dangerous_numbers)} "
+            f"dangerous_slots={self.security.dangerous_slots} "
+            f"evidence={self.security.evidence_rate:g}/s burst {self.security.evidence_burst} "
+            f"ring_buffer={self.security.ring_buffer_size} "
             f"abi: {self.abi_detail}"
         )
 
@@ -207,7 +232,9 @@ class SyscallSource:
         )
         defines = {
             "SLOT_CAPACITY": self.capacity,
-            "DANGEROUS_CAPACITY": DANGEROUS_CAPACITY,
+            "DANGEROUS_CAPACITY": self.security.dangerous_slots,
+            "EVIDENCE_INTERVAL_NS": f"{max(1, round(1e9 / self.security.evidence_rate))}ull",
+            "EVIDENCE_BURST": self.security.evidence_burst,
             "EXCLUDED_CAPACITY": EXCLUDED_CAPACITY,
             "RINGBUF_PAGES": self.security.ring_buffer_size // 4096,
             "RINGBUF_SAMPLE_EVERY": self.security.sample_every,
@@ -257,11 +284,16 @@ class SyscallSource:
         # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
         maps.put("syscall_epoch", 0, 1)
         dangerous = set(self.security.dangerous)
+        native = native_syscall_numbers()
         for abi, table in abi_tables().items():
             for nr, name in table.items():
                 if nr >= NR_TABLE:
                     raise probes.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
-                value = FLAG_KNOWN | (FLAG_DANGEROUS if name in dangerous else 0)
+                value = FLAG_KNOWN
+                if name in dangerous:
+                    # Counted under its native number, whatever the ABI: one
+                    # dangerous_counts entry per (cgroup, name).
+                    value |= FLAG_DANGEROUS | native[name] << NATIVE_SHIFT
                 maps.put("syscall_flags", abi * NR_TABLE + nr, value)
         if self.security.exclude_self:
             maps.put("dangerous_config", 0, os.getpid())
@@ -414,10 +446,15 @@ class SyscallSource:
                 return
             syscall = self.syscall_name(event.nr)
             admitted, suppressed = self.rate_limiter.admit((identity, event.nr))
+            rate_limited = self.rate_limiter.rate_limited(
+                (identity, event.nr), event.suppressed, event.since_ns, admitted
+            )
             if admitted:
                 abi = ABIS[event.nr >> ABI_SHIFT] if event.nr >> ABI_SHIFT < len(ABIS) else "?"
                 evidence_log.warning(
-                    evidence_line(event, identity, syscall, suppressed, self._boot_offset, abi)
+                    evidence_line(
+                        event, identity, syscall, suppressed, self._boot_offset, abi, rate_limited
+                    )
                 )
         except Exception as e:  # one line, rate-limited by the log filter
             log.error("bad evidence record: %s: %s", type(e).__name__, e)
@@ -438,15 +475,32 @@ class SyscallSource:
         return keys, totals[slots] if len(slots) else slots
 
     def _read_dangerous(self) -> tuple[np.ndarray, np.ndarray]:
-        keys, counts = self._maps.read_hash(DANGEROUS_MAP, DANGEROUS_CAPACITY, 1)
-        return keys, counts[:, 0]
+        """(keys, [calls, suppressed] per key) of dangerous_counts."""
+        return self._maps.read_hash(DANGEROUS_MAP, self.security.dangerous_slots, 2)
+
+    def _read_overflow(self) -> tuple[Series, Series]:
+        """(calls, suppressed) per native number of the calls that found
+        dangerous_counts full, under cgroup="<overflow>"."""
+        indices, values = self._maps.read_hash(OVERFLOW_MAP, NR_TABLE, 2)
+        calls: Series = {}
+        suppressed: Series = {}
+        for index, (count, held) in zip(indices.tolist(), values.tolist(), strict=True):
+            if count:
+                calls[(OVERFLOW, int(index))] = count
+                suppressed[(OVERFLOW, int(index))] = held
+        return calls, suppressed
 
     def collect(self) -> list[MetricFamily]:
         if self._maps is None:
             raise probes.ProbeError("syscalls probe is not loaded")
         now = self.clock()
         keys, counts = self._read_pairs()
-        d_keys, d_counts = self._read_dangerous()
+        d_keys, d_values = self._read_dangerous()
+        overflow, overflow_suppressed = self._read_overflow()
+        # Right after the dangerous counts, so that records written + dropped
+        # + suppressed match them (other calls keep coming meanwhile).
+        ring_buffer = self._ring_buffer_families()
+        d_counts, d_suppressed = d_values[:, 0], d_values[:, 1]
         cgroup_ids, nrs = keys["cgroup_id"], keys["nr"]
         d_cgroup_ids, d_nrs = d_keys["cgroup_id"], d_keys["nr"]
         self.resolver.refresh()
@@ -460,12 +514,18 @@ class SyscallSource:
         dangerous = _aggregate(
             identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous, present
         )
+        suppressed = _aggregate(
+            identities, d_cgroup_ids, d_nrs, d_suppressed, self._carried_suppressed, present
+        )
+        dangerous.update(overflow)
+        suppressed.update(overflow_suppressed)
         self._observe_baselines(series)
 
         novel = {key: value for key, (value,) in self._novel.items(present)}
         families = [
             *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
-            *self._ring_buffer_families(),
+            self._suppressed_family(suppressed),
+            *ring_buffer,
             *program_families(self._maps.programs()),
             *table_families(
                 {
@@ -476,9 +536,18 @@ class SyscallSource:
             ),
         ]
         if retire:
-            self._retire(retire, identities, (keys, counts), (d_keys, d_counts))
+            self._retire(retire, identities, (keys, counts), (d_keys, d_values))
+        if len(d_cgroup_ids) >= self.security.dangerous_slots * PRESSURE:
+            self._retire_idle_dangerous(d_keys, d_values, identities, set(retire), now)
+        else:
+            self._dangerous_idle.clear()
         dropped = set()
-        for ledger in (self._carried, self._carried_dangerous, self._novel):
+        for ledger in (
+            self._carried,
+            self._carried_dangerous,
+            self._carried_suppressed,
+            self._novel,
+        ):
             dropped |= ledger.expire(present, now)
         for key in [key for key in self._last_counts if key[0] in dropped]:
             del self._last_counts[key]
@@ -546,8 +615,15 @@ class SyscallSource:
                 MapStats(
                     DANGEROUS_MAP,
                     dangerous_entries,
-                    DANGEROUS_CAPACITY,
+                    self.security.dangerous_slots,
                     self._maps.percpu_sum("dangerous_update_failures"),
+                ),
+                # An LRU: full is fine (a forgotten cgroup starts a fresh limit).
+                MapStats(
+                    BUCKETS_MAP,
+                    len(self._maps.read_hash(BUCKETS_MAP, self.security.dangerous_slots, 4)[0]),
+                    self.security.dangerous_slots,
+                    0,
                 ),
             ]
         )
@@ -559,6 +635,20 @@ class SyscallSource:
         )
         abi.add((), 1 if self.abi_told_apart else 0)
         return [syscalls, dangerous_family, novel, *maps, abi]
+
+    def _suppressed_family(self, suppressed: Series) -> MetricFamily:
+        family = counter(
+            "orb8_dangerous_evidence_suppressed_total",
+            "Dangerous calls (counted in orb8_dangerous_syscalls_total) given no evidence "
+            "record by their cgroup's evidence rate limit in the kernel.",
+            (*IDENTITY_LABELS, "syscall"),
+        )
+        for (identity, name), value in self._by_name(suppressed).items():
+            # Only once something was held back: no zero series beside every dangerous one.
+            exempt = self.allowlist.allows(identity) or self._is_own_workload(identity)
+            if value and not exempt:
+                family.add((*identity, name), value)
+        return family
 
     def _by_name(self, series: Series) -> dict[tuple[Identity, str], int]:
         """Kernel keys -> syscall names: an i386 and a native ptrace are one series."""
@@ -589,7 +679,7 @@ class SyscallSource:
             (
                 "drops_total",
                 "Evidence records not written (buffer full, or sampled away); "
-                "events_total + drops_total = dangerous calls.",
+                "events_total + drops_total + evidence suppressed = dangerous calls.",
                 RB_DROPPED,
             ),
             (
@@ -638,14 +728,83 @@ class SyscallSource:
                 continue
             self._maps.zero("syscall_counts", slot)
             self._maps.push("syscall_free_slots", slot)
-        keys, counts = dangerous
-        for key, count in zip(keys, counts.tolist(), strict=True):
+        keys, values = dangerous
+        for key, (count, suppressed) in zip(keys, values.tolist(), strict=True):
             cgroup_id = int(key["cgroup_id"])
             if cgroup_id in retiring:
-                self._carried_dangerous.add((identities[cgroup_id], int(key["nr"])), count)
+                series_key = (identities[cgroup_id], int(key["nr"]))
+                self._carried_dangerous.add(series_key, count)
+                self._carried_suppressed.add(series_key, suppressed)
                 self._maps.delete(DANGEROUS_MAP, key.tobytes())
         self.lifecycle.retired(retire)
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
+
+    def _retire_idle_dangerous(
+        self,
+        keys: np.ndarray,
+        values: np.ndarray,
+        identities: dict[int, Identity],
+        retired: set[int],
+        now: float,
+    ) -> None:
+        """dangerous_counts is under pressure: free the entries of cgroups that
+        still exist but made no dangerous call for the grace and hold no
+        process (what an attacker leaves behind to keep the map full).
+
+        Their final counts go to the carried counts, as for removed cgroups
+        (the series continues; a later call starts a new entry). No process
+        means no call between the atomic read-and-delete and the carry."""
+        totals: dict[int, int] = defaultdict(int)
+        for cgroup_id, count in zip(keys["cgroup_id"].tolist(), values[:, 0].tolist(), strict=True):
+            if cgroup_id not in retired:
+                totals[cgroup_id] += count
+        idle = self._dangerous_idle
+        for cgroup_id in [c for c in idle if c not in totals]:
+            del idle[cgroup_id]
+        candidates = []
+        for cgroup_id, total in totals.items():
+            seen = idle.get(cgroup_id)
+            if seen is None or seen[0] != total:
+                idle[cgroup_id] = (total, now)
+            elif now - seen[1] >= self.lifecycle.deleted_grace:
+                candidates.append(cgroup_id)
+        candidates.sort(key=lambda c: idle[c][1])
+        root, paths = self.resolver.tree.root, self.resolver.tree.paths
+        empty = {c for c in candidates[:IDLE_CHECKS] if _is_empty(root, paths.get(c), c)}
+        if not empty:
+            return
+        for key in keys:
+            cgroup_id = int(key["cgroup_id"])
+            if cgroup_id not in empty:
+                continue
+            final = self._maps.take(DANGEROUS_MAP, key.tobytes(), 2)
+            if final is None:
+                continue
+            series_key = (identities[cgroup_id], int(key["nr"]))
+            self._carried_dangerous.add(series_key, final[0])
+            self._carried_suppressed.add(series_key, final[1])
+        for cgroup_id in empty:
+            del idle[cgroup_id]
+        log.info(
+            "dangerous_counts over %d%% full: freed the entries of %d empty, idle cgroup(s)",
+            PRESSURE * 100,
+            len(empty),
+        )
+
+
+def _is_empty(root: Path, path: str | None, cgroup_id: int) -> bool:
+    """True if the cgroup at `path` (relative to root) is still `cgroup_id`
+    and holds no process, in it or below it (cgroup.events)."""
+    if path is None:
+        return False
+    directory = root / path.lstrip("/")
+    try:
+        if directory.stat().st_ino != cgroup_id:
+            return False  # an escaped label, or the path was reused
+        events = (directory / "cgroup.events").read_text()
+    except (OSError, ValueError):
+        return False
+    return "populated 0" in events.splitlines()
 
 
 def _foreign_processes(pids: list[int], proc: Path = Path("/proc")) -> list[int]:
