@@ -1,0 +1,166 @@
+"""DNS probe on the real kernel: a responder in one "pod" (network namespace
++ kubelet-shaped cgroup), clients in others, exact counts per pod read
+through DnsSource.collect().
+
+The responder (tests/kernel/dnswork.py) answers by the query name:
+noerror, nodata, nxdomain, servfail, refused, formerr, drop, delayN.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.identity import CgroupTree, Resolver
+from exporter.sources.dns.metrics import LATENCY_BUCKETS
+from exporter.sources.dns.source import DnsSource
+from tests.kernel import dnswork
+from tests.kernel.netpods import Pod, PodPair, Workload
+from tests.kernel.test_network import Snapshot, delta, who
+
+pytestmark = pytest.mark.kernel
+
+WORK = Path(dnswork.__file__)
+
+# name label -> (rcode label, counts as NODATA)
+QUESTIONS = [
+    ("noerror.shop.test", "A"),
+    ("noerror.shop.test", "A"),
+    ("noerror.shop.test", "AAAA"),
+    ("nodata.shop.test", "AAAA"),
+    ("nxdomain.shop.svc.cluster.local", "A"),
+    ("nxdomain.shop.svc.cluster.local", "AAAA"),
+    ("nxdomain.svc.cluster.local", "SRV"),
+    ("servfail.shop.test", "PTR"),
+    ("refused.shop.test", "TXT"),
+    ("formerr.shop.test", "MX"),
+]
+EXPECTED_QUERIES = {"A": 3, "AAAA": 3, "SRV": 1, "PTR": 1, "TXT": 1, "other": 1}
+EXPECTED_RESPONSES = {"NOERROR": 4, "NXDOMAIN": 3, "SERVFAIL": 1, "REFUSED": 1, "other": 1}
+
+
+class DnsPods(PodPair):
+    """A is the client pod, B the DNS server; C a second client pod sharing A's
+    network namespace (another pod's cgroup: same server, told apart)."""
+
+    def setup(self) -> DnsPods:
+        super().setup()
+        self.c = Pod(f"other-{self.tag}", "shop", self.a.netns, self.a.ifname, self.a.ipv4, "")
+        self.c.cgroup = self.pod_cgroup(self.c)
+        return self
+
+    def pods(self) -> dict:
+        return {pod.uid: pod.pod_info() for pod in (self.a, self.b, self.c)}
+
+    def run(self, pod: Pod, mode: str, *args: object) -> Workload:
+        proc = subprocess.Popen(
+            [sys.executable, str(WORK), str(pod.cgroup), pod.netns, mode, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        workload = Workload(proc)
+        self.workloads.append(workload)
+        return workload
+
+    def serve(self) -> Workload:
+        server = self.run(self.b, "serve", self.b.ipv4, self.b.ipv6)
+        server.wait_ready()
+        return server
+
+    def ask(self, pod: Pod, server: str, transport: str, questions, wait: float = 2.0) -> dict:
+        names = [f"{name}:{qtype}" for name, qtype in questions]
+        return self.run(pod, "ask", server, transport, wait, *names).result(timeout=120)
+
+
+@pytest.fixture
+def pods(cgroup2_root: Path) -> Iterator[DnsPods]:
+    pair = DnsPods(cgroup2_root)
+    try:
+        pair.setup()
+        yield pair
+    finally:
+        pair.cleanup()
+
+
+@pytest.fixture
+def make_source(cgroup2_root: Path) -> Iterator:
+    sources: list[DnsSource] = []
+
+    def make(pods_callable, **kwargs) -> DnsSource:
+        tree = CgroupTree(cgroup2_root)
+        source = DnsSource(Resolver(tree, pods=pods_callable), **kwargs)
+        sources.append(source)
+        source.start()
+        return source
+
+    yield make
+    for source in sources:
+        source.close()
+
+
+def histogram(snapshot: Snapshot, **labels: str) -> tuple[list[float], float]:
+    """(cumulative bucket counts incl. +Inf, sum) of the one matching latency series."""
+    family = snapshot.families["orb8_dns_latency_seconds"]
+    found = [
+        (counts, total)
+        for values, counts, total in family.histograms
+        if labels.items() <= dict(zip(family.labels, values, strict=True)).items()
+    ]
+    if not found:
+        return [0.0] * (len(LATENCY_BUCKETS) + 1), 0.0
+    (only,) = found
+    return list(only[0]), only[1]
+
+
+@pytest.mark.parametrize(
+    "transport,family", [("udp", "ipv4"), ("udp", "ipv6"), ("tcp", "ipv4"), ("tcp", "ipv6")]
+)
+def test_queries_and_answers_are_exact_per_pod_and_role(pods, make_source, transport, family):
+    source = make_source(pods.pods)
+    assert source.attach_mode == "link"
+    pods.serve()
+    server = pods.b.ipv4 if family == "ipv4" else pods.b.ipv6
+    before = Snapshot(source.collect())
+    result = pods.ask(pods.a, server, transport, QUESTIONS)
+    assert sum(result["answered"].values()) == len(QUESTIONS)
+    after = Snapshot(source.collect())
+
+    for pod, role in ((pods.a, "client"), (pods.b, "server")):
+        for qtype, n in EXPECTED_QUERIES.items():
+            labels = dict(who(pod), role=role, qtype=qtype)
+            assert delta(before, after, "orb8_dns_queries_total", **labels) == n, labels
+        for rcode, n in EXPECTED_RESPONSES.items():
+            labels = dict(who(pod), role=role, rcode=rcode)
+            assert delta(before, after, "orb8_dns_responses_total", **labels) == n, labels
+        labels = dict(who(pod), role=role)
+        assert delta(before, after, "orb8_dns_nodata_responses_total", **labels) == 1
+        assert delta(before, after, "orb8_dns_malformed_total", **labels) == 0
+        assert delta(before, after, "orb8_dns_timeouts_total", **labels) == 0
+        counts, _ = histogram(after, **labels)
+        assert counts[-1] == len(QUESTIONS), labels  # every answer matched its query
+    # Nothing the other way round: the client pod served nothing.
+    assert after.value("orb8_dns_queries_total", **who(pods.a), role="server") == 0
+    assert after.value("orb8_dns_queries_total", **who(pods.b), role="client") == 0
+    assert after.value("orb8_bpf_map_entries", map="dns_pending") == 0
+
+
+def test_two_pods_asking_the_same_server_are_told_apart(pods, make_source):
+    source = make_source(pods.pods)
+    pods.serve()
+    before = Snapshot(source.collect())
+    pods.ask(pods.a, pods.b.ipv4, "udp", [("nxdomain.shop.test", "A")] * 3)
+    pods.ask(pods.c, pods.b.ipv4, "udp", [("noerror.shop.test", "AAAA")] * 5)
+    after = Snapshot(source.collect())
+    a, c, b = who(pods.a), who(pods.c), who(pods.b)
+    assert delta(before, after, "orb8_dns_queries_total", **a, qtype="A") == 3
+    assert delta(before, after, "orb8_dns_queries_total", **a, qtype="AAAA") == 0
+    assert delta(before, after, "orb8_dns_responses_total", **a, rcode="NXDOMAIN") == 3
+    assert delta(before, after, "orb8_dns_queries_total", **c, qtype="AAAA") == 5
+    assert delta(before, after, "orb8_dns_queries_total", **c, qtype="A") == 0
+    assert delta(before, after, "orb8_dns_responses_total", **c, rcode="NOERROR") == 5
+    assert delta(before, after, "orb8_dns_queries_total", **b, role="server") == 8
