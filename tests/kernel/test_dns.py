@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,85 @@ def test_two_pods_asking_the_same_server_are_told_apart(pods, make_source):
     assert delta(before, after, "orb8_dns_queries_total", **c, qtype="A") == 0
     assert delta(before, after, "orb8_dns_responses_total", **c, rcode="NOERROR") == 5
     assert delta(before, after, "orb8_dns_queries_total", **b, role="server") == 8
+
+
+def bucket_index(seconds: float) -> int:
+    """Index of the first bucket whose bound is >= seconds."""
+    return next(i for i, bound in enumerate(LATENCY_BUCKETS) if bound >= seconds)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_latency_buckets_hold_the_injected_delay(pods, make_source, transport):
+    source = make_source(pods.pods, timeout=3.0)
+    pods.serve()
+    delay = 0.15  # the responder sleeps this long before answering
+    fast, slow = 4, 3
+    questions = [("noerror.fast.test", "A")] * fast + [("delay150.slow.test", "A")] * slow
+    before = Snapshot(source.collect())
+    result = pods.ask(pods.a, pods.b.ipv4, transport, questions)
+    assert result["answered"] == {"0": fast + slow}
+    after = Snapshot(source.collect())
+    for pod, role in ((pods.a, "client"), (pods.b, "server")):
+        labels = dict(who(pod), role=role)
+        counts0, sum0 = histogram(before, **labels)
+        counts1, sum1 = histogram(after, **labels)
+        counts = [b - a for a, b in zip(counts0, counts1, strict=True)]
+        assert counts[-1] == fast + slow, labels
+        # The delayed answers took at least the delay, in both roles (the
+        # server sleeps between receiving the query and sending the answer),
+        # so none is in a bucket below it.
+        below = bucket_index(delay) - 1
+        assert counts[below] <= fast, (labels, counts)
+        assert counts[-1] - counts[below] >= slow, (labels, counts)
+        assert sum1 - sum0 >= slow * delay
+        assert delta(before, after, "orb8_dns_timeouts_total", **labels) == 0
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_unanswered_and_late_answers_are_timeouts(pods, make_source, transport):
+    timeout = 0.5
+    source = make_source(pods.pods, timeout=timeout)
+    pods.serve()
+    before = Snapshot(source.collect())
+    questions = [
+        ("drop.shop.test", "A"),
+        ("noerror.shop.test", "A"),
+        ("drop.shop.test", "AAAA"),
+        ("delay900.shop.test", "A"),  # answered, but after the timeout
+        ("nxdomain.shop.test", "A"),
+    ]
+    result = pods.ask(pods.a, pods.b.ipv4, transport, questions, wait=2.0)
+    assert result["answered"] == {"0": 2, "3": 1}
+    time.sleep(timeout + 0.2)  # the dropped queries expire; the sweep counts them
+    after = Snapshot(source.collect())
+    for pod, role in ((pods.a, "client"), (pods.b, "server")):
+        labels = dict(who(pod), role=role)
+        assert delta(before, after, "orb8_dns_timeouts_total", **labels) == 3, labels
+        assert delta(before, after, "orb8_dns_queries_total", **labels) == 5
+        assert delta(before, after, "orb8_dns_responses_total", **labels) == 3
+        counts0, _ = histogram(before, **labels)
+        counts1, _ = histogram(after, **labels)
+        assert counts1[-1] - counts0[-1] == 2  # the timely answers only
+    assert after.value("orb8_bpf_map_entries", map="dns_pending") == 0
+    # Swept counts stay: the next collect neither loses nor repeats them.
+    again = Snapshot(source.collect())
+    assert delta(after, again, "orb8_dns_timeouts_total", **who(pods.a)) == 0
+    assert again.value("orb8_dns_timeouts_total", **who(pods.a)) == after.value(
+        "orb8_dns_timeouts_total", **who(pods.a)
+    )
+
+
+def test_full_pending_map_evicts_and_counts_evictions(pods, make_source):
+    source = make_source(pods.pods, pending_entries=4, timeout=0.3)
+    pods.serve()
+    before = Snapshot(source.collect())
+    pods.ask(pods.a, pods.b.ipv4, "udp", [("drop.shop.test", "A")] * 10, wait=0.05)
+    time.sleep(0.5)
+    after = Snapshot(source.collect())
+    # Client and server each leave 10 queries unanswered in a 4-entry LRU:
+    # whatever stayed times out, the rest were evicted, nothing is lost.
+    timeouts = after.value("orb8_dns_timeouts_total") - before.value("orb8_dns_timeouts_total")
+    evictions = after.value("orb8_bpf_map_evictions_total", map="dns_pending")
+    assert after.value("orb8_bpf_map_capacity", map="dns_pending") == 4
+    assert timeouts + evictions == 20
+    assert 0 < timeouts <= 8

@@ -307,38 +307,40 @@ class DnsSource:
 
 def families_from_series(series: dict[SeriesKey, int]) -> list[MetricFamily]:
     """The DNS families from counts per (identity, role, kind, code): a pure
-    function of what the kernel (and the sweep) counted."""
-    queries, responses, nodata = QUERIES.family(), RESPONSES.family(), NODATA.family()
-    timeouts, malformed, latency = TIMEOUTS.family(), MALFORMED.family(), LATENCY.family()
-    buckets: dict[tuple[Identity, int], list[int]] = {}
-    sums: dict[tuple[Identity, int], int] = defaultdict(int)
-    rcodes: dict[tuple[Identity, int, str], int] = defaultdict(int)
-    for (identity, role, kind, code), count in sorted(series.items()):
+    function of what the kernel (and the sweep) counted. Codes the kernel
+    never writes fold into "other", summed, so no series is written twice."""
+    rows: dict[str, dict[tuple[str, ...], int]] = defaultdict(lambda: defaultdict(int))
+    buckets: dict[tuple[str, ...], list[int]] = {}
+    sums: dict[tuple[str, ...], int] = defaultdict(int)
+    for (identity, role, kind, code), count in series.items():
         who = (*identity, _name(ROLES, role))
         if kind == QUERY:
-            queries.add((*who, _name(QTYPES, code)), count)
+            rows[QUERIES.name][(*who, _name(QTYPES, code))] += count
         elif kind == RESPONSE:
             if code == RCODE_NODATA:
-                nodata.add(who, count)
-                rcodes[(identity, role, "NOERROR")] += count
+                rows[NODATA.name][who] += count
+                rows[RESPONSES.name][(*who, "NOERROR")] += count
             else:
-                rcodes[(identity, role, _name(RCODES, code))] += count
+                rows[RESPONSES.name][(*who, _name(RCODES, code))] += count
         elif kind == MALFORMED_KIND:
-            malformed.add(who, count)
+            rows[MALFORMED.name][who] += count
         elif kind == TIMEOUT:
-            timeouts.add(who, count)
+            rows[TIMEOUTS.name][who] += count
         elif kind == LATENCY_KIND and 0 <= code < KERNEL_BUCKETS:
-            buckets.setdefault((identity, role), [0] * KERNEL_BUCKETS)[code] += count
+            buckets.setdefault(who, [0] * KERNEL_BUCKETS)[code] += count
         elif kind == LATENCY_SUM:
-            sums[(identity, role)] += count
-    for (identity, role, rcode), count in rcodes.items():
-        responses.add((*identity, _name(ROLES, role), rcode), count)
-    for (identity, role), counts in sorted(buckets.items()):
+            sums[who] += count
+    families = []
+    for spec in (QUERIES, RESPONSES, NODATA, TIMEOUTS, MALFORMED):
+        family = spec.family()
+        for values, count in sorted(rows[spec.name].items()):
+            family.add(values, count)
+        families.append(family)
+    latency = LATENCY.family()
+    for who, counts in sorted(buckets.items()):
         cumulative = tuple(int(c) for c in np.cumsum(counts))
-        latency.add_histogram(
-            (*identity, _name(ROLES, role)), cumulative, sums.get((identity, role), 0) / 1e9
-        )
-    return [queries, responses, nodata, timeouts, latency, malformed]
+        latency.add_histogram(who, cumulative, sums.get(who, 0) / 1e9)
+    return [*families[:4], latency, families[4]]
 
 
 def _name(names: tuple[str, ...], index: int) -> str:
