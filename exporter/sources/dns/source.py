@@ -337,9 +337,9 @@ def families_from_series(series: dict[SeriesKey, int]) -> list[MetricFamily]:
             family.add(values, count)
         families.append(family)
     latency = LATENCY.family()
-    for who, counts in sorted(buckets.items()):
+    for series_key, counts in sorted(buckets.items()):
         cumulative = tuple(int(c) for c in np.cumsum(counts))
-        latency.add_histogram(who, cumulative, sums.get(who, 0) / 1e9)
+        latency.add_histogram(series_key, cumulative, sums.get(series_key, 0) / 1e9)
     return [*families[:4], latency, families[4]]
 
 
