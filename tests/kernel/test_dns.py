@@ -8,9 +8,12 @@ noerror, nodata, nxdomain, servfail, refused, formerr, drop, delayN.
 
 from __future__ import annotations
 
+import random
+import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +250,61 @@ def test_full_pending_map_evicts_and_counts_evictions(pods, make_source):
     assert after.value("orb8_bpf_map_capacity", map="dns_pending") == 4
     assert timeouts + evictions == 20
     assert 0 < timeouts <= 8
+
+
+def malformed_corpus(seed: int) -> list[bytes]:
+    """Messages a pod may send to port 53: cut short, looping compression
+    pointers, reserved label types, over-long names, fuzzed headers."""
+    header = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    question_end = b"\x00\x00\x01\x00\x01"
+    corpus = [
+        b"",
+        b"\x12",
+        header[:11],
+        header,  # the question is missing
+        header + b"\x03www",  # the name is cut short
+        header + b"\x03www\x07example",  # a label runs past the end
+        header + b"\xc0\x0c\x00\x01\x00\x01",  # a pointer to itself
+        header + b"\x03www\xc0\x0c\x00\x01\x00\x01",  # a pointer back: a loop
+        header + b"\x03www\x00\x00",  # the type is cut short
+        header + b"\x43abc" + question_end,  # reserved label type 0x40
+        header + (b"\x3f" + b"a" * 63) * 4 + question_end,  # 257-byte name
+        header + b"\x01a" * 128 + question_end,  # 128 labels, over 255 bytes
+        header + b"\x01a" * 600 + question_end,  # oversized: 1217 bytes
+        struct.pack("!HHHHHH", 7, 0x0100, 0, 0, 0, 0),  # a query without a question
+    ]
+    rng = random.Random(seed)
+    for _ in range(60):
+        fuzz = bytearray(rng.randbytes(rng.randrange(12, 90)))
+        fuzz[2] &= 0x7F  # a query: the client sends it, the server receives it
+        if rng.random() < 0.5:  # mostly-plausible names, to reach the deeper checks
+            fuzz[12:] = dnswork.encode_name(f"x{rng.randrange(1000)}.test")[: rng.randrange(1, 14)]
+            fuzz += rng.randbytes(rng.randrange(0, 6))
+        corpus.append(bytes(fuzz))
+    return corpus
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_malformed_messages_are_counted_and_never_break_anything(pods, make_source, transport):
+    source = make_source(pods.pods)
+    pods.serve()
+    corpus = malformed_corpus(seed=22)
+    if transport == "tcp":  # a segment with under 14 payload bytes is not parsed
+        corpus = [m for m in corpus if len(m) >= 12]
+    verdicts = Counter(dnswork.reference(m)[0] for m in corpus)
+    assert verdicts["malformed"] >= 20 and set(verdicts) <= {"malformed", "query"}
+    before = Snapshot(source.collect())
+    sent = pods.run(pods.a, "raw", pods.b.ipv4, transport, *(m.hex() for m in corpus))
+    assert sent.result(timeout=120)["sent"] == len(corpus)
+    # Still parsing, and the responder still answers.
+    assert pods.ask(pods.a, pods.b.ipv4, transport, [("noerror.ok.test", "A")]) == {
+        "done": True,
+        "answered": {"0": 1},
+    }
+    after = Snapshot(source.collect())
+    for pod, role in ((pods.a, "client"), (pods.b, "server")):
+        labels = dict(who(pod), role=role)
+        got = delta(before, after, "orb8_dns_malformed_total", **labels)
+        assert got == verdicts["malformed"], labels
+        queries = delta(before, after, "orb8_dns_queries_total", **labels)
+        assert queries == verdicts["query"] + 1, labels
