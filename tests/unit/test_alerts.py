@@ -24,7 +24,7 @@ def test_promtool_check_rules_is_clean():
         ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 19 rules found" in result.stdout
     assert "WARNING" not in result.stdout + result.stderr
 
 
