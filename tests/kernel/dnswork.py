@@ -5,6 +5,7 @@ messages, each run inside a pod's cgroup and network namespace.
     dnswork.py CGROUP_DIR NETNS serve ADDRESS...
     dnswork.py CGROUP_DIR NETNS ask SERVER udp|tcp WAIT NAME:QTYPE...
     dnswork.py CGROUP_DIR NETNS raw SERVER udp|tcp HEX...
+    dnswork.py CGROUP_DIR NETNS loop SERVER SECONDS 0|1
 
 The responder answers by the query name's first label: noerror (one A
 record), nodata, nxdomain, servfail, refused, formerr, drop (no answer),
@@ -217,7 +218,23 @@ def raw(server: str, transport: str, *payloads: str) -> dict:
     return {"sent": len(payloads)}
 
 
-MODES = {"serve": serve, "ask": ask, "raw": raw}
+def loop(server: str, seconds: str, malformed: str) -> dict:
+    """For SECONDS, over and over: answered, NXDOMAIN, SERVFAIL and dropped
+    queries (and a malformed message if MALFORMED is 1): steady DNS traffic
+    for every panel of the DNS dashboard."""
+    deadline = time.monotonic() + float(seconds)
+    rounds = 0
+    while time.monotonic() < deadline:
+        ask(server, "udp", "0.1", "noerror.loop.test:A", "nxdomain.loop.test:AAAA")
+        ask(server, "udp", "0.1", "servfail.loop.test:A", "drop.loop.test:A")
+        if malformed == "1":
+            raw(server, "udp", (b"\x00\x07\x01\x00\x00\x01" + b"\x00" * 6 + b"\xc0\x0c").hex())
+        rounds += 1
+        time.sleep(0.1)
+    return {"rounds": rounds}
+
+
+MODES = {"serve": serve, "ask": ask, "raw": raw, "loop": loop}
 
 if __name__ == "__main__":
     cgroup, netns, mode, *args = sys.argv[1:]

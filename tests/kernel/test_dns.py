@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from exporter.identity import CgroupTree, Resolver
+from exporter.outputs.exposition import TEXT, Renderer
 from exporter.sources.dns.metrics import LATENCY_BUCKETS
 from exporter.sources.dns.source import DnsSource
 from tests.kernel import dnswork
@@ -308,3 +309,19 @@ def test_malformed_messages_are_counted_and_never_break_anything(pods, make_sour
         assert got == verdicts["malformed"], labels
         queries = delta(before, after, "orb8_dns_queries_total", **labels)
         assert queries == verdicts["query"] + 1, labels
+
+
+def test_exposition_of_real_counts_passes_promtool(pods, make_source):
+    source = make_source(pods.pods)
+    pods.serve()
+    pods.ask(pods.a, pods.b.ipv6, "udp", QUESTIONS)
+    families = source.collect()
+    latency = next(f for f in families if f.name == "orb8_dns_latency_seconds")
+    assert len(latency.histograms) >= 2  # client A and server B
+    text = Renderer().render(families, TEXT)  # promtool reads the classic text format
+    assert "orb8_dns_latency_seconds_bucket{" in text
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    assert (result.stdout + result.stderr).decode().strip() == ""

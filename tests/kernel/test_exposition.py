@@ -56,7 +56,7 @@ def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload, tm
         "--node-name",
         "node-a",
         "--probes",
-        "syscalls,network,gpu,dcgm",
+        "syscalls,network,gpu,dcgm,dns",
         "--dcgm-url",
         dcgm.url,
         "--pod-resources-socket",
