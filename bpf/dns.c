@@ -22,12 +22,18 @@
 // impossible). A query with no question, a header or question cut short, a
 // name over 255 bytes: malformed.
 //
-// TCP: the payload of each segment is parsed as a 2-byte length and a
-// message. Only segments whose payload starts a message are right: a
-// message split over segments (answers over one MSS, zone transfers, a
-// length sent in a segment of its own) makes the later segments count as
-// malformed (or rarely as a message), and a retransmitted segment counts
-// again. Segments with less than 14 bytes of payload are skipped.
+// TCP: a message is a 2-byte length and the message. Socket storage keeps,
+// per direction, the sequence number where the next message starts (after
+// the last one parsed): a segment that lies inside a message already seen
+// (the rest of an answer larger than a segment, a retransmission) is not
+// parsed, and one in which the next message starts at an offset is parsed
+// from there. Without a record (the first data of a connection, or a
+// segment beyond the expected start: one not seen, or a second message in
+// the same segment, which is not parsed) the segment's payload is taken to
+// start a message. One message is parsed per segment (or GSO/GRO
+// super-packet): pipelined queries sent in one write count once. Segments
+// with less than 14 bytes from the message start on are skipped (a length
+// sent in a segment of its own: that message is not counted).
 //
 // Timeouts and latency: a query inserts (socket cookie, peer address and
 // port, id, role) -> (time, cgroup) into an LRU hash; its answer on the same
@@ -71,6 +77,7 @@ BPF_F_TABLE("percpu_hash", struct dns_count_key, u64, dns_counts, COUNT_CAPACITY
 BPF_TABLE("lru_hash", struct dns_pending_key, struct dns_pending_value, dns_pending,
           PENDING_CAPACITY);
 BPF_PERCPU_ARRAY(dns_stats, u64, DNS_STAT_COUNT);
+BPF_F_TABLE("sk_storage", int, struct dns_stream, dns_streams, 0, BPF_F_NO_PREALLOC);
 
 struct dns_ipv4 {
     u8 version_ihl;
@@ -308,6 +315,7 @@ static __always_inline void handle(struct __sk_buff *skb, u8 egress)
 
     u32 len = skb->len;
     u32 offset, end;
+    struct dns_stream *stream = 0;
     if (proto == 17) {
         u16 udp_len;
         if (load(skb, l4 + 4, &udp_len, sizeof(udp_len)) != 0)
@@ -317,17 +325,38 @@ static __always_inline void handle(struct __sk_buff *skb, u8 egress)
         if (end > len)
             end = len;
     } else {
-        u8 doff;
-        if (load(skb, l4 + 12, &doff, 1) != 0)
+        u8 tcp[10];  // from the sequence number to the data offset
+        if (load(skb, l4 + 4, tcp, sizeof(tcp)) != 0)
             return;
-        u32 payload = l4 + (doff >> 4) * 4;
+        u32 seq = ((u32)tcp[0] << 24) | ((u32)tcp[1] << 16) | ((u32)tcp[2] << 8) | tcp[3];
+        u32 payload = l4 + (tcp[8] >> 4) * 4;
+        if (payload >= len)
+            return;  // ACKs, FIN: nothing to parse
+        u32 skip = 0;
+        struct bpf_sock *sk = skb->sk;
+        if (sk)
+            sk = bpf_sk_fullsock(sk);
+        if (sk)
+            stream = dns_streams.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (stream && stream->known[egress & 1]) {
+            s32 ahead = (s32)(stream->next_seq[egress & 1] - seq);
+            if (ahead >= (s32)(len - payload))
+                return;  // inside a message already parsed, or a retransmission
+            if (ahead > 0)
+                skip = ahead;  // the next message starts inside this segment
+        }
+        payload += skip;
         if (payload + 2 + DNS_HEADER > len)
-            return;  // ACKs, FIN, a lone length: nothing to parse
+            return;  // a lone length or a short tail: nothing to parse
         u16 prefix;
         if (bpf_skb_load_bytes(skb, payload, &prefix, sizeof(prefix)) != 0)
             return;
         offset = payload + 2;
         end = offset + DNS_NTOHS(prefix);
+        if (stream) {
+            stream->next_seq[egress & 1] = seq + skip + 2 + DNS_NTOHS(prefix);
+            stream->known[egress & 1] = 1;
+        }
         if (end > len)
             end = len;  // the rest follows in later segments
     }

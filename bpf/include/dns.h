@@ -77,4 +77,13 @@ struct dns_pending_value {
     __u64 cgroup_id;
 };
 
+// dns_streams: per TCP socket (socket storage), where the next message
+// starts in each direction (0 ingress, 1 egress), so that segments in the
+// middle of a message and retransmissions are not parsed as messages.
+struct dns_stream {
+    __u32 next_seq[2];
+    __u8 known[2];
+    __u8 pad[6];
+};
+
 #endif

@@ -9,8 +9,9 @@ messages, each run inside a pod's cgroup and network namespace.
 
 The responder answers by the query name's first label: noerror (one A
 record), nodata, nxdomain, servfail, refused, formerr, drop (no answer),
-delayN (NOERROR after N milliseconds); any other name, or bytes that do not
-parse, get no answer. `message` and `reference` are also imported by the
+delayN (NOERROR after N milliseconds), big (400 A records, 6.4 kB, written
+over TCP in 1000-byte pieces); any other name, or bytes that do not parse,
+get no answer. `message` and `reference` are also imported by the
 test (the messages it sends and a reference parser of the kernel's rules).
 """
 
@@ -95,16 +96,19 @@ def answer(query: bytes) -> tuple[bytes, float] | None:
     delay = 0.0
     if behaviour.startswith("delay"):
         delay, behaviour = int(behaviour[5:]) / 1000, "noerror"
+    records = 1
+    if behaviour == "big":  # an answer over several TCP segments
+        behaviour, records = "noerror", 400
     if behaviour not in RCODES:
         return None
     end = 12 + len(encode_name(question[0])) + 4
-    records = 1 if behaviour == "noerror" else 0
+    records = records if behaviour == "noerror" else 0
     header = struct.pack(
         "!HHHHHH", struct.unpack("!H", query[:2])[0], 0x8180 | RCODES[behaviour], 1, records, 0, 0
     )
     body = query[12:end]
-    if records:
-        body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([198, 18, 0, 9])
+    for i in range(records):
+        body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([198, 18, i >> 8, i & 255])
     return header + body, delay
 
 
@@ -142,7 +146,17 @@ def serve(*addresses: str) -> dict:
                 reply = answer(data)
                 if reply:
                     time.sleep(reply[1])
-                    s.sendall(struct.pack("!H", len(reply[0])) + reply[0])
+                    _send_in_pieces(s, struct.pack("!H", len(reply[0])) + reply[0])
+
+
+def _send_in_pieces(s: socket.socket, data: bytes) -> None:
+    """A long answer in 1000-byte writes a little apart: segments that start
+    inside a message, as a busy server's or a slow network's would."""
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for start in range(0, len(data), 1000):
+        s.sendall(data[start : start + 1000])
+        if start + 1000 < len(data):
+            time.sleep(0.02)
 
 
 def _read_message(s: socket.socket) -> bytes | None:

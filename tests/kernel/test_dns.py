@@ -325,3 +325,27 @@ def test_exposition_of_real_counts_passes_promtool(pods, make_source):
     )
     assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
     assert (result.stdout + result.stderr).decode().strip() == ""
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_tcp_answers_over_several_segments_count_once(pods, make_source, family):
+    """A 6.4 kB answer written in 1000-byte pieces: only the first segment
+    starts a message; the others are inside it and are neither messages nor
+    malformed."""
+    source = make_source(pods.pods)
+    pods.serve()
+    server = pods.b.ipv4 if family == "ipv4" else pods.b.ipv6
+    questions = [("big.shop.test", "A"), ("nxdomain.shop.test", "A")] * 3
+    before = Snapshot(source.collect())
+    assert pods.ask(pods.a, server, "tcp", questions)["answered"] == {"0": 3, "3": 3}
+    after = Snapshot(source.collect())
+    for pod, role in ((pods.a, "client"), (pods.b, "server")):
+        labels = dict(who(pod), role=role)
+        assert delta(before, after, "orb8_dns_malformed_total", **labels) == 0, labels
+        assert delta(before, after, "orb8_dns_queries_total", **labels) == 6, labels
+        for rcode in ("NOERROR", "NXDOMAIN"):
+            got = delta(before, after, "orb8_dns_responses_total", **labels, rcode=rcode)
+            assert got == 3, (labels, rcode)
+        counts0, _ = histogram(before, **labels)
+        counts1, _ = histogram(after, **labels)
+        assert counts1[-1] - counts0[-1] == 6

@@ -15,6 +15,7 @@ from exporter.mapmemory import MapDef
 COUNT_KEY = 16
 PENDING_KEY, PENDING_VALUE = 32, 16
 STAT_COUNT = 4
+STREAM_VALUE = 16
 
 
 def kernel_maps(settings: Settings) -> list[MapDef]:
@@ -24,4 +25,7 @@ def kernel_maps(settings: Settings) -> list[MapDef]:
         ),
         MapDef("dns_pending", "lru_hash", PENDING_KEY, PENDING_VALUE, settings.dns_pending_entries),
         MapDef("dns_stats", "percpu_array", 4, 8, STAT_COUNT),
+        # Per TCP socket that carries DNS: no capacity of its own (freed
+        # with the socket).
+        MapDef("dns_streams", "sk_storage", 4, STREAM_VALUE, 0, prealloc=False),
     ]

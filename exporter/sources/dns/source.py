@@ -32,10 +32,12 @@ the header and question walk (one helper read per label) and two hash
 updates. See benchmarks/RESULTS.md (network_overhead, dns rows).
 
 Caveats:
-  - TCP: each segment's payload is parsed as a length prefix and a message:
-    messages split across segments make later segments count as malformed,
-    retransmitted segments count again; segments with under 14 payload
-    bytes are skipped.
+  - TCP: socket storage (dns_streams, freed with the socket) keeps where
+    the next message starts in each direction, so the rest of a long
+    answer and retransmissions are not parsed; one message is parsed per
+    segment or GSO/GRO super-packet (pipelined queries written at once
+    count once), and a length prefix sent in a segment of its own hides
+    that message.
   - IPv6 extension headers are not followed (the packet is not parsed).
   - A query retransmitted with the same id on the same socket counts as a
     query again, its latency runs from the first transmission.
