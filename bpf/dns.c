@@ -65,6 +65,7 @@
 #define MAX_LABELS 128
 #define MAX_NAME 255
 #define MAX_DIRECT_OFFSET 512
+#define IPV6_MAX_EXTENSIONS 6
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define DNS_NTOHS(x) __builtin_bswap16(x)
@@ -295,9 +296,26 @@ static __always_inline void handle(struct __sk_buff *skb, u8 egress)
         if (load(skb, sizeof(struct dns_ipv4), (u8 *)&ip + sizeof(struct dns_ipv4),
                  sizeof(struct dns_ipv6) - sizeof(struct dns_ipv4)) != 0)
             return;
-        // Extension headers are not followed: DNS packets carry none.
+        // Extension headers (hop-by-hop, routing, destination options,
+        // fragment) are walked as bpf/network.c does, up to a bound.
         l4 = sizeof(struct dns_ipv6);
         proto = ip.v6.nexthdr;
+#pragma unroll
+        for (int i = 0; i < IPV6_MAX_EXTENSIONS; i++) {
+            u8 ext[4];
+            if (proto != 0 && proto != 43 && proto != 60 && proto != 44)
+                break;
+            if (load(skb, l4, ext, sizeof(ext)) != 0)
+                return;
+            if (proto == 44) {
+                if (((ext[2] << 8) | ext[3]) & 0xfff8)
+                    return;  // not the first fragment: no UDP/TCP header
+                l4 += 8;
+            } else {
+                l4 += ((u32)ext[1] + 1) * 8;
+            }
+            proto = ext[0];
+        }
         key.family = 6;
         __builtin_memcpy(key.peer, egress ? ip.v6.daddr : ip.v6.saddr, 16);
     } else {

@@ -3,7 +3,7 @@ answers, delays and drops, a client, and a raw sender for malformed
 messages, each run inside a pod's cgroup and network namespace.
 
     dnswork.py CGROUP_DIR NETNS serve ADDRESS...
-    dnswork.py CGROUP_DIR NETNS ask SERVER udp|tcp WAIT NAME:QTYPE...
+    dnswork.py CGROUP_DIR NETNS ask SERVER udp|udp-ext|tcp WAIT NAME:QTYPE...
     dnswork.py CGROUP_DIR NETNS raw SERVER udp|tcp HEX...
     dnswork.py CGROUP_DIR NETNS loop SERVER SECONDS 0|1
 
@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from netpods import _enter, _family
+from netpods import IPV6_EXTENSION, _enter, _family
 
 RCODES = {"noerror": 0, "nodata": 0, "formerr": 1, "servfail": 2, "nxdomain": 3, "refused": 5}
 QTYPES = {"A": 1, "AAAA": 28, "SRV": 33, "PTR": 12, "TXT": 16, "MX": 15}
@@ -183,8 +183,11 @@ def _read_exactly(s: socket.socket, n: int) -> bytes | None:
 def ask(server: str, transport: str, wait: str, *questions: str) -> dict:
     """Each question in turn (new id each), waiting up to WAIT seconds for its answer."""
     answered: dict[str, int] = {}
-    if transport == "udp":
+    if transport in ("udp", "udp-ext"):
         s = socket.socket(_family(server), socket.SOCK_DGRAM)
+        if transport == "udp-ext":  # every packet carries IPv6 extension headers
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_HOPOPTS, IPV6_EXTENSION)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, IPV6_EXTENSION)
         s.connect((server, 53))
     else:
         s = socket.create_connection((server, 53), timeout=10)
@@ -194,7 +197,7 @@ def ask(server: str, transport: str, wait: str, *questions: str) -> dict:
         name, qtype = question.rsplit(":", 1)
         query = message(qid, name, QTYPES.get(qtype) or int(qtype))
         try:
-            if transport == "udp":
+            if transport != "tcp":
                 s.send(query)
                 reply = s.recv(65535)
             else:

@@ -349,3 +349,19 @@ def test_tcp_answers_over_several_segments_count_once(pods, make_source, family)
         counts0, _ = histogram(before, **labels)
         counts1, _ = histogram(after, **labels)
         assert counts1[-1] - counts0[-1] == 6
+
+
+def test_ipv6_extension_headers_are_walked(pods, make_source):
+    """Queries carrying hop-by-hop and destination options headers are parsed."""
+    source = make_source(pods.pods)
+    pods.serve()
+    before = Snapshot(source.collect())
+    questions = [("noerror.ext.test", "AAAA"), ("nxdomain.ext.test", "A")]
+    assert pods.ask(pods.a, pods.b.ipv6, "udp-ext", questions)["answered"] == {"0": 1, "3": 1}
+    after = Snapshot(source.collect())
+    for pod, role in ((pods.a, "client"), (pods.b, "server")):
+        labels = dict(who(pod), role=role)
+        assert delta(before, after, "orb8_dns_queries_total", **labels, qtype="AAAA") == 1
+        assert delta(before, after, "orb8_dns_queries_total", **labels, qtype="A") == 1
+        assert delta(before, after, "orb8_dns_responses_total", **labels, rcode="NXDOMAIN") == 1
+        assert delta(before, after, "orb8_dns_malformed_total", **labels) == 0

@@ -38,7 +38,8 @@ Caveats:
     segment or GSO/GRO super-packet (pipelined queries written at once
     count once), and a length prefix sent in a segment of its own hides
     that message.
-  - IPv6 extension headers are not followed (the packet is not parsed).
+  - IPv6 extension headers are walked up to 6 (hop-by-hop, routing,
+    destination options, fragment); a longer chain is not parsed.
   - A query retransmitted with the same id on the same socket counts as a
     query again, its latency runs from the first transmission.
   - The server role needs the answer to leave the socket the query arrived
