@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dashboards import gpu, health, network, security
+from dashboards import dns, gpu, health, network, security
 from dashboards.builder import DashboardSpec
 
 DIRECTORY = Path(__file__).resolve().parent
@@ -22,4 +22,5 @@ DASHBOARDS: tuple[DashboardSpec, ...] = (
     security.DASHBOARD,
     gpu.DASHBOARD,
     health.DASHBOARD,
+    dns.DASHBOARD,
 )

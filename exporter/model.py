@@ -8,10 +8,11 @@ both outputs agree on names, types and labels.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-MetricType = Literal["counter", "gauge"]
+MetricType = Literal["counter", "gauge", "histogram"]
 
 # Identity labels carried by every per-workload series, in this order.
 IDENTITY_LABELS = ("namespace", "pod", "container", "cgroup")
@@ -39,6 +40,11 @@ class MetricFamily:
     # (OTLP name, UCUM unit) of a family declared by a MetricSpec; None: the
     # table in exporter/outputs/otlp_names.py names it.
     otlp: tuple[str, str] | None = None
+    # Histograms: the finite bucket upper bounds (+Inf is implied), and per
+    # series (label values, cumulative counts per bound and +Inf, sum).
+    # `samples` stays empty for a histogram.
+    buckets: tuple[float, ...] = ()
+    histograms: list[tuple[tuple[str, ...], tuple[float, ...], float]] = field(default_factory=list)
 
     def add(self, label_values: tuple[str, ...], value: float) -> None:
         if len(label_values) != len(self.labels):
@@ -48,6 +54,24 @@ class MetricFamily:
         # A value that is not a number fails here, in the source's collect
         # (the source is reported down), not in rendering (the whole scrape).
         self.samples.append((label_values, float(value)))
+
+    def add_histogram(
+        self, label_values: tuple[str, ...], cumulative: tuple[float, ...], total: float
+    ) -> None:
+        """One histogram series: cumulative counts for each bound and +Inf
+        (so the last is the count), and the sum of the observed values."""
+        if self.type != "histogram":
+            raise ValueError(f"{self.name}: not a histogram")
+        if len(label_values) != len(self.labels):
+            raise ValueError(f"{self.name}: expected {len(self.labels)} label values")
+        if len(cumulative) != len(self.buckets) + 1:
+            raise ValueError(f"{self.name}: expected {len(self.buckets) + 1} bucket counts")
+        if not "".join(label_values).isascii():
+            label_values = tuple(map(safe_label, label_values))
+        counts = tuple(map(float, cumulative))
+        if any(a > b for a, b in itertools.pairwise(counts)):
+            raise ValueError(f"{self.name}: bucket counts must be cumulative")
+        self.histograms.append((label_values, counts, float(total)))
 
 
 def safe_label(value: str) -> str:
@@ -93,13 +117,25 @@ class MetricSpec:
     otlp: str
     unit: str
     doc: str = ""
+    buckets: tuple[float, ...] = ()  # histograms: finite upper bounds, ascending
 
     def __post_init__(self) -> None:
         if (self.type == "counter") != self.name.endswith("_total"):
             raise ValueError(f"{self.name}: counters, and only counters, end in _total")
+        if (self.type == "histogram") != bool(self.buckets):
+            raise ValueError(f"{self.name}: histograms, and only histograms, have buckets")
+        if self.type == "histogram" and (
+            "le" in self.labels or list(self.buckets) != sorted(set(self.buckets))
+        ):
+            raise ValueError(f"{self.name}: no le label; buckets ascending and distinct")
 
     def family(self) -> MetricFamily:
         """An empty family to add this collect's samples to."""
         return MetricFamily(
-            self.name, self.type, self.help, self.labels, otlp=(self.otlp, self.unit)
+            self.name,
+            self.type,
+            self.help,
+            self.labels,
+            otlp=(self.otlp, self.unit),
+            buckets=self.buckets,
         )

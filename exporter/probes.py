@@ -351,6 +351,68 @@ def prog_detach(fn: Any, target_fd: int, attach_type: int) -> None:
     import_bcc().BPF.detach_func(fn, target_fd, attach_type)
 
 
+ATTACH_CGROUP_INGRESS, ATTACH_CGROUP_EGRESS, ATTACH_CGROUP_SOCK_OPS = 0, 1, 3  # bpf_attach_type
+
+
+@dataclass
+class Attachment:
+    fn: Any
+    attach_type: int
+    link_fd: int | None  # None: attached with BPF_PROG_ATTACH
+
+
+class CgroupAttachments:
+    """Programs attached to one cgroup directory (the v2 root for cgroup_skb
+    and sock_ops probes): with BPF links where the kernel has them (5.7+; the
+    kernel detaches them when orb8's file descriptors close, even if orb8 is
+    killed), else with BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI, detached in
+    close(). Both coexist with other programs on the same cgroup.
+
+    requested: "auto" (links, else prog_attach) | "link" | "prog_attach"."""
+
+    def __init__(self, requested: str = "auto") -> None:
+        if requested not in ("auto", "link", "prog_attach"):
+            raise ValueError(f"attach must be auto, link or prog_attach, got {requested!r}")
+        self.requested = requested
+        self.mode = ""  # the variant used: "link" or "prog_attach"
+        self.fd: int | None = None
+        self.attachments: list[Attachment] = []
+
+    def open(self, cgroup: Path) -> None:
+        self.fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+
+    def attach(self, fn: Any, attach_type: int) -> None:
+        assert self.fd is not None
+        if self.requested in ("auto", "link") and self.mode != "prog_attach":
+            fd = link_create(fn.fd, self.fd, attach_type)
+            if fd >= 0:
+                self.mode = "link"
+                self.attachments.append(Attachment(fn, attach_type, fd))
+                return
+            if self.requested == "link" or self.mode == "link":
+                raise OSError(-fd, f"BPF_LINK_CREATE: {os.strerror(-fd)}")
+        # Kernels before 5.7: a plain attachment the kernel keeps until
+        # detached, so close() must run (the agent does on SIGTERM/SIGINT).
+        prog_attach(fn, self.fd, attach_type)
+        self.mode = "prog_attach"
+        self.attachments.append(Attachment(fn, attach_type, None))
+
+    def close(self) -> None:
+        """Detach everything and close the cgroup; safe to call twice."""
+        attachments, self.attachments = self.attachments, []
+        for attachment in reversed(attachments):
+            try:
+                if attachment.link_fd is not None:
+                    os.close(attachment.link_fd)
+                elif self.fd is not None:
+                    prog_detach(attachment.fn, self.fd, attachment.attach_type)
+            except Exception as e:
+                log.warning("detaching %s failed: %s", attachment.fn.name, e)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def attach_tracepoint(bpf: Any, tracepoint: str, fn_name: str, raw: bool) -> None:
     """Attach a program to a raw tracepoint ("sys_enter") or a classic one
     ("raw_syscalls:sys_enter")."""

@@ -31,13 +31,14 @@ from exporter.config import (
 )
 from exporter.config import SETTINGS as AGENT_SETTINGS
 from exporter.mapmemory import MapDef
-from exporter.sources import Probe, dcgm, gpu, network, syscalls
+from exporter.sources import Probe, dcgm, dns, gpu, network, syscalls
 
 PROBES: tuple[Probe, ...] = (
     syscalls.PROBE,
     network.PROBE,
     gpu.PROBE,
     dcgm.PROBE,
+    dns.PROBE,
 )
 KNOWN_PROBES = tuple(probe.name for probe in PROBES)
 DEFAULT_PROBES = tuple(probe.name for probe in PROBES if probe.default)

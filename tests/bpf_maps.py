@@ -35,6 +35,26 @@ FLOW_KEY = np.dtype(
     ]
 )
 TCP_EVENT_KEY = np.dtype([("cgroup_id", "<u8"), ("event", "<u4"), ("pad", "<u4")])
+DNS_COUNT_KEY = np.dtype(
+    [
+        ("cgroup_id", "<u8"),
+        ("role", "u1"),
+        ("kind", "u1"),
+        ("code", "u1"),
+        ("pad", "u1", (5,)),
+    ]
+)
+DNS_PENDING_KEY = np.dtype(
+    [
+        ("cookie", "<u8"),
+        ("peer", "u1", (16,)),
+        ("peer_port", "<u2"),
+        ("id", "<u2"),
+        ("role", "u1"),
+        ("family", "u1"),
+        ("pad", "u1", (2,)),
+    ]
+)
 KEYS = {
     "syscall_slots": SYSCALL_PAIR,
     "dangerous_counts": SYSCALL_PAIR,
@@ -44,6 +64,8 @@ KEYS = {
     "network_traffic": TRAFFIC_KEY,
     "network_tcp": TCP_EVENT_KEY,
     "network_flows": FLOW_KEY,
+    "dns_counts": DNS_COUNT_KEY,
+    "dns_pending": DNS_PENDING_KEY,
 }
 
 

@@ -157,4 +157,8 @@ def catalogue() -> dict[str, set[str]]:
         if len(cells) == 4 and cells[0].startswith(("`orb8_", "`process_")):
             labels = {label.strip() for label in cells[2].split(",") if label.strip()}
             metrics[cells[0].strip("`")] = labels
+            if cells[1] == "histogram":  # the series a histogram family is made of
+                name = cells[0].strip("`")
+                metrics[f"{name}_bucket"] = labels | {"le"}
+                metrics[f"{name}_sum"] = metrics[f"{name}_count"] = labels
     return metrics

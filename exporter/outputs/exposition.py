@@ -86,11 +86,12 @@ def escape_value(value: str) -> str:
 def supports(family: MetricFamily) -> bool:
     """Whether render() writes this family exactly as prometheus_client does."""
     return (
-        family.type in ("counter", "gauge")
+        family.type in ("counter", "gauge", "histogram")
         and _METRIC_NAME.match(family.name) is not None
         and all(_LABEL_NAME.match(label) for label in family.labels)
         and len(set(family.labels)) == len(family.labels)
         and (family.type != "counter" or family.name.endswith("_total"))
+        and (family.type != "histogram" or "le" not in family.labels)
     )
 
 
@@ -147,6 +148,8 @@ class Renderer:
                     key = (family.name, family.labels)
                     out.append(self._samples(family, key, key in seen))
                     seen.add(key)
+                elif family.histograms:
+                    out.append(_histogram(family))
             for key in self._prefixes.keys() - seen:  # families gone: their series too
                 del self._prefixes[key]
             return "".join(out)
@@ -192,3 +195,23 @@ def _prefix_builder(family: MetricFamily):
         return f"{head}{pairs}}} "
 
     return build
+
+
+def _histogram(family: MetricFamily) -> str:
+    """A histogram's _bucket, _count and _sum lines, as prometheus_client's
+    HistogramMetricFamily writes them (le formatted as Go floats). Not
+    cached: histograms are few series (a bucket line per bound each)."""
+    bucket = _prefix_builder(
+        MetricFamily(family.name + "_bucket", "gauge", "", (*family.labels, "le"))
+    )
+    count = _prefix_builder(MetricFamily(family.name + "_count", "gauge", "", family.labels))
+    total = _prefix_builder(MetricFamily(family.name + "_sum", "gauge", "", family.labels))
+    bounds = [*go_floats(family.buckets), "+Inf"]
+    lines = []
+    for values, cumulative, sum_value in family.histograms:
+        counts = go_floats(cumulative)
+        for le, value in zip(bounds, counts, strict=True):
+            lines.append(bucket((*values, le)) + value)
+        lines.append(count(values) + counts[-1])
+        lines.append(total(values) + go_floats([sum_value])[0])
+    return "\n".join(lines) + "\n"

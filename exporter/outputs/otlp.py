@@ -39,6 +39,7 @@ Settings and their precedence (first wins), resolved by resolve():
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import platform
@@ -296,9 +297,9 @@ class Converter:
         self.start_ns = start_ns
         # Delta: cumulative values as of the last successful export, per
         # series; only series present in that export are kept (bounded).
-        self._sent: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._sent: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._sent_ns = start_ns
-        self._pending: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._pending: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._pending_ns = start_ns
         # Mapped attributes per series, kept for the series of the last export
         # only: most series repeat from one export to the next.
@@ -318,9 +319,15 @@ class Converter:
 
         metrics = []
         points = 0
-        pending: dict[tuple[str, tuple[str, ...]], float] = {}
-        known, seen = self._attributes, {}
+        pending: dict[tuple[str, tuple[str, ...]], Any] = {}
+        known = self._attributes
+        seen: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
         for family in families:
+            if family.type == "histogram":
+                if family.histograms:
+                    metrics.append(self._histogram(family, now_ns, pending, seen))
+                    points += len(family.histograms)
+                continue
             if not family.samples:
                 continue
             inst = otlp_names.instrument(family.name, family.otlp)
@@ -351,6 +358,50 @@ class Converter:
         self._attributes = seen
         scope = ScopeMetrics(self.scope, metrics, "")
         return MetricsData([ResourceMetrics(self.resource, [scope], "")]), points
+
+    def _histogram(
+        self,
+        family: MetricFamily,
+        now_ns: int,
+        pending: dict[tuple[str, tuple[str, ...]], Any],
+        seen: dict[tuple[str, tuple[str, ...]], dict[str, str]],
+    ) -> Any:
+        """An OTLP explicit-bucket histogram from cumulative Prometheus buckets
+        (OTLP counts each bucket on its own; deltas per bucket in delta mode)."""
+        from opentelemetry.sdk.metrics.export import Histogram, HistogramDataPoint, Metric
+
+        inst = otlp_names.instrument(family.name, family.otlp)
+        start = self._sent_ns if self.delta else self.start_ns
+        data_points = []
+        for values, cumulative, total in family.histograms:
+            key = (family.name, values)
+            attrs = self._attributes.get(key) or otlp_names.attributes(family.labels, values)
+            seen[key] = attrs
+            counts = [int(c) for c in cumulative]
+            if self.delta:
+                pending[key] = (counts, total)
+                sent_counts, sent_total = self._sent.get(key) or ([0] * len(counts), 0.0)
+                if all(c >= p for c, p in zip(counts, sent_counts, strict=True)):
+                    counts = [c - p for c, p in zip(counts, sent_counts, strict=True)]
+                    total -= sent_total
+            buckets = [counts[0], *(b - a for a, b in itertools.pairwise(counts))]
+            data_points.append(
+                HistogramDataPoint(
+                    attributes=attrs,
+                    start_time_unix_nano=start,
+                    time_unix_nano=now_ns,
+                    count=counts[-1],
+                    sum=total,
+                    bucket_counts=buckets,
+                    explicit_bounds=list(family.buckets),
+                    # Unknown (the kernel keeps buckets only): left unset.
+                    min=None,  # type: ignore[arg-type]
+                    max=None,  # type: ignore[arg-type]
+                    exemplars=[],
+                )
+            )
+        data = Histogram(data_points, self.sum_temporality)
+        return Metric(inst.name, family.help, inst.unit, data)
 
     def sent(self) -> None:
         """The last converted data reached the collector: deltas start from it."""

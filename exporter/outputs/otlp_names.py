@@ -236,7 +236,7 @@ def render_table(
     ]
     for name, (kind, labels) in catalogue.items():
         inst = instrument(name, declared_by_probes.get(name))
-        otlp_type = "monotonic sum" if kind == "counter" else "gauge"
+        otlp_type = {"counter": "monotonic sum", "histogram": "histogram"}.get(kind, "gauge")
         keys = ", ".join(attribute_key(label) for label in labels)
         lines.append(f"| `{name}` | `{inst.name}` | {otlp_type} | `{inst.unit}` | {keys} |")
     lines.append("")
@@ -255,7 +255,9 @@ def catalogue_from_docs(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:
 
     rows: dict[str, tuple[str, tuple[str, ...]]] = {}
     for line in text.splitlines():
-        match = re.match(r"\| `([a-z0-9_]+)` \| (counter|gauge) \|\s*([a-z_, ]*?)\s*\|", line)
+        match = re.match(
+            r"\| `([a-z0-9_]+)` \| (counter|gauge|histogram) \|\s*([a-z_, ]*?)\s*\|", line
+        )
         if match:
             labels = tuple(x.strip() for x in match.group(3).split(",") if x.strip())
             rows[match.group(1)] = (match.group(2), labels)

@@ -32,12 +32,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
 
 from exporter.listen import Listen
 from exporter.model import MetricFamily
-from exporter.outputs.exposition import Renderer, exposition_form, supports
+from exporter.outputs.exposition import Renderer, exposition_form, go_floats, supports
 from exporter.outputs.health import HEALTH_PATHS
 from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route
 from exporter.outputs.webconfig import AuthResult, WebConfig
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 
 def to_prometheus(family: MetricFamily) -> Metric:
     metric: Metric
+    if family.type == "histogram":
+        histogram = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+        bounds = [*go_floats(family.buckets), "+Inf"]
+        for label_values, cumulative, total in family.histograms:
+            histogram.add_metric(
+                list(label_values), list(zip(bounds, cumulative, strict=True)), total
+            )
+        return histogram
     if family.type == "counter":
         metric = CounterMetricFamily(family.name, family.help, labels=family.labels)
     else:

@@ -24,6 +24,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -40,7 +42,8 @@ from tests.gpu.dcgm_fixtures import DcgmServer, Gpu, dcgm_text
 from tests.gpu.nvml_fixtures import UUID, build_fake_nvml, nvml_env, rewrite_capture
 from tests.helpers import ROOT, free_port, run_workload
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig
-from tests.kernel.netpods import PodPair
+from tests.kernel import dnswork
+from tests.kernel.netpods import PodPair, Workload
 from tests.kernel.test_alerting import start_service, wait_http
 from tests.kernel.test_network import DROPPER
 
@@ -146,7 +149,9 @@ def stack(tmp_path, start_exporter, cgroup2_root):
             "--baseline-window",
             str(BASELINE_WINDOW),
             "--probes",
-            "syscalls,network,gpu,dcgm",
+            "syscalls,network,gpu,dcgm,dns",
+            "--dns-timeout",
+            "0.2",
             "--gpu-poll-interval",
             "0.5",
             "--dcgm-url",
@@ -191,6 +196,28 @@ def stack(tmp_path, start_exporter, cgroup2_root):
         pods.cleanup()
         dcgm.stop()
         api.stop()
+
+
+def run_dns(pods: PodPair) -> None:
+    """Responders in both pods; pod A asks pod B (and sends malformed
+    messages), pod B asks pod A, until cleanup: steady rates for every DNS
+    panel, A being both a client and a server."""
+
+    def spawn(pod, *args: object) -> Workload:
+        proc = subprocess.Popen(
+            [sys.executable, dnswork.__file__, str(pod.cgroup), pod.netns, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        workload = Workload(proc)
+        pods.workloads.append(workload)
+        return workload
+
+    for pod in (pods.a, pods.b):
+        spawn(pod, "serve", pod.ipv4).wait_ready()
+    spawn(pods.a, "loop", pods.b.ipv4, 900, 1)
+    spawn(pods.b, "loop", pods.a.ipv4, 900, 0)
 
 
 def run_traffic(pods: PodPair) -> None:
@@ -305,6 +332,7 @@ def test_every_panel_of_every_dashboard_returns_data(stack, workload):
     wait_until(lambda: prometheus.query('up{job="orb8"} == 1'), "the first scrape of orb8")
 
     started = time.monotonic()
+    run_dns(pods)
     run_traffic(pods)  # pod A appears: its baseline learning starts
     time.sleep(max(0.0, BASELINE_WINDOW + 1.5 - (time.monotonic() - started)))
     numbers = native_syscall_numbers()
@@ -327,6 +355,8 @@ def test_every_panel_of_every_dashboard_returns_data(stack, workload):
         ("GPU memory of pod B", f'orb8_gpu_memory_used_bytes{{pod="{pods.b.name}"}}'),
         ("the capture's XIDs", f'orb8_gpu_xid_errors_total{{xid="13", uuid="{UUID}"}} == 2'),
         ("the DCGM allocation of pod A", f"orb8_gpu_allocation_info{{{a}}}"),
+        ("DNS timeouts of pod A", f'rate(orb8_dns_timeouts_total{{{a}, role="client"}}[5s]) > 0'),
+        ("DNS latency of pod A", f'orb8_dns_latency_seconds_count{{{a}, role="server"}} > 0'),
     ):
         wait_until(lambda expr=expr: prometheus.query(expr), what)
     time.sleep(3)  # a few more scrapes: every rate() window holds several samples

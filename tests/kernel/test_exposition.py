@@ -25,7 +25,9 @@ def catalogue() -> dict[str, tuple[str, tuple[str, ...]]]:
     """{name: (type, labels)} from the table in docs/metrics.md."""
     rows = {}
     for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
-        match = re.match(r"\| `([a-z0-9_]+)` \| (counter|gauge) \|\s*([a-z_, ]*?)\s*\|", line)
+        match = re.match(
+            r"\| `([a-z0-9_]+)` \| (counter|gauge|histogram) \|\s*([a-z_, ]*?)\s*\|", line
+        )
         if match:
             labels = tuple(sorted(x.strip() for x in match.group(3).split(",") if x.strip()))
             rows[match.group(1)] = (match.group(2), labels)
@@ -37,7 +39,8 @@ def live_families(url: str) -> dict[str, tuple[str, tuple[str, ...]]]:
     found = {}
     for family in text_string_to_metric_families(text):
         name = family.name + ("_total" if family.type == "counter" else "")
-        labels = sorted({k for s in family.samples for k in s.labels})
+        # A histogram's le is its buckets', not a label of the family.
+        labels = sorted({k for s in family.samples for k in s.labels} - {"le"})
         found[name] = (family.type, tuple(labels))
     return found
 
@@ -57,7 +60,7 @@ def test_live_output_matches_the_catalogue(start_exporter, cgroups, workload, tm
         "--node-name",
         "node-a",
         "--probes",
-        "syscalls,network,gpu,dcgm",
+        "syscalls,network,gpu,dcgm,dns",
         "--dcgm-url",
         dcgm.url,
         "--pod-resources-socket",

@@ -30,12 +30,12 @@ def held_maps(pid: int) -> list[dict]:
 
 
 def test_every_map_of_a_live_orb8_costs_what_the_formulas_say(start_exporter):
-    exporter = start_exporter("--probes", "syscalls,network", "--syscall-slots", "4096")
+    exporter = start_exporter("--probes", "syscalls,network,dns", "--syscall-slots", "4096")
     cpus = possible_cpus()
     loaded = {m["name"]: m for m in held_maps(exporter.proc.pid)}
     # The probes' declarations (exporter/sources/*/maps.py) are the maps the
     # C files create (BPF object names are cut at 15 characters).
-    settings = load_settings({"probes": "syscalls,network", "syscall_slots": 4096}, environ={})
+    settings = load_settings({"probes": "syscalls,network,dns", "syscall_slots": 4096}, environ={})
     for definition in kernel_maps(settings):
         live = loaded.pop(definition.name[:15])
         assert (live["type"], live["bytes_value"], live["max_entries"]) == (

@@ -182,6 +182,7 @@ def test_uids_are_stable_and_unique():
         "orb8-security": "orb8-security.json",
         "orb8-health": "orb8-health.json",
         "orb8-gpu": "orb8-gpu.json",
+        "orb8-dns": "orb8-dns.json",
     }
     for path in dashboard_files():
         ids = [panel["id"] for panel in panels(load(path))]

@@ -91,7 +91,20 @@ def fixture() -> list[MetricFamily]:
     first.add(("syscall_slots",), 70000)
     second = gauge("orb8_bpf_map_entries", "Entries.", ("map",))
     second.add(("network_flows",), 12)
-    return [syscalls, unsorted, no_labels, info, created, created_gauge, empty, first, second]
+    latency = MetricFamily(
+        "orb8_dns_latency_seconds",
+        "histogram",
+        "A histogram: le among the labels, sorted; _count and _sum after the buckets.",
+        ("pod", "role", "a"),
+        buckets=(1.6e-05, 0.000032, 0.131072, 4.194304),
+    )
+    latency.add_histogram(("p", "client", 'odd"\\'), (1, 2, 2, 7, 9), 1.5)
+    latency.add_histogram(("q", "server", ""), (0, 0, 0, 0, 2**64 + 1), 2**70)
+    empty_histogram = MetricFamily("orb8_h_seconds", "histogram", "None.", buckets=(1.0,))
+    return [
+        syscalls, unsorted, no_labels, info, created, created_gauge, empty, first, second,
+        latency, empty_histogram,
+    ]  # fmt: skip
 
 
 def expected(families: list[MetricFamily], form: str) -> bytes:
@@ -147,8 +160,9 @@ def test_what_the_renderer_cannot_reproduce_is_declined():
     assert not supports(gauge("orb8_x", "x", ("1a",)))
     assert not supports(gauge("orb8_x", "x", ("bad-label",)))
     odd_type = gauge("orb8_x", "x")
-    odd_type.type = "histogram"  # type: ignore[assignment]
+    odd_type.type = "summary"  # type: ignore[assignment]
     assert not supports(odd_type)
+    assert not supports(MetricFamily("orb8_x", "histogram", "x", ("le",), buckets=(1.0,)))
     # Escapings that rewrite names go to prometheus_client.
     for accept, form in (
         ("", TEXT),

@@ -87,11 +87,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,20 +123,15 @@ TCP_OPENED_CLIENT, TCP_OPENED_SERVER, TCP_RST_SENT, TCP_RST_RECEIVED, TCP_RETRAN
 STAT_TRAFFIC_FAILURES, STAT_TCP_FAILURES, STAT_FLOW_INSERTS, STAT_FLOW_FAILURES = range(4)
 
 TRAFFIC_MAP, TCP_MAP, FLOW_MAP = "network_traffic", "network_tcp", "network_flows"
-ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = 0, 1, 3  # enum bpf_attach_type
+ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = (
+    probes.ATTACH_CGROUP_INGRESS,
+    probes.ATTACH_CGROUP_EGRESS,
+    probes.ATTACH_CGROUP_SOCK_OPS,
+)
 NODE_IPS_MAX_AGE = 60.0
 PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
 # Remote addresses whose class is remembered between collects (a few MiB at most).
 PEER_CACHE_LIMIT = 65536
-
-# --- attaching --------------------------------------------------------------
-
-
-@dataclass
-class _Attachment:
-    fn: Any
-    attach_type: int
-    link_fd: int | None  # None: attached with BPF_PROG_ATTACH
 
 
 class NetworkSource:
@@ -179,8 +172,6 @@ class NetworkSource:
             raise ValueError(f"flow_idle_timeout must be > 0, got {flow_idle_timeout}")
         if tcp_hook not in ("auto", "sock_ops", "none"):
             raise ValueError(f"tcp_hook must be auto, sock_ops or none, got {tcp_hook!r}")
-        if attach not in ("auto", "link", "prog_attach"):
-            raise ValueError(f"attach must be auto, link or prog_attach, got {attach!r}")
         self.resolver = resolver
         self.traffic_entries = traffic_entries
         self.flow_entries = flow_entries
@@ -195,16 +186,13 @@ class NetworkSource:
         self.clock = clock
         self.cgroup_root = cgroup_root
         self.requested_tcp_hook = tcp_hook
-        self.requested_attach = attach
         self.proc_net = proc_net
         self.tcp_hook = ""
-        self.attach_mode = ""
         self._bpf: Any = None
         # The kernel maps (probes.BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
         self._maps: Any = None
-        self._attachments: list[_Attachment] = []
-        self._cgroup_fd: int | None = None
+        self._cgroup = probes.CgroupAttachments(attach)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -221,6 +209,18 @@ class NetworkSource:
         self._pod_names: set[PodName] = set()
         self._peer_cache: dict[IPAddress, Peer] = {}
         self._peer_generation = 0  # bumped when the cache is cleared
+
+    @property
+    def attach_mode(self) -> str:
+        return self._cgroup.mode
+
+    @property
+    def _attachments(self) -> list[probes.Attachment]:
+        return self._cgroup.attachments
+
+    @property
+    def _cgroup_fd(self) -> int | None:
+        return self._cgroup.fd
 
     def describe(self) -> str:
         return (
@@ -287,9 +287,9 @@ class NetworkSource:
         root = self.cgroup_root or self.resolver.tree.root
         bpf, programs = self._load()
         try:
-            self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            self._cgroup.open(root)
             for fn, attach_type in programs:
-                self._attach(fn, attach_type)
+                self._cgroup.attach(fn, attach_type)
         except Exception as e:
             self._bpf = bpf
             self.close()
@@ -298,36 +298,9 @@ class NetworkSource:
         self._maps = probes.BpfMaps(bpf)
         log.info("network probe attached to %s: %s", root, self.describe())
 
-    def _attach(self, fn: Any, attach_type: int) -> None:
-        assert self._cgroup_fd is not None
-        if self.requested_attach in ("auto", "link") and self.attach_mode != "prog_attach":
-            fd = probes.link_create(fn.fd, self._cgroup_fd, attach_type)
-            if fd >= 0:
-                self.attach_mode = "link"
-                self._attachments.append(_Attachment(fn, attach_type, fd))
-                return
-            if self.requested_attach == "link" or self.attach_mode == "link":
-                raise OSError(-fd, f"BPF_LINK_CREATE: {os.strerror(-fd)}")
-        # Kernels before 5.7: a plain attachment the kernel keeps until
-        # detached, so close() must run (the agent does on SIGTERM/SIGINT).
-        probes.prog_attach(fn, self._cgroup_fd, attach_type)
-        self.attach_mode = "prog_attach"
-        self._attachments.append(_Attachment(fn, attach_type, None))
-
     def close(self) -> None:
         """Detach and free everything; safe to call twice."""
-        attachments, self._attachments = self._attachments, []
-        for attachment in reversed(attachments):
-            try:
-                if attachment.link_fd is not None:
-                    os.close(attachment.link_fd)
-                elif self._cgroup_fd is not None:
-                    probes.prog_detach(attachment.fn, self._cgroup_fd, attachment.attach_type)
-            except Exception as e:
-                log.warning("detaching network program failed: %s", e)
-        if self._cgroup_fd is not None:
-            os.close(self._cgroup_fd)
-            self._cgroup_fd = None
+        self._cgroup.close()
         self._maps = None
         if self._bpf is not None:
             self._bpf.cleanup()
