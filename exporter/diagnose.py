@@ -19,7 +19,7 @@ from exporter.identity.cgroupfs import CgroupError, find_cgroup2_mount
 MIN_KERNEL = (5, 8)
 # Capability bits (linux/capability.h).
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
-# Exactly what deploy/daemonset.yaml adds (tests/unit/test_manifests.py keeps
+# Exactly what deploy/base/daemonset.yaml adds (tests/unit/test_manifests.py keeps
 # them equal; tests/kernel/test_container.py proves the set sufficient).
 REQUIRED_CAPABILITIES = {
     "CAP_BPF": (CAP_BPF, "create maps and load programs"),

@@ -1,4 +1,4 @@
-"""The image, run the way deploy/daemonset.yaml runs it, counts exactly.
+"""The image, run the way deploy/base/daemonset.yaml runs it, counts exactly.
 
 The container gets exactly the DaemonSet's securityContext (capabilities,
 no privilege escalation, read-only root, seccomp), its hostPath mounts
@@ -40,7 +40,7 @@ DATAGRAMS, PAYLOAD, UDP_IPV4_HEADERS = 500, 100, 28
 
 
 def daemonset_pod() -> dict:
-    docs = yaml.safe_load_all((ROOT / "deploy" / "daemonset.yaml").read_text())
+    docs = yaml.safe_load_all((ROOT / "deploy" / "base" / "daemonset.yaml").read_text())
     (daemonset,) = [d for d in docs if d and d["kind"] == "DaemonSet"]
     return daemonset["spec"]["template"]["spec"]
 
