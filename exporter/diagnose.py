@@ -136,13 +136,14 @@ def check_headers(override: Path | None, modules_root: Path) -> Check:
     try:
         headers = probes.find_kernel_headers(override, modules_root=modules_root)
     except probes.ProbeError as e:
-        return Check(
-            "kernel headers",
-            "fail",
-            str(e).split(". ")[0],
-            f"apt-get install linux-headers-{platform.release()}, or make setup "
-            "(links the distribution headers as a fallback), or --kernel-headers DIR",
+        fix = (
+            "use the orb8 image (it carries headers), or mount the node's /lib/modules "
+            "and /usr/src read-only, or --kernel-headers DIR"
+            if probes.in_container()
+            else f"apt-get install linux-headers-{platform.release()}, or make setup "
+            "(links the distribution headers as a fallback), or --kernel-headers DIR"
         )
+        return Check("kernel headers", "fail", str(e).split(". ")[0], fix)
     return Check("kernel headers", "ok", str(headers))
 
 
