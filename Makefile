@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9826
 
-.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests golden docs
+.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests golden docs lock
 
 setup:
 	@bash scripts/setup-host.sh
@@ -55,6 +55,11 @@ golden: setup
 # Regenerate deploy/prometheus-operator/prometheusrule.yaml from alerts/.
 manifests: setup
 	$(VENV)/bin/python tools/gen_prometheusrule.py
+
+# Re-resolve requirements.lock (the image) and requirements-test.lock (make
+# setup) from pyproject.toml with hashes; review and commit the diff.
+lock:
+	@bash scripts/lock.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,7 +20,7 @@ from exporter.mapmemory import MapDef
 MIN_KERNEL = (5, 8)
 # Capability bits (linux/capability.h).
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
-# Exactly what deploy/daemonset.yaml adds (tests/unit/test_manifests.py keeps
+# Exactly what deploy/base/daemonset.yaml adds (tests/unit/test_manifests.py keeps
 # them equal; tests/kernel/test_container.py proves the set sufficient).
 REQUIRED_CAPABILITIES = {
     "CAP_BPF": (CAP_BPF, "create maps and load programs"),
@@ -137,13 +137,14 @@ def check_headers(override: Path | None, modules_root: Path) -> Check:
     try:
         headers = probes.find_kernel_headers(override, modules_root=modules_root)
     except probes.ProbeError as e:
-        return Check(
-            "kernel headers",
-            "fail",
-            str(e).split(". ")[0],
-            f"apt-get install linux-headers-{platform.release()}, or make setup "
-            "(links the distribution headers as a fallback), or --kernel-headers DIR",
+        fix = (
+            "use the orb8 image (it carries headers), or mount the node's /lib/modules "
+            "and /usr/src read-only, or --kernel-headers DIR"
+            if probes.in_container()
+            else f"apt-get install linux-headers-{platform.release()}, or make setup "
+            "(links the distribution headers as a fallback), or --kernel-headers DIR"
         )
+        return Check("kernel headers", "fail", str(e).split(". ")[0], fix)
     return Check("kernel headers", "ok", str(headers))
 
 

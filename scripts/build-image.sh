@@ -8,7 +8,7 @@
 #      from the apt mirror, imported as localhost/orb8-base:bookworm (cached:
 #      rebuilt only when missing);
 #   3. `podman build` of ./Containerfile on top of it;
-#   4. smoke test: `orb8 --version` in the image.
+#   4. smoke test: `orb8 --version` in the image; its SBOM copied to build/.
 #
 # Elsewhere, `podman build -f Containerfile .` (or docker) does the same from
 # debian:bookworm-slim.
@@ -58,11 +58,19 @@ log "building $IMAGE"
 # Host network and the host's CA bundle: pip reaches PyPI the way the host
 # does (here through a TLS-intercepting proxy whose CA only the host trusts).
 CA=/etc/ssl/certs/ca-certificates.crt
+REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+if [[ "$REVISION" != unknown ]] && [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then
+    REVISION="$REVISION-dirty"  # say so rather than claim a commit it is not
+fi
 "${PODMAN[@]}" build --quiet --network=host \
-    --volume "$CA:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt \
-    --build-arg BASE="$BASE" --build-arg VERSION="$VERSION" \
-    --build-arg REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --volume "$CA:/run/host-ca.crt:ro" --build-arg CA_BUNDLE=/run/host-ca.crt \
+    --build-arg BASE="$BASE" --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
     -t "$IMAGE" -f "$ROOT/Containerfile" "$ROOT" >/dev/null
 got="$("${PODMAN[@]}" run --rm "$IMAGE" --version)"
 [[ "$got" == "orb8 $VERSION" ]] || { log "smoke test: expected 'orb8 $VERSION', got '$got'"; exit 1; }
-log "built $IMAGE ($got)"
+# The SBOM next to the image (it is inside too, /usr/share/doc/orb8/).
+SBOM="$ROOT/build/$(basename "${IMAGE//:/-}").spdx.json"
+mkdir -p "$ROOT/build"
+"${PODMAN[@]}" run --rm --entrypoint cat "$IMAGE" /usr/share/doc/orb8/sbom.spdx.json > "$SBOM"
+size="$("${PODMAN[@]}" image inspect -f '{{.Size}}' "$IMAGE")"
+log "built $IMAGE ($got, $((size / 1000000)) MB, revision $REVISION, SBOM $SBOM)"

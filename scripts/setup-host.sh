@@ -75,11 +75,14 @@ BCC_DIR=/usr/lib/python3/dist-packages/bcc
 if [[ ! -e "$SITE/bcc" ]]; then
     ln -sfn "$BCC_DIR" "$SITE/bcc"
 fi
+# Dependencies exactly as locked (requirements-test.lock, `make lock`), hash
+# checked; then orb8 itself, editable, with the locked build backend.
 STAMP="$VENV/.orb8-installed"
-if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
-    log "installing orb8 into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q -e "$ROOT[test]"
+LOCK="$ROOT/requirements-test.lock"
+if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" || "$LOCK" -nt "$STAMP" ]]; then
+    log "installing orb8 and its locked dependencies into $VENV"
+    "$VENV/bin/pip" install -q --require-hashes -r "$LOCK"
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT"
     touch "$STAMP"
 fi
 "$VENV/bin/python" -c 'import bcc' || { log "import bcc failed in $VENV"; exit 1; }

@@ -1,14 +1,20 @@
-"""deploy/ manifests: valid Kubernetes objects (strict schema, current
-version), Prometheus Operator objects valid against the Operator's own CRD
-schemas (vendored, see tests/schemas/prometheus-operator/README.md), the
-PrometheusRule identical to alerts/, kustomizations complete, and the
-DaemonSet's privileges exactly the documented least set."""
+"""deploy/ manifests: every kustomization renders with `kubectl kustomize`
+(as users run it), and what it renders is valid: Kubernetes objects against
+the strict schema of a current version, Prometheus Operator objects against
+the Operator's own CRD schemas (vendored, see
+tests/schemas/prometheus-operator/README.md). Every `kubectl kustomize` /
+`kubectl apply -k` path the docs show renders too. The PrometheusRule is
+identical to alerts/, and the DaemonSet's privileges exactly the documented
+least set."""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -22,6 +28,13 @@ from tests.helpers import ROOT
 DEPLOY = ROOT / "deploy"
 MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
 KUSTOMIZATIONS = sorted(DEPLOY.rglob("kustomization.yaml"))
+ENTRY_POINTS = sorted(
+    p.parent for p in KUSTOMIZATIONS if yaml.safe_load(p.read_text())["kind"] == "Kustomization"
+)
+COMPONENTS = sorted(
+    p.parent for p in KUSTOMIZATIONS if yaml.safe_load(p.read_text())["kind"] == "Component"
+)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 KUBERNETES_VERSION = "1.37.0"  # the newest kubernetes-validate knows
 CRDS = ROOT / "tests" / "schemas" / "prometheus-operator"
 CRD_FILES = {
@@ -46,16 +59,36 @@ NODE_PORTS = {
 }
 
 
-def documents():
-    for path in MANIFESTS:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and "apiVersion" in doc:
-                yield path.relative_to(DEPLOY).as_posix(), doc
+def kustomize(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
 
 
-def only(kind: str) -> dict:
-    (doc,) = [doc for _, doc in documents() if doc["kind"] == kind]
+@functools.cache
+def rendered(directory: Path) -> tuple[dict, ...]:
+    """What `kubectl apply -k directory` would send to the API server."""
+    result = kustomize(directory)
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def only(kind: str, directory: Path = DEPLOY / "prometheus-operator") -> dict:
+    (doc,) = [doc for doc in rendered(directory) if doc["kind"] == kind]
     return doc
+
+
+def validate(doc: dict) -> None:
+    if doc["kind"] in CRD_FILES:
+        schema = crd_schema(doc["kind"])
+        jsonschema.validate(doc, schema)
+        assert unknown_fields(doc, schema) == []
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def _python_patterns(schema):
@@ -97,16 +130,60 @@ def unknown_fields(value, schema: dict, where: str = "") -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    ("name", "doc"), list(documents()), ids=lambda x: x if isinstance(x, str) else x["kind"]
-)
-def test_manifest_is_valid(name, doc):
-    if doc["kind"] in CRD_FILES:
-        schema = crd_schema(doc["kind"])
-        jsonschema.validate(doc, schema)
-        assert unknown_fields(doc, schema) == []
-    else:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+@pytest.mark.parametrize("directory", ENTRY_POINTS, ids=name)
+def test_every_kustomization_renders_and_validates_strictly(directory):
+    docs = rendered(directory)
+    assert docs, directory
+    for doc in docs:
+        validate(doc)
+    assert len(
+        {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
+    ) == len(docs)
+
+
+def test_the_render_check_catches_a_cycle_and_a_strict_violation(tmp_path):
+    """What the Operator overlay did before base/: include its own parent."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "kustomization.yaml").write_text("resources: [sub]\n")
+    (tmp_path / "sub" / "kustomization.yaml").write_text("resources: [../]\n")
+    result = kustomize(tmp_path / "sub")
+    assert result.returncode != 0 and "cycle detected" in result.stderr
+    daemonset = only("DaemonSet")
+    broken = {**daemonset, "spec": {**daemonset["spec"], "minReadySecond": 5}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_component_is_used_by_an_entry_point():
+    used = set()
+    for directory in ENTRY_POINTS:
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        used |= {(directory / c).resolve() for c in kustomization.get("components", [])}
+    assert set(COMPONENTS) <= used
+
+
+def documented_paths() -> list[tuple[str, str]]:
+    """Every directory a doc tells users to `kubectl kustomize` or `kubectl apply -k`."""
+    found = []
+    for doc in DOCS:
+        for match in re.finditer(
+            r"kubectl (?:kustomize|apply -k|delete -k|diff -k) +(deploy[\w./-]*)", doc.read_text()
+        ):
+            found.append((doc.name, match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize(("doc", "path"), documented_paths())
+def test_documented_kustomize_paths_render(doc, path):
+    directory = (ROOT / path).resolve()
+    assert directory in {d.resolve() for d in ENTRY_POINTS}, f"{doc}: {path}"
+    assert rendered(directory)
+
+
+def test_the_docs_show_every_entry_point():
+    shown = {(ROOT / path).resolve() for _, path in documented_paths()}
+    # deploy/base is what deploy/ renders; users apply deploy/.
+    assert {d.resolve() for d in ENTRY_POINTS} - {(DEPLOY / "base").resolve()} <= shown
 
 
 def test_the_crd_check_catches_a_misspelt_field():
@@ -155,18 +232,89 @@ def test_kustomizations_list_every_manifest_and_set_the_image():
     listed = set()
     for path in KUSTOMIZATIONS:
         kustomization = yaml.safe_load(path.read_text())
-        assert kustomization["kind"] == "Kustomization"
-        for resource in kustomization["resources"]:
+        for resource in kustomization.get("resources", []) + kustomization.get("components", []):
             target = (path.parent / resource).resolve()
             assert target.exists(), f"{path}: {resource} does not exist"
             listed.add(target)
-    manifests = {p.resolve() for p in MANIFESTS if p.parent.name != "examples"}
+    manifests = {p.resolve() for p in MANIFESTS if p.parent.name not in ("examples", "seccomp")}
     manifests -= {(DEPLOY / "orb8.example.yaml").resolve()}
     assert manifests <= listed
-    base = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    image = only("DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"]
-    name, tag = image.rsplit(":", 1)
-    assert base["images"] == [{"name": name, "newTag": tag}]
+    base = yaml.safe_load((DEPLOY / "base" / "kustomization.yaml").read_text())
+    (daemonset,) = [
+        d
+        for d in yaml.safe_load_all((DEPLOY / "base" / "daemonset.yaml").read_text())
+        if d["kind"] == "DaemonSet"
+    ]
+    image = daemonset["spec"]["template"]["spec"]["containers"][0]["image"]
+    image_name, tag = image.rsplit(":", 1)
+    assert base["images"] == [{"name": image_name, "newTag": tag}]
+    for directory in ENTRY_POINTS:
+        assert (
+            only("DaemonSet", directory)["spec"]["template"]["spec"]["containers"][0]["image"]
+            == image
+        )
+
+
+def test_every_entry_point_admits_system_node_critical_on_gke():
+    """GKE admits system-node-critical pods outside kube-system only where a
+    ResourceQuota's scope covers that priority class."""
+    for directory in ENTRY_POINTS:
+        pod = only("DaemonSet", directory)["spec"]["template"]["spec"]
+        quota = only("ResourceQuota", directory)
+        assert (
+            quota["metadata"]["namespace"] == only("DaemonSet", directory)["metadata"]["namespace"]
+        )
+        (scope,) = quota["spec"]["scopeSelector"]["matchExpressions"]
+        assert scope["scopeName"] == "PriorityClass" and scope["operator"] == "In"
+        assert pod["priorityClassName"] in scope["values"]
+        assert int(quota["spec"]["hard"]["pods"]) >= 5000  # a large cluster's node count
+
+
+def test_kube_prometheus_overlay_lets_prometheus_k8s_read_orb8_targets():
+    overlay = DEPLOY / "overlays" / "kube-prometheus"
+    role, binding = only("Role", overlay), only("RoleBinding", overlay)
+    namespace = only("Service", overlay)["metadata"]["namespace"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}
+    ]
+    granted = {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    # What ServiceMonitor discovery reads: the Service, its endpoints(lices), the pods.
+    assert {("", "services"), ("", "endpoints"), ("", "pods")} <= granted
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+
+
+def release_labels(directory: Path) -> dict[str, str | None]:
+    return {d["kind"]: d["metadata"].get("labels", {}).get("release") for d in rendered(directory)}
+
+
+def test_kube_prometheus_stack_overlay_labels_only_the_operator_objects():
+    labels = release_labels(DEPLOY / "overlays" / "kube-prometheus-stack")
+    assert labels.pop("ServiceMonitor") == labels.pop("PrometheusRule") == "kube-prometheus-stack"
+    assert set(labels.values()) == {None}
+    assert set(release_labels(DEPLOY / "prometheus-operator").values()) == {None}
+
+
+def test_the_documented_release_name_override_renders(tmp_path):
+    """The overlay docs/deploying.md shows for a Helm release with another name,
+    pointed at this checkout instead of the repository URL."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    (snippet,) = re.findall(r"```yaml\n(# kustomization.yaml: release label.*?)```", text, re.S)
+    overlay = yaml.safe_load(snippet)
+    (remote,) = overlay["resources"]
+    assert remote.endswith("deploy/overlays/kube-prometheus-stack?ref=v0.1.0")
+    target = DEPLOY / "overlays" / "kube-prometheus-stack"
+    overlay["resources"] = [os.path.relpath(target, tmp_path)]  # kustomize refuses absolute
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    labels = release_labels(tmp_path)
+    assert labels["ServiceMonitor"] == labels["PrometheusRule"] == "monitoring"
 
 
 def test_rbac_is_read_only_on_pods():
@@ -202,7 +350,7 @@ def test_daemonset_least_privilege():
         "/var/lib/kubelet/pod-resources",
     ):
         assert mounts[path]["readOnly"] is True, path
-    assert [p for p, m in mounts.items() if not m.get("readOnly")] == ["/tmp"]
+    assert [p for p, m in mounts.items() if not m.get("readOnly")] == ["/tmp", "/var/cache/orb8"]
     probes = {k: container[k]["httpGet"]["path"] for k in ("livenessProbe", "readinessProbe")}
     assert probes == {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
     assert container["resources"]["limits"]["memory"]
