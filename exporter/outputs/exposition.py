@@ -176,20 +176,26 @@ class Renderer:
         The OpenMetrics "# EOF" is not written: the caller appends the rest
         of the registry (process_*) and that encoder ends the body.
         """
+        return "".join(self.pieces(families, form))
+
+    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[str]:
+        """render()'s text in pieces; a RowFamily's unchanged chunks are the same
+        str objects from one scrape to the next (gzip keeps their compressed
+        form by them)."""
         with self._lock:  # text and OpenMetrics scrapes at once: one cache, one writer
             out: list[str] = []
             seen: set[tuple[str, tuple[str, ...]]] = set()
             for family in families:
                 out.append(_header(family, form))
                 if isinstance(family, RowFamily):
-                    out.append(render_rows(family))
+                    out.extend(row_chunks(family))
                 elif family.samples:
                     key = (family.name, family.labels)
                     out.append(self._samples(family, key, key in seen))
                     seen.add(key)
             for key in self._prefixes.keys() - seen:  # families gone: their series too
                 del self._prefixes[key]
-            return "".join(out)
+            return out
 
     def _samples(self, family: MetricFamily, key: tuple[str, tuple[str, ...]], again: bool) -> str:
         samples = family.samples

@@ -288,3 +288,67 @@ def test_the_agent_merges_a_row_family_with_a_plain_one_of_the_same_name():
     want = {("a", "b", "c", "", "read"): 1.0, ("a", "b", "c", "", "write"): 2.0}
     assert dict(merged.samples) == want
     assert len(family) == 1  # the source's rows are untouched
+
+
+# --- gzip of the pieces (exporter/outputs/gzipped.py) --------------------------------
+
+
+def test_gzip_of_pieces_is_one_member_of_the_whole_body_scrape_after_scrape():
+    import gzip
+    import zlib
+
+    from exporter.outputs.gzipped import GzipCache
+
+    rng = random.Random(5)
+    table, renderer, cache = RowTable(), Renderer(), GzipCache(1)
+    series = {("ns", f"p{i}", "app", "", "read"): float(i) for i in range(4 * CHUNK_ROWS)}
+    for step in range(6):
+        for labels in rng.sample(sorted(series), 7):  # a few rows change: few chunks
+            series[labels] += rng.randrange(1, 10**9)
+        if step == 3:  # a layout change: every chunk is new
+            series[("ns", "new", "app", "", "write")] = 1.0
+        family = row_family(table, series)
+        pieces = renderer.pieces([family], TEXT)
+        tail = b"# process_* from prometheus_client\n"
+        body = cache.compress(pieces, tail)
+        whole = "".join(pieces).encode() + tail
+        assert gzip.decompress(body) == whole == expected([plain(family)], TEXT) + tail
+        one = zlib.decompressobj(16 + zlib.MAX_WBITS)  # stops at the end of a member
+        assert one.decompress(body) == whole and one.eof and one.unused_data == b""
+    assert gzip.decompress(cache.compress([], b"")) == b""
+
+
+def test_a_gzip_scrape_over_http_decodes_to_the_plain_one():
+    import gzip
+    import urllib.request
+
+    from exporter.listen import Listen
+    from exporter.outputs.prometheus import PrometheusServer
+
+    table = RowTable()
+    series = {("ns", f"p{i}", 'q"x', "", "read"): float(i) for i in range(3 * CHUNK_ROWS)}
+    server = PrometheusServer(
+        Listen("127.0.0.1", 0), lambda: [row_family(table, series)], lambda: ""
+    )
+    server.start()
+    url = f"http://127.0.0.1:{server.address[1]}/metrics"
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    try:
+        for round_ in range(3):
+            series[("ns", "p1", 'q"x', "", "read")] = float(round_ * 10**7)
+            bodies = []
+            for encoding in ("gzip", "identity"):
+                request = urllib.request.Request(
+                    url, headers={"Accept": accept, "Accept-Encoding": encoding}
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    body = response.read()
+                    if response.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                bodies.append(body.split(b"\n# HELP process_")[0])
+            assert bodies[0] == bodies[1]
+            value = floatToGoString(float(round_ * 10**7))
+            line = 'orb8_syscalls_total{cgroup="",container="q\\"x",namespace="ns",pod="p1",'
+            assert f'{line}syscall="read"}} {value}\n'.encode() in bodies[0]
+    finally:
+        server.close()
