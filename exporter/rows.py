@@ -110,7 +110,8 @@ class RowTable:
         """The layout for these sorted unique codes; labels_of(new codes) gives
         the label values of rows not in the previous layout."""
         old = self.layout
-        if len(codes) == len(old.codes) and np.array_equal(codes, old.codes):
+        same = len(codes) == len(old.codes) and np.array_equal(codes, old.codes)
+        if codes is old.codes or same:
             return old
         if len(old.codes):
             pos = np.searchsorted(old.codes, codes)

@@ -23,6 +23,7 @@ asks only for calls that are still novel or not learned yet.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -98,8 +99,9 @@ class SyscallCounts:
         self._last_codes = np.zeros(0, dtype=np.int64)
         self._last_sums = np.zeros(0, dtype=np.uint64)
         self._last_gone: dict[tuple[Identity, int], int] = {}
-        # The last read's grouping, reused while keys and identities are unchanged.
-        self._grouping: tuple[bytes, np.ndarray, np.ndarray] | None = None
+        # The last read's grouping (key series, name series), reused while the
+        # kernel keys, their identities and the carried keys are unchanged.
+        self._plan: Any = None
 
     # --- collect ----------------------------------------------------------------
 
@@ -117,40 +119,40 @@ class SyscallCounts:
         known = np.fromiter(identities, dtype=np.uint64, count=len(identities))
         known.sort()
         idents = np.array([self.identities(identities[c]) for c in known.tolist()], dtype=np.int64)
-        rows = idents[np.searchsorted(known, cgroup_ids)] * KEYS + key_index(keys)
         extra = [
             (self.identities(key[0]) * KEYS + _key_index(key[1]), value)
             for key, (value,) in carried.items(present)
         ]
-        codes = np.concatenate([rows, np.array([c for c, _ in extra], dtype=np.int64)])
+        extra_codes = np.array([c for c, _ in extra], dtype=np.int64)
+        signature = (
+            cgroup_ids.tobytes(),
+            keys.tobytes(),
+            known.tobytes(),
+            idents.tobytes(),
+            extra_codes.tobytes(),
+        )
+        plan = self._plan
+        if plan is None or plan[0] != signature:
+            rows = idents[np.searchsorted(known, cgroup_ids)] * KEYS + key_index(keys)
+            key_codes, key_inverse = np.unique(
+                np.concatenate([rows, extra_codes]), return_inverse=True
+            )
+            name_codes = (key_codes // KEYS) * len(self.names) + self.name_of_key[key_codes % KEYS]
+            names, name_inverse = np.unique(name_codes, return_inverse=True)
+            plan = self._plan = (signature, key_codes, key_inverse, names, name_inverse)
+        _, key_codes, key_inverse, names, name_inverse = plan
         values = np.concatenate(
             [counts.astype(np.uint64, copy=False), np.array([v for _, v in extra], np.uint64)]
         )
-        key_codes, key_sums = self._group(codes, values)
+        key_sums = np.zeros(len(key_codes), dtype=np.uint64)
+        np.add.at(key_sums, key_inverse, values)
         self._observe(key_codes, key_sums, present)
-
-        idents_of = key_codes // KEYS
-        name_codes = idents_of * len(self.names) + self.name_of_key[key_codes % KEYS]
-        unique, inverse = np.unique(name_codes, return_inverse=True)
-        sums = np.zeros(len(unique), dtype=np.uint64)
-        np.add.at(sums, inverse, key_sums)
-        layout = self.table.update(unique, self._labels_of)
+        sums = np.zeros(len(names), dtype=np.uint64)
+        np.add.at(sums, name_inverse, key_sums)
+        layout = self.table.update(names, self._labels_of)
         return RowFamily(
             self.NAME, "counter", self.HELP, self.labels, layout, sums.astype(np.float64)
         )
-
-    def _group(self, codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted unique codes, uint64 sums); the sort is reused while codes repeat."""
-        raw = codes.tobytes()
-        cached = self._grouping
-        if cached is not None and cached[0] == raw:
-            unique, inverse = cached[1], cached[2]
-        else:
-            unique, inverse = np.unique(codes, return_inverse=True)
-            self._grouping = (raw, unique, inverse)
-        sums = np.zeros(len(unique), dtype=np.uint64)
-        np.add.at(sums, inverse, values)
-        return unique, sums
 
     def _labels_of(self, codes: np.ndarray) -> list[tuple[str, ...]]:
         names = len(self.names)
@@ -164,7 +166,10 @@ class SyscallCounts:
     def _observe(self, codes: np.ndarray, sums: np.ndarray, present: set[Identity]) -> None:
         last_codes, last_sums = self._last_codes, self._last_sums
         previous = np.zeros(len(codes), dtype=np.uint64)
-        if len(last_codes):
+        if codes is last_codes:  # the same key series as last time (the plan was reused)
+            previous = last_sums
+            found = np.ones(len(codes), dtype=bool)
+        elif len(last_codes):
             pos = np.minimum(np.searchsorted(last_codes, codes), len(last_codes) - 1)
             found = last_codes[pos] == codes
             previous[found] = last_sums[pos[found]]
@@ -177,7 +182,7 @@ class SyscallCounts:
                 self._last_gone[self._key(code)] = value
         else:
             found = np.zeros(len(codes), dtype=bool)
-        if self._last_gone:
+        if self._last_gone and codes is not last_codes:
             for i in np.flatnonzero(~found).tolist():
                 gone = self._last_gone.pop(self._key(int(codes[i])), None)
                 if gone is not None:
@@ -237,8 +242,8 @@ class SyscallCounts:
             self._last_codes = np.zeros(0, dtype=np.int64)
             self._last_sums = np.zeros(0, dtype=np.uint64)
             self.identities.clear()
-            self.table.reset()  # codes change meaning: no row may survive
-            self._grouping = None
+            self.table.reset()  # codes change meaning: no row or plan may survive
+            self._plan = None
         if len(self._workloads) > 2 * len(present) + SLACK:
             self._workloads.clear()
             self._learned = np.zeros(0, dtype=np.int64)
