@@ -176,23 +176,27 @@ class Renderer:
         The OpenMetrics "# EOF" is not written: the caller appends the rest
         of the registry (process_*) and that encoder ends the body.
         """
-        return "".join(self.pieces(families, form))
+        return b"".join(self.pieces(families, form)).decode()
 
-    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[str]:
-        """render()'s text in pieces; a RowFamily's unchanged chunks are the same
-        str objects from one scrape to the next (gzip keeps their compressed
-        form by them)."""
+    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[bytes]:
+        """render()'s text, UTF-8, in pieces; a RowFamily's unchanged chunks are
+        the same bytes objects from one scrape to the next (gzip keeps their
+        compressed form by them)."""
         with self._lock:  # text and OpenMetrics scrapes at once: one cache, one writer
-            out: list[str] = []
+            out: list[bytes] = []
             seen: set[tuple[str, tuple[str, ...]]] = set()
+            text: list[str] = []  # headers and plain families, encoded together
             for family in families:
-                out.append(_header(family, form))
+                text.append(_header(family, form))
                 if isinstance(family, RowFamily):
+                    out.append("".join(text).encode())
+                    text.clear()
                     out.extend(row_chunks(family))
                 elif family.samples:
                     key = (family.name, family.labels)
-                    out.append(self._samples(family, key, key in seen))
+                    text.append(self._samples(family, key, key in seen))
                     seen.add(key)
+            out.append("".join(text).encode())
             for key in self._prefixes.keys() - seen:  # families gone: their series too
                 del self._prefixes[key]
             return out
@@ -239,10 +243,10 @@ def render_rows(family: RowFamily) -> str:
     re-joins their chunks; a new layout carries prefixes and texts over from
     the previous one by row.
     """
-    return "".join(row_chunks(family))
+    return b"".join(row_chunks(family)).decode()
 
 
-def row_chunks(family: RowFamily) -> list[str]:
+def row_chunks(family: RowFamily) -> list[bytes]:
     layout = family.layout
     n = len(layout)
     if n == 0:
@@ -274,7 +278,7 @@ def row_chunks(family: RowFamily) -> list[str]:
             else:
                 stale = layout.fresh() | (shown != bits)
             columns[key_text], columns[key_bits] = texts, shown
-            chunks: list[str | None] = [None] * ((n + CHUNK_ROWS - 1) // CHUNK_ROWS)
+            chunks: list[bytes | None] = [None] * ((n + CHUNK_ROWS - 1) // CHUNK_ROWS)
             columns[key_chunks] = chunks
         else:
             shown, chunks = columns[key_bits], columns[key_chunks]
@@ -288,7 +292,7 @@ def row_chunks(family: RowFamily) -> list[str]:
         for chunk, text in enumerate(chunks):
             if text is None:
                 rows = slice(chunk * CHUNK_ROWS, (chunk + 1) * CHUNK_ROWS)
-                chunks[chunk] = "".join((prefixes[rows] + texts[rows]).tolist())
+                chunks[chunk] = "".join((prefixes[rows] + texts[rows]).tolist()).encode()
         return list(chunks)  # type: ignore[arg-type]
 
 

@@ -20,7 +20,7 @@ import threading
 import zlib
 from collections.abc import Iterable
 
-CACHE_MIN = 4096  # characters: smaller pieces are compressed with their neighbours
+CACHE_MIN = 4096  # bytes: smaller pieces are compressed with their neighbours
 HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, OS unknown
 FINAL = b"\x03\x00"  # an empty final fixed-Huffman block
 
@@ -36,15 +36,15 @@ class GzipCache:
     def __init__(self, level: int) -> None:
         self.level = level
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[bytes, bytes]] = {}  # piece -> (its utf-8, deflated)
+        self._cache: dict[bytes, bytes] = {}  # piece -> deflated
 
-    def compress(self, pieces: Iterable[str], tail: bytes = b"") -> bytes:
-        """gzip of "".join(pieces).encode() + tail."""
+    def compress(self, pieces: Iterable[bytes], tail: bytes = b"") -> bytes:
+        """gzip of b"".join(pieces) + tail."""
         with self._lock:
             out = [HEADER]
             crc, size = 0, 0
             pending: list[bytes] = []
-            kept: dict[str, tuple[bytes, bytes]] = {}
+            kept: dict[bytes, bytes] = {}
 
             def flush() -> None:
                 if pending:
@@ -52,19 +52,16 @@ class GzipCache:
                     pending.clear()
 
             for piece in pieces:
-                cached = kept.get(piece) or self._cache.get(piece)
-                if cached is None:
-                    data = piece.encode()
-                    if len(piece) < CACHE_MIN:
-                        pending.append(data)
-                        crc, size = zlib.crc32(data, crc), size + len(data)
-                        continue
-                    cached = (data, _deflate(data, self.level))
+                crc, size = zlib.crc32(piece, crc), size + len(piece)
+                if len(piece) < CACHE_MIN:
+                    pending.append(piece)
+                    continue
+                deflated = kept.get(piece) or self._cache.get(piece)
+                if deflated is None:
+                    deflated = _deflate(piece, self.level)
                 flush()
-                kept[piece] = cached
-                data, deflated = cached
+                kept[piece] = deflated
                 out.append(deflated)
-                crc, size = zlib.crc32(data, crc), size + len(data)
             if tail:
                 pending.append(tail)
                 crc, size = zlib.crc32(tail, crc), size + len(tail)

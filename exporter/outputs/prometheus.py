@@ -241,7 +241,7 @@ class PrometheusServer:
                 tail = encoder(self.process_registry)
                 if compress:
                     return self.gzip.compress(pieces, tail)
-                return "".join(pieces).encode() + tail
+                return b"".join(pieces) + tail
             whole = build_registry(lambda: families, process=False)
             whole.register(self._process)
             body = encoder(whole)

@@ -311,7 +311,7 @@ def test_gzip_of_pieces_is_one_member_of_the_whole_body_scrape_after_scrape():
         pieces = renderer.pieces([family], TEXT)
         tail = b"# process_* from prometheus_client\n"
         body = cache.compress(pieces, tail)
-        whole = "".join(pieces).encode() + tail
+        whole = b"".join(pieces) + tail
         assert gzip.decompress(body) == whole == expected([plain(family)], TEXT) + tail
         one = zlib.decompressobj(16 + zlib.MAX_WBITS)  # stops at the end of a member
         assert one.decompress(body) == whole and one.eof and one.unused_data == b""
