@@ -352,3 +352,58 @@ def test_a_gzip_scrape_over_http_decodes_to_the_plain_one():
             assert f'{line}syscall="read"}} {value}\n'.encode() in bodies[0]
     finally:
         server.close()
+
+
+# --- orb8_network_{bytes,packets}_total from kernel rows ---------------------------
+
+
+def test_network_traffic_rows_follow_the_kernel_entries_and_render_as_prometheus_client(
+    tmp_path,
+):
+    """Traffic rows: sums per (identity, direction, protocol, family) as the
+    per-row collect made them (two cgroups of one identity add up, an
+    out-of-range protocol is "other"), odd cgroup names escaped, and an entry
+    gone from the kernel after retirement continues from its carried counts."""
+    from tests.bpf_maps import InMemoryMaps
+    from tests.unit.test_source_seams import GRACE, Clock, cgroup, network_source, value
+
+    clock, maps = Clock(), InMemoryMaps()
+    source = network_source(tmp_path, clock, maps)
+    odd = cgroup(tmp_path, 'odd"name\\')
+    plain_id = cgroup(tmp_path, "svc.service")
+    renderer = Renderer()
+    big = 2**53 + 1
+    maps.set("network_traffic", [big, 3], cgroup_id=odd, direction=1, protocol=0, family=0)
+    maps.set("network_traffic", [100, 1], cgroup_id=odd, direction=0, protocol=9, family=1)
+    maps.set("network_traffic", [7, 1], cgroup_id=plain_id, direction=1, protocol=1, family=0)
+    for step in range(3):
+        families = source.collect()
+        shown = [f for f in families if f.name.startswith("orb8_network_")]
+        assert all(isinstance(f, RowFamily) for f in shown)
+        for form in (TEXT, OPENMETRICS):
+            assert rendered(renderer, shown, form) == expected([plain(f) for f in shown], form)
+        egress = {"cgroup": '/odd"name\\', "direction": "egress", "protocol": "tcp"}
+        assert value(families, "orb8_network_bytes_total", **egress) == float(big + step)
+        other = {"cgroup": '/odd"name\\', "protocol": "other", "family": "ipv6"}
+        assert value(families, "orb8_network_packets_total", **other) == 1.0
+        for raw in list(maps.hashes["network_traffic"]):
+            if maps.hashes["network_traffic"][raw][0] == big + step:
+                maps.hashes["network_traffic"][raw][0] += 1
+    # The service's cgroup goes: after its grace its entry is freed, and the
+    # series keeps its count (carried) while nothing else has that identity.
+    (tmp_path / "svc.service").rmdir()
+    clock.now += 2
+    source.collect()
+    clock.now += GRACE
+    source.collect()
+    assert not any(
+        k for k in maps.hashes["network_traffic"] if int.from_bytes(k[:8], "little") == plain_id
+    )
+    new_id = cgroup(tmp_path, "svc.service")
+    maps.set("network_traffic", [5, 1], cgroup_id=new_id, direction=1, protocol=1, family=0)
+    clock.now += 2
+    families = source.collect()
+    svc = {"cgroup": "/svc.service", "direction": "egress", "protocol": "udp"}
+    assert value(families, "orb8_network_bytes_total", **svc) == 12.0
+    shown = [f for f in families if f.name.startswith("orb8_network_")]
+    assert rendered(renderer, shown, TEXT) == expected([plain(f) for f in shown], TEXT)
