@@ -54,7 +54,6 @@ from urllib.parse import unquote, urlparse
 from exporter import __version__
 from exporter.model import MetricFamily, counter, gauge
 from exporter.outputs import otlp_names
-from exporter.outputs.otlp_wire import Encoded, RequestWriter
 
 log = logging.getLogger(__name__)
 
@@ -460,6 +459,8 @@ def _grpc_exporter_of_requests(base: Any) -> Any:
         ExportMetricsServiceResponse,
     )
 
+    from exporter.outputs.otlp_wire import Encoded
+
     class BytesStub:
         """MetricsService's stub, for requests that are bytes already."""
 
@@ -496,6 +497,8 @@ def _grpc_exporter_of_requests(base: Any) -> Any:
 
 def _http_exporter_of_requests(base: Any) -> Any:
     from opentelemetry.sdk.metrics.export import MetricExportResult
+
+    from exporter.outputs.otlp_wire import Encoded
 
     class Exporter(base):  # type: ignore[misc,valid-type]
         accepts_encoded = True
@@ -557,8 +560,10 @@ class OtlpOutput:
         self._converter = Converter(resource, config.temporality, start_ns)
         # Cumulative pushes are written from the rows (otlp_wire.py) when the
         # exporter takes serialized requests; delta keeps the SDK path.
-        self._writer: RequestWriter | None = None
+        self._writer: Any = None
         if config.temporality == "cumulative" and getattr(self._exporter, "accepts_encoded", False):
+            from exporter.outputs.otlp_wire import RequestWriter  # protobuf: only with OTLP on
+
             self._writer = RequestWriter(
                 dict(resource.attributes), SCOPE, __version__, start_ns, MAX_POINTS_PER_REQUEST
             )

@@ -140,3 +140,16 @@ def test_row_families_reach_a_real_receiver_point_for_point(kind):
     finally:
         output.close()
         receiver.stop()
+
+
+def test_without_otlp_no_protobuf_module_is_loaded():
+    """The wire encoder's protobuf classes cost memory: only an OTLP output loads them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, exporter.agent, exporter.outputs.otlp\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
