@@ -407,3 +407,43 @@ def test_network_traffic_rows_follow_the_kernel_entries_and_render_as_prometheus
     assert value(families, "orb8_network_bytes_total", **svc) == 12.0
     shown = [f for f in families if f.name.startswith("orb8_network_")]
     assert rendered(renderer, shown, TEXT) == expected([plain(f) for f in shown], TEXT)
+
+
+def test_concurrent_renders_and_collects_each_write_their_own_snapshot():
+    """A text and an OpenMetrics scrape render outside the collect lock while
+    the next collect makes a new layout from the old one: every render is
+    exactly its own snapshot's text."""
+    import threading
+
+    table, renderer = RowTable(), Renderer()
+    snapshots: list[tuple[RowFamily, bytes, bytes]] = []
+    series = {("ns", f"p{i}", "app", "", "read"): float(i) for i in range(2 * CHUNK_ROWS)}
+    for step in range(12):
+        series = {k: v + step for k, v in series.items()}
+        if step % 3 == 0:
+            series[("ns", f"new{step}", "app", "", "read")] = 1.0
+            del series[min(series)]
+        family = row_family(table, dict(series))
+        snapshots.append(
+            (family, expected([plain(family)], TEXT), expected([plain(family)], OPENMETRICS))
+        )
+    errors: list[str] = []
+
+    def scrape(form: str, order: list[int]) -> None:
+        for i in order:
+            family, text, openmetrics = snapshots[i]
+            want = text if form == TEXT else openmetrics
+            if rendered(renderer, [family], form) != want:
+                errors.append(f"{form} {i}")
+
+    order = list(range(len(snapshots)))
+    threads = [
+        threading.Thread(target=scrape, args=(TEXT, order * 3)),
+        threading.Thread(target=scrape, args=(OPENMETRICS, order[::-1] * 3)),
+        threading.Thread(target=scrape, args=(TEXT, order[::2] * 4)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
