@@ -130,8 +130,9 @@ class RowTable:
             labels[~found] = made
         # Seed from the previous layout's columns, not from the layout: no
         # chain of old layouts stays reachable.
-        with old.lock:
-            seed = (dict(old.columns), take, old.lock)
+        with old.lock:  # only per-row arrays carry over: not joined chunks or buffers
+            columns = {k: v for k, v in old.columns.items() if isinstance(v, np.ndarray)}
+            seed = (columns, take, old.lock)
         self.layout = Layout(codes, labels, seed)
         return self.layout
 
