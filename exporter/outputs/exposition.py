@@ -15,6 +15,11 @@ one; when series have gone it is rebuilt from those just written, so deleted
 pods' prefixes go with their series. It costs memory: ~25 MiB of RssAnon at
 52,000 series (benchmarks/RESULTS.md), the price of the 10x.
 
+A RowFamily (exporter/rows.py: the syscall and network traffic families)
+skips that cache: its layout keeps each row's prefix and formatted value
+between collects, so a scrape formats only the values that changed and
+re-joins only the chunks of CHUNK_ROWS rows that hold them (row_chunks).
+
 Byte identity with prometheus_client (classic text 0.0.4 and OpenMetrics
 1.0) is tested in tests/unit/test_exposition.py on a fixture of the odd
 cases (escapes, NaN/Inf, large numbers, empty labels, counters, gauges,
