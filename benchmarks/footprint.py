@@ -9,10 +9,13 @@ plain host; gpu/dcgm are absent without a GPU) and measures, in one run:
      /proc/<pid>/stat) over --idle seconds while scraped every --interval s,
   3. 1,000 cgroups: creates them under the cgroup v2 mount, runs the test
      workload (tests/workload.c) in each making --syscalls distinct syscalls,
-     then memory again and /metrics latency, alternating the fast renderer
-     (plain Accept) with prometheus_client's generate_latest in the same
-     process (Accept: text/plain;version=1.0.0;escaping=values, which the
-     renderer declines: same bytes, old path), p50 of --rounds each,
+     then scrapes as Prometheus does (its Accept header, which picks
+     OpenMetrics, and Accept-Encoding: gzip) --scrapes times and reports
+     their p50 and the memory after them (VmRSS, RssAnon, RssFile); then
+     alternates that scrape with prometheus_client's generate_latest in the
+     same process (Accept: application/openmetrics-text;version=1.0.0;
+     escaping=values, which the renderer declines: same series, old path,
+     also gzipped), p50 of --rounds each,
   4. malloc_trim: in a separate in-process Agent with the same probes,
      RssAnon after start-up before and after exporter.memory.malloc_trim().
 
@@ -24,6 +27,7 @@ Usage (root): .venv/bin/python benchmarks/footprint.py [--containers 1000] [--id
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
@@ -42,6 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from exporter.identity.cgroupfs import find_cgroup2_mount  # noqa: E402
 from exporter.memory import process_memory  # noqa: E402
+
+try:
+    from exporter.outputs.prometheus import GZIP_LEVEL
+except ImportError:  # a checkout from before it was named (a before/after run)
+    GZIP_LEVEL = 1
 from tests.helpers import free_port, remove_cgroup  # noqa: E402
 
 MiB = 1 << 20
@@ -54,7 +63,12 @@ SAFE_SYSCALLS = [
     186, 201, 228, 229, 318,
 ]  # fmt: skip
 FAST = "text/plain;version=0.0.4"
-BASELINE = "text/plain;version=1.0.0;escaping=values"
+# What Prometheus 2.42 sends (scrape.go, acceptHeader), and gzip.
+PROMETHEUS = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+BASELINE = "application/openmetrics-text;version=1.0.0;escaping=values"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,12 +76,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def get(url: str, accept: str = FAST) -> tuple[float, bytes]:
-    request = urllib.request.Request(url, headers={"Accept": accept})
+def get(url: str, accept: str = FAST, compressed: bool = False) -> tuple[float, bytes]:
+    """(seconds to the last byte, body decompressed)."""
+    headers = {"Accept": accept}
+    if compressed:
+        headers["Accept-Encoding"] = "gzip"
+    request = urllib.request.Request(url, headers=headers)
     t0 = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         body = response.read()
-    return time.perf_counter() - t0, body
+        gzipped = response.headers.get("Content-Encoding") == "gzip"
+    took = time.perf_counter() - t0
+    if compressed and not gzipped:
+        raise SystemExit("asked for gzip, got a plain body")
+    return took, gzip.decompress(body) if gzipped else body
 
 
 def complete(body: bytes) -> bool:
@@ -174,12 +196,22 @@ def live(args: argparse.Namespace, workdir: Path) -> dict:
         print(
             f"{len(created)} cgroups x {args.syscalls} syscalls in {time.perf_counter() - t1:.1f} s"
         )
-        fast, base, collect = [], [], []
-        for _ in range(args.rounds):
-            t, body = get(url, FAST)
-            fast.append(t)
+        # As Prometheus scrapes: --scrapes of them, then the memory.
+        scrapes, collect = [], []
+        for _ in range(args.scrapes):
+            t, body = get(url, PROMETHEUS, compressed=True)
+            scrapes.append(t)
             collect.append(sum(gauge(body, "orb8_collect_duration_seconds").values()))
-            t, _ = get(url, BASELINE)
+        out["loaded_memory"] = process_memory(proc.pid)
+        print(
+            f"memory at {args.containers} cgroups after {args.scrapes} scrapes: "
+            f"{memory_line(proc.pid)}"
+        )
+        fast, base = [], []
+        for _ in range(args.rounds):
+            t, body = get(url, PROMETHEUS, compressed=True)
+            fast.append(t)
+            t, _ = get(url, BASELINE, compressed=True)
             base.append(t)
         series = body.count(b"\norb8_syscalls_total{")
         total = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
@@ -187,10 +219,10 @@ def live(args: argparse.Namespace, workdir: Path) -> dict:
         out.update(
             series=total,
             syscall_series=series,
+            scrape_p50_ms=statistics.median(scrapes) * 1000,
             scrape_fast_p50_ms=statistics.median(fast) * 1000,
             scrape_baseline_p50_ms=statistics.median(base) * 1000,
             collect_p50_ms=statistics.median(collect) * 1000,
-            loaded_memory=process_memory(proc.pid),
             slot_entries=entries.get('{map="syscall_slots"}'),
         )
         print(
@@ -198,12 +230,16 @@ def live(args: argparse.Namespace, workdir: Path) -> dict:
             f"syscall_slots entries {out['slot_entries']}"
         )
         print(
-            f"/metrics p50 over {args.rounds}: fast {out['scrape_fast_p50_ms']:.0f} ms, "
-            f"generate_latest {out['scrape_baseline_p50_ms']:.0f} ms (same process, "
-            f"alternating), of which collect p50 {out['collect_p50_ms']:.0f} ms; "
+            f"/metrics as Prometheus scrapes (OpenMetrics, gzip level {GZIP_LEVEL}): p50 "
+            f"{out['scrape_p50_ms']:.0f} ms over {args.scrapes} scrapes, of which collect "
+            f"p50 {out['collect_p50_ms']:.0f} ms"
+        )
+        print(
+            f"alternating over {args.rounds} rounds: orb8 p50 {out['scrape_fast_p50_ms']:.0f} ms, "
+            f"generate_latest (same process, same series, gzip) "
+            f"{out['scrape_baseline_p50_ms']:.0f} ms; "
             f"ratio {out['scrape_fast_p50_ms'] / out['scrape_baseline_p50_ms']:.2f}"
         )
-        print(f"memory at {args.containers} cgroups: {memory_line(proc.pid)}")
     finally:
         proc.terminate()
         try:
@@ -266,6 +302,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--no-trim", action="store_true", help="skip step 4")
     parser.add_argument(
         "orb8_args", nargs="*", help="more `orb8 run` flags (after --), e.g. --dangerous-syscalls"

@@ -32,10 +32,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import numpy as np  # noqa: E402
+
 from exporter.agent import Agent  # noqa: E402
-from exporter.model import MetricFamily, counter  # noqa: E402
+from exporter.model import Identity, MetricFamily, counter  # noqa: E402
 from exporter.outputs.otlp import OtlpConfig  # noqa: E402
 from exporter.registry import load_settings  # noqa: E402
+from exporter.sources.lifecycle import CarriedCounts  # noqa: E402
+from exporter.sources.syscalls.baseline import Baselines  # noqa: E402
+from exporter.sources.syscalls.counts import SyscallCounts  # noqa: E402
+from exporter.sources.syscalls.names import abi_tables, syscall_table  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 CONTAINERS, SYSCALLS = 1000, 50
@@ -44,12 +50,32 @@ IDENTITY = ("namespace", "pod", "container", "cgroup")
 
 
 class BusyNode:
-    """A source with the series count of a busy node; counters grow every collect."""
+    """A source with the series count of a busy node; counters grow every collect.
+
+    orb8_syscalls_total is built as the syscalls source builds it (rows from
+    arrays, sources/syscalls/counts.py); the network families as plain ones.
+    """
 
     name = "synthetic"
 
     def __init__(self) -> None:
         self.round = 0
+        self.counts = SyscallCounts(
+            abi_tables(),
+            (*IDENTITY, "syscall"),
+            Baselines(600.0),
+            lambda: {},
+            CarriedCounts(),
+        )
+        self.identities = {
+            c + 1: Identity(f"ns-{c % 40}", f"pod-{c}-7d9f8b6c5-x2k4q", "app", "")
+            for c in range(CONTAINERS)
+        }
+        nrs = sorted(syscall_table())[:SYSCALLS]
+        self.cgroup_ids = np.repeat(np.arange(1, CONTAINERS + 1, dtype=np.uint64), SYSCALLS)
+        self.keys = np.tile(np.array(nrs, dtype=np.uint32), CONTAINERS)
+        calls = np.tile(np.arange(SYSCALLS, dtype=np.uint64), CONTAINERS)
+        self.base = np.uint64(1000) * (self.cgroup_ids - np.uint64(1)) + calls
 
     def start(self) -> None:
         pass
@@ -63,7 +89,14 @@ class BusyNode:
     def collect(self) -> list[MetricFamily]:
         self.round += 1
         r = self.round
-        syscalls = counter("orb8_syscalls_total", "calls", (*IDENTITY, "syscall"))
+        syscalls = self.counts.update(
+            self.identities,
+            self.cgroup_ids,
+            self.keys,
+            self.base + np.uint64(r),
+            CarriedCounts(),
+            set(self.identities.values()),
+        )
         net_bytes = counter(
             "orb8_network_bytes_total", "bytes", (*IDENTITY, "direction", "protocol", "family")
         )
@@ -73,8 +106,6 @@ class BusyNode:
         retransmits = counter("orb8_tcp_retransmits_total", "retransmits", IDENTITY)
         for c in range(CONTAINERS):
             who = (f"ns-{c % 40}", f"pod-{c}-7d9f8b6c5-x2k4q", "app", "")
-            for s in range(SYSCALLS):
-                syscalls.add((*who, f"syscall_{s}"), 1000 * c + s + r)
             for direction in ("egress", "ingress"):
                 net_bytes.add((*who, direction, "tcp", "ipv4"), 1500 * (c + r))
                 net_packets.add((*who, direction, "tcp", "ipv4"), c + r)
@@ -111,7 +142,8 @@ def scrape_loop(url: str, stop: threading.Event, latencies: list[float]) -> None
         latencies.append(time.perf_counter() - started)
 
 
-def run(protocol: str) -> dict[str, float]:
+def run(protocol: str, sdk: bool) -> dict[str, float]:
+    """sdk=True: the former path (SDK MetricsData, its encoder) in the same run."""
     # The collector runs in its own process, as a real one would: its
     # decoding must not compete with orb8 for this process's GIL.
     receiver = subprocess.Popen(
@@ -135,6 +167,8 @@ def run(protocol: str) -> dict[str, float]:
     agent._lock = lock  # type: ignore[assignment]
     agent.start()
     assert agent.otlp is not None
+    if sdk:
+        agent.otlp._writer = None
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         agent.otlp.export_once()  # warm up: imports, channel, first conversion
@@ -184,7 +218,11 @@ def run(protocol: str) -> dict[str, float]:
 
 
 def main() -> None:
-    results = {protocol: run(protocol) for protocol in ("grpc", "http/protobuf")}
+    results = {
+        f"{protocol}{' (SDK path)' if sdk else ''}": run(protocol, sdk)
+        for protocol in ("grpc", "http/protobuf")
+        for sdk in (False, True)
+    }
     cpu = next(
         (
             line.split(":", 1)[1].strip()

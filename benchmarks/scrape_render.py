@@ -11,24 +11,39 @@ gauges. Then renders them repeatedly, alternating:
 with values changing every round as counters do, and reports p50/p90 of
 each and the ratio. Both outputs are compared byte for byte every round.
 
+Then the same series the way orb8 builds them since issue 20:
+orb8_syscalls_total from the batch read's arrays (sources/syscalls/counts.py,
+rows kept between scrapes), rendered and gzipped (level 1) as /metrics
+serves them, against generate_latest + gzip of the same series, with
+--changed of the syscall counters moving between scrapes (1.0: all of them,
+the worst case; a node's counters move in the containers that ran).
+
 Usage: .venv/bin/python benchmarks/scrape_render.py [--rounds 21] [--containers 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import random
 import statistics
 import time
 
 import machine  # benchmarks/machine.py, beside this script
+import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.outputs.exposition import OPENMETRICS, TEXT, Renderer
-from exporter.outputs.prometheus import build_registry
+from exporter.outputs.gzipped import GzipCache
+from exporter.outputs.prometheus import GZIP_LEVEL, build_registry
+from exporter.rows import RowFamily
+from exporter.sources.lifecycle import CarriedCounts
 from exporter.sources.network.source import PEER_LABELS
+from exporter.sources.syscalls.baseline import Baselines
+from exporter.sources.syscalls.counts import SyscallCounts
+from exporter.sources.syscalls.names import abi_tables
 from exporter.sources.syscalls.tables import SYSCALLS
 
 
@@ -84,6 +99,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--containers", type=int, default=1000)
     parser.add_argument("--syscalls", type=int, default=50)
+    parser.add_argument("--changed", type=float, default=1.0)
     args = parser.parse_args()
     rng = random.Random(15)
     fams = families(identities(args.containers, rng), args.syscalls, rng)
@@ -121,6 +137,55 @@ def main() -> None:
             f"ratio {p50[fast] / p50[base]:.2f}"
         )
     print(f"prefix cache: {renderer.cached_series()} series")
+    rows(args, fams[1:], rng)
+
+
+def rows(args: argparse.Namespace, others: list[MetricFamily], rng: random.Random) -> None:
+    """Collect (syscalls from arrays) + render + gzip, against generate_latest + gzip."""
+    ids = identities(args.containers, rng)
+    numbers = sorted(SYSCALLS["x86_64"])[: args.syscalls]
+    counts = SyscallCounts(
+        abi_tables("x86_64"), (*IDENTITY_LABELS, "syscall"), Baselines(600.0), dict, CarriedCounts()
+    )
+    by_id = {i + 1: identity for i, identity in enumerate(ids)}
+    cgroup_ids = np.repeat(np.arange(1, args.containers + 1, dtype=np.uint64), args.syscalls)
+    keys = np.tile(np.array(numbers, dtype=np.uint32), args.containers)
+    values = np.array([rng.randrange(1, 10**9) for _ in range(len(keys))], dtype=np.uint64)
+    renderer, cache, present = Renderer(), GzipCache(GZIP_LEVEL), set(ids)
+
+    def scrape() -> tuple[list[MetricFamily], bytes]:
+        syscalls = counts.update(by_id, cgroup_ids, keys, values, CarriedCounts(), present)
+        families = [syscalls, *others]
+        return families, cache.compress(renderer.pieces(families, OPENMETRICS), b"# EOF\n")
+
+    scrape()  # the first scrape builds the rows, prefixes and compressed chunks
+    orb8, base = [], []
+    for _ in range(args.rounds):
+        moved = rng.sample(range(len(values)), int(len(values) * args.changed))
+        values[moved] += np.uint64(rng.randrange(1, 50))
+        t0 = time.perf_counter()
+        families, body = scrape()
+        t1 = time.perf_counter()
+        registry = build_registry(
+            lambda families=families: [
+                f.plain() if isinstance(f, RowFamily) else f for f in families
+            ],
+            process=False,
+        )
+        t2 = time.perf_counter()
+        expected = gzip.compress(generate_openmetrics(registry), compresslevel=GZIP_LEVEL)
+        t3 = time.perf_counter()
+        if gzip.decompress(body) != gzip.decompress(expected):
+            raise SystemExit("outputs differ: the rows' path is wrong")
+        orb8.append(t1 - t0)
+        base.append(t3 - t2)
+    p50, b50 = statistics.median(orb8) * 1000, statistics.median(base) * 1000
+    print(
+        f"OpenMetrics + gzip {GZIP_LEVEL}, {args.changed:.0%} of syscall counters moving: "
+        f"orb8 collect+render+gzip p50 {p50:.1f} ms (p90 "
+        f"{sorted(orb8)[int(len(orb8) * 0.9)] * 1000:.1f}); generate_latest+gzip p50 "
+        f"{b50:.1f} ms; ratio {p50 / b50:.2f}; bodies identical every round"
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from exporter.outputs import health
 from exporter.outputs.otlp import OtlpConfig, OtlpOutput, health_families
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.outputs.webconfig import WebConfig, WebConfigError, load_web_config
+from exporter.rows import RowFamily
 from exporter.sources import Context, Source, SourceAbsent
 from exporter.sources.exporter_self import identity_families, process_families, self_families
 
@@ -352,7 +353,10 @@ def _merge(families: list[MetricFamily]) -> list[MetricFamily]:
     merged: dict[str, MetricFamily] = {}
     for family in families:
         if family.name in merged:
-            merged[family.name].samples.extend(family.samples)
+            first = merged[family.name]
+            if isinstance(first, RowFamily):  # its samples are its rows: copy them
+                first = merged[family.name] = first.plain()
+            first.samples.extend(family.samples)
         else:
             merged[family.name] = family
     return list(merged.values())

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(settings: Settings) -> int:
+    from exporter import memory
     from exporter.agent import Agent, StartupError
     from exporter.outputs.otlp import OtlpSettingError, resolve
 
@@ -63,6 +64,7 @@ def cmd_run(settings: Settings) -> int:
         print(f"orb8: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     log = logging.getLogger("orb8")
+    memory.tune_malloc()  # before any thread allocates (exporter/memory.py)
     agent = Agent(
         settings, otlp=otlp, banner=f"orb8 {__version__} starting on kernel {platform.release()}"
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,41 @@ def _libc_malloc_trim():
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim
+
+
+# glibc mallopt parameters (malloc.h) and orb8's values. Each thread that
+# allocates gets its own arena (up to 8 per core), and the mmap threshold
+# rises to the largest block freed (up to 32 MiB): the HTTP workers and the
+# housekeeping thread each kept the high-water mark of a scrape's
+# temporaries (a 7 MiB body, numpy arrays) in their own arena. Two arenas
+# and a fixed 256 KiB threshold (big blocks are mmapped, and unmapped when
+# freed) took RssAnon at 1,000 cgroups from 219 to 137 MiB
+# (benchmarks/RESULTS.md, issue 20).
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+TUNING = {
+    "MALLOC_ARENA_MAX": (M_ARENA_MAX, 2),
+    "MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, 256 << 10),
+}
+
+
+def tune_malloc(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """Apply TUNING before the threads start; what was set (by name). A value
+    the operator set in the environment (glibc reads it itself) is left alone;
+    nothing happens without glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return {}
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    applied = {}
+    for name, (param, value) in TUNING.items():
+        if name not in environ and mallopt(param, value) == 1:
+            applied[name] = value
+    if applied:
+        log.debug("malloc tuned: %s", applied)
+    return applied
 
 
 def malloc_trim() -> int:

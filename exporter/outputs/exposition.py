@@ -15,6 +15,11 @@ one; when series have gone it is rebuilt from those just written, so deleted
 pods' prefixes go with their series. It costs memory: ~25 MiB of RssAnon at
 52,000 series (benchmarks/RESULTS.md), the price of the 10x.
 
+A RowFamily (exporter/rows.py: the syscall and network traffic families)
+skips that cache: its layout keeps each row's prefix and formatted value
+between collects, so a scrape formats only the values that changed and
+re-joins only the chunks of CHUNK_ROWS rows that hold them (row_chunks).
+
 Byte identity with prometheus_client (classic text 0.0.4 and OpenMetrics
 1.0) is tested in tests/unit/test_exposition.py on a fixture of the odd
 cases (escapes, NaN/Inf, large numbers, empty labels, counters, gauges,
@@ -33,9 +38,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 from prometheus_client import exposition, openmetrics
 
 from exporter.model import MetricFamily
+from exporter.rows import RowFamily
 
 TEXT = "text"
 OPENMETRICS = "openmetrics"
@@ -77,6 +84,42 @@ def go_floats(values: Iterable[float]) -> list[str]:
         if len(s) > 8 or s[-1] not in _DIGITS:
             texts[i] = _go_repr(s)
     return texts
+
+
+_POW10 = 10 ** np.arange(17, dtype=np.int64)
+_EXACT = float(2**53)  # integers below are floats exactly; repr shows all their digits
+
+
+def go_lines(values: np.ndarray) -> list[str]:
+    """go_floats(values) with a newline after each, for a float64 array, in bulk.
+
+    Counters are integers: below 10**6 Go and Python both write `n.0`; from
+    10**6 to 2**53 Go writes the integer's digits, trailing zeros cut, as
+    d.ddde+XX, which is "%.*e" with that many digits. Only other values
+    (fractions, negatives, NaN, beyond 2**53) take go_floats one by one.
+    """
+    out: list[str] = [""] * len(values)
+    integral = (values >= 0) & (values < _EXACT) & (values == np.floor(values))
+    integral &= ~np.signbit(values)
+    small = integral & (values < 1e6)
+    big = integral & ~small
+    index = np.flatnonzero(small)
+    for i, n in zip(index.tolist(), values[index].astype(np.int64).tolist(), strict=True):
+        out[i] = f"{n}.0\n"
+    index = np.flatnonzero(big)
+    if len(index):
+        n = values[index].astype(np.int64)
+        digits = np.searchsorted(_POW10, n, side="right")
+        zeros = np.zeros(len(n), dtype=np.int64)
+        for power in _POW10[1:16]:
+            zeros += n % power == 0
+        precision = digits - 1 - zeros
+        for i, p, x in zip(index.tolist(), precision.tolist(), values[index].tolist(), strict=True):
+            out[i] = f"{x:.{p}e}\n"
+    index = np.flatnonzero(~integral)
+    for i, text in zip(index.tolist(), go_floats(values[index].tolist()), strict=True):
+        out[i] = text + "\n"
+    return out
 
 
 def escape_value(value: str) -> str:
@@ -139,20 +182,32 @@ class Renderer:
         The OpenMetrics "# EOF" is not written: the caller appends the rest
         of the registry (process_*) and that encoder ends the body.
         """
+        return b"".join(self.pieces(families, form)).decode()
+
+    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[bytes]:
+        """render()'s text, UTF-8, in pieces; a RowFamily's unchanged chunks are
+        the same bytes objects from one scrape to the next (gzip keeps their
+        compressed form by them)."""
         with self._lock:  # text and OpenMetrics scrapes at once: one cache, one writer
-            out: list[str] = []
+            out: list[bytes] = []
             seen: set[tuple[str, tuple[str, ...]]] = set()
+            text: list[str] = []  # headers and plain families, encoded together
             for family in families:
-                out.append(_header(family, form))
-                if family.samples:
+                text.append(_header(family, form))
+                if isinstance(family, RowFamily):
+                    out.append("".join(text).encode())
+                    text.clear()
+                    out.extend(row_chunks(family))
+                elif family.samples:
                     key = (family.name, family.labels)
-                    out.append(self._samples(family, key, key in seen))
+                    text.append(self._samples(family, key, key in seen))
                     seen.add(key)
                 elif family.histograms:
-                    out.append(_histogram(family))
+                    text.append(_histogram(family))
+            out.append("".join(text).encode())
             for key in self._prefixes.keys() - seen:  # families gone: their series too
                 del self._prefixes[key]
-            return "".join(out)
+            return out
 
     def _samples(self, family: MetricFamily, key: tuple[str, tuple[str, ...]], again: bool) -> str:
         samples = family.samples
@@ -179,6 +234,74 @@ class Renderer:
 
     def cached_series(self) -> int:
         return sum(len(cache) for cache in self._prefixes.values())
+
+
+# Rows per chunk of a RowFamily's text: a scrape re-joins only the chunks
+# with a changed value (and gzip.py compresses only those again).
+CHUNK_ROWS = 512
+
+
+def render_rows(family: RowFamily) -> str:
+    """The sample lines of a RowFamily, as _samples() writes them for its samples.
+
+    Kept in the layout's columns, per family name: each row's prefix, the
+    bits of the value last formatted and its text, and the joined text of
+    each chunk of CHUNK_ROWS rows. A scrape formats the values that changed
+    (compared bit for bit: -0.0 and NaN payloads keep their own text) and
+    re-joins their chunks; a new layout carries prefixes and texts over from
+    the previous one by row.
+    """
+    return b"".join(row_chunks(family)).decode()
+
+
+def row_chunks(family: RowFamily) -> list[bytes]:
+    layout = family.layout
+    n = len(layout)
+    if n == 0:
+        return []
+    bits = np.ascontiguousarray(family.values, dtype=np.float64).view(np.int64)
+    columns = layout.columns
+    key_prefix, key_text, key_bits, key_chunks = (
+        (kind, family.name) for kind in ("prefix", "text", "bits", "chunks")
+    )
+    with layout.lock:
+        prefixes = columns.get(key_prefix)
+        if prefixes is None:
+            prefixes = layout.carried(key_prefix, None)
+            if prefixes is None:
+                prefixes, missing = np.full(n, None, dtype=object), np.arange(n)
+            else:
+                missing = np.flatnonzero(layout.fresh())
+            if len(missing):
+                build = _prefix_builder(family)
+                prefixes[missing] = [build(values) for values in layout.labels[missing].tolist()]
+            columns[key_prefix] = prefixes
+        texts = columns.get(key_text)
+        if texts is None:
+            texts = layout.carried(key_text, None)
+            shown = layout.carried(key_bits, 0)
+            if texts is None or shown is None:
+                texts, shown = np.full(n, None, dtype=object), np.zeros(n, dtype=np.int64)
+                stale = np.ones(n, dtype=bool)
+            else:
+                stale = layout.fresh() | (shown != bits)
+            columns[key_text], columns[key_bits] = texts, shown
+            chunks: list[bytes | None] = [None] * ((n + CHUNK_ROWS - 1) // CHUNK_ROWS)
+            columns[key_chunks] = chunks
+        else:
+            shown, chunks = columns[key_bits], columns[key_chunks]
+            stale = shown != bits
+        changed = np.flatnonzero(stale)
+        if len(changed):
+            texts[changed] = go_lines(family.values[changed])
+            shown[changed] = bits[changed]
+            for chunk in np.unique(changed // CHUNK_ROWS).tolist():
+                chunks[chunk] = None
+        for chunk, text in enumerate(chunks):
+            if text is None:
+                rows = slice(chunk * CHUNK_ROWS, (chunk + 1) * CHUNK_ROWS)
+                chunks[chunk] = "".join((prefixes[rows] + texts[rows]).tolist()).encode()
+        return list(chunks)  # type: ignore[arg-type]
 
 
 def _prefix_builder(family: MetricFamily):

@@ -480,19 +480,93 @@ def make_exporter(config: OtlpConfig) -> Any:
                     _read(config.client_certificate) if config.client_certificate else None
                 ),
             )
-        return OTLPMetricExporter(**kwargs)
+        return _grpc_exporter_of_requests(OTLPMetricExporter)(**kwargs)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpExporter,
     )
 
     if config.certificate:
         kwargs["session"] = _session_trusting_the_configured_ca()
-    return HttpExporter(
+    return _http_exporter_of_requests(HttpExporter)(
         **kwargs,
         certificate_file=config.certificate,
         client_key_file=config.client_key,
         client_certificate_file=config.client_certificate,
     )
+
+
+# The SDK's exporters take MetricsData and encode it themselves; orb8's
+# requests are already serialized (otlp_wire.py). These subclasses send an
+# Encoded request through the exporter's own transport, retries, timeouts
+# and self-metrics, and anything else through the SDK's path unchanged.
+# They use the exporters' internals (_client, _stub, _translate_data): the
+# kernel and unit tests push through them into real receivers.
+
+
+def _grpc_exporter_of_requests(base: Any) -> Any:
+    import grpc
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceResponse,
+    )
+
+    from exporter.outputs.otlp_wire import Encoded
+
+    class BytesStub:
+        """MetricsService's stub, for requests that are bytes already."""
+
+        def __init__(self, channel: grpc.Channel) -> None:
+            self.Export = channel.unary_unary(
+                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                request_serializer=None,
+                response_deserializer=ExportMetricsServiceResponse.FromString,
+            )
+
+    class Exporter(base):  # type: ignore[misc,valid-type]
+        accepts_encoded = True
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._stub = BytesStub
+            self._client = BytesStub(self._channel)
+
+        def _translate_data(self, data: Any) -> bytes:
+            if isinstance(data, Encoded):
+                return data.data
+            return encode_metrics(data).SerializeToString()
+
+        def _count_data(self, data: Any) -> int:
+            return data.points if isinstance(data, Encoded) else super()._count_data(data)
+
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            if isinstance(metrics_data, Encoded):
+                return self._export(data=metrics_data)
+            return super().export(metrics_data, timeout_millis, **kwargs)
+
+    return Exporter
+
+
+def _http_exporter_of_requests(base: Any) -> Any:
+    from opentelemetry.sdk.metrics.export import MetricExportResult
+
+    from exporter.outputs.otlp_wire import Encoded
+
+    class Exporter(base):  # type: ignore[misc,valid-type]
+        accepts_encoded = True
+
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            if not isinstance(metrics_data, Encoded):
+                return super().export(metrics_data, timeout_millis, **kwargs)
+            if self._shutdown:
+                return MetricExportResult.FAILURE
+            with self._metrics.export_operation(metrics_data.points) as result:
+                sent = self._client.export(metrics_data.data)
+                if not sent.success:
+                    result.error = sent.error
+                    return MetricExportResult.FAILURE
+            return MetricExportResult.SUCCESS
+
+    return Exporter
 
 
 def _session_trusting_the_configured_ca() -> Any:
@@ -532,9 +606,18 @@ class OtlpOutput:
         self.config = config
         self._collect = collect
         self._exporter = exporter if exporter is not None else make_exporter(config)
-        self._converter = Converter(
-            build_resource(config, node_name), config.temporality, time.time_ns()
-        )
+        resource = build_resource(config, node_name)
+        start_ns = time.time_ns()
+        self._converter = Converter(resource, config.temporality, start_ns)
+        # Cumulative pushes are written from the rows (otlp_wire.py) when the
+        # exporter takes serialized requests; delta keeps the SDK path.
+        self._writer: Any = None
+        if config.temporality == "cumulative" and getattr(self._exporter, "accepts_encoded", False):
+            from exporter.outputs.otlp_wire import RequestWriter  # protobuf: only with OTLP on
+
+            self._writer = RequestWriter(
+                dict(resource.attributes), SCOPE, __version__, start_ns, MAX_POINTS_PER_REQUEST
+            )
         self._stop = threading.Event()
         self._closed = self._exporter_closed = False
         self._thread = threading.Thread(target=self._run, name="otlp", daemon=True)
@@ -566,11 +649,16 @@ class OtlpOutput:
         self._complaints.message = ""
         try:
             families = list(self._collect())  # the only part under the agent's lock
-            data, points = self._converter.convert(families, time.time_ns())
+            batches: Iterable[Any]
+            if self._writer is not None:
+                batches, points = self._writer.write(families, time.time_ns())
+            else:
+                data, points = self._converter.convert(families, time.time_ns())
+                batches = split(data, MAX_POINTS_PER_REQUEST)
             # Batches in order; the first failure ends the push (the rest
             # would only wait out the same timeout against the same collector).
             ok = True
-            for batch in split(data, MAX_POINTS_PER_REQUEST):
+            for batch in batches:
                 result = self._exporter.export(batch, timeout_millis=self.config.timeout * 1000)
                 ok = getattr(result, "name", result) == "SUCCESS"
                 if not ok:

@@ -7,6 +7,8 @@ collect and the real HTTP server, scraped as Prometheus does in the text and
 OpenMetrics formats. Any rename, label change or order change in the output
 shows as a diff against tests/golden/*.txt. No root, no BPF, a second or two.
 
+Samples within a family are compared sorted (their order follows kernel
+hash order and cgroup inode numbers); family order is compared as is.
 Values that belong to the machine, not to orb8 (the version and kernel in
 orb8_build_info, collect durations, the bpf_stats sysctl, process_*) are
 replaced by `<volatile>`: their names, labels and order stay checked.
@@ -190,12 +192,22 @@ def scrape_fixed_node(root: Path) -> dict[str, str]:
 
 
 def normalise(body: str) -> str:
-    lines = []
-    for line in body.splitlines():
+    lines: list[str] = []
+    samples: list[str] = []  # of the current family
+    for line in [*body.splitlines(), "# end"]:
+        if line.startswith("#"):
+            # Samples within a family follow the kernel's hash order and the
+            # cgroups' inode numbers, which no two machines share: compared
+            # sorted. Family order, names, labels and values stay exact.
+            lines.extend(sorted(samples))
+            samples.clear()
+            if line != "# end":
+                lines.append(line)
+            continue
         if line.startswith("orb8_build_info{"):
             line = re.sub(r'(version|kernel)="[^"]*"', r'\1="<volatile>"', line)
         match = VOLATILE_LINE.match(line)
         if match:
             line = f"{match['series']} <volatile>"
-        lines.append(line)
+        samples.append(line)
     return "\n".join(lines) + "\n"

@@ -58,3 +58,53 @@ def test_freed_heap_in_the_middle_of_the_heap_goes_back():
         assert freed > 30 * 2**20
     finally:
         libc.free(blocks[-1])
+
+
+TEMPORARIES = """
+import ctypes, ctypes.util, sys
+from exporter.memory import process_memory, tune_malloc
+operator = {"MALLOC_ARENA_MAX": "8", "MALLOC_MMAP_THRESHOLD_": "x"}
+applied = tune_malloc({} if sys.argv[1] == "tuned" else operator)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+big = libc.malloc(8 << 20)  # a scrape's body: mmapped, and freed
+ctypes.memset(big, 1, 8 << 20)
+libc.free(big)
+before = process_memory()["RssAnon"]
+blocks = [libc.malloc(1 << 20) for _ in range(24)]  # the next scrape's temporaries
+for block in blocks:
+    ctypes.memset(block, 1, 1 << 20)
+keep = libc.malloc(200 << 10)  # something still in use above them (from the top)
+for block in blocks:
+    libc.free(block)
+print(sorted(applied), (process_memory()["RssAnon"] - before) >> 20)
+"""
+
+
+def test_tuned_malloc_gives_a_scrapes_temporaries_back():
+    """glibc raises its mmap threshold to the biggest block freed, so after
+    one 8 MiB body the next scrape's 1 MiB temporaries come from the heap and
+    stay resident once freed; with the threshold fixed (tune_malloc) they are
+    mmapped and unmapped. An operator's own MALLOC_* variables are left alone."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    def run(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", TEMPORARIES, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("]")
+        return out[0] + "]", int(out[1])
+
+    tuned, kept_tuned = run("tuned")
+    untuned, kept_untuned = run("operator")
+    assert tuned == "['MALLOC_ARENA_MAX', 'MALLOC_MMAP_THRESHOLD_']" and untuned == "[]"
+    assert kept_untuned >= 20  # the glibc default keeps them
+    assert kept_tuned <= 2

@@ -98,6 +98,7 @@ import numpy as np
 from exporter import probes
 from exporter.identity import Resolver
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
+from exporter.rows import Interner, RowFamily, RowTable
 from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.sources.mapstats import MapStats, map_families, memory_family
@@ -199,6 +200,7 @@ class NetworkSource:
         # Exact counters of retired cgroups: the shared carry rule
         # (exporter/sources/lifecycle.py).
         self._traffic_carried = CarriedCounts()
+        self._traffic_rows = _Rows()
         self._tcp_carried = CarriedCounts()
         self._ledger = FlowLedger(self.peer_limit, self.flow_idle_timeout)
         self._evictions = 0
@@ -442,39 +444,52 @@ class NetworkSource:
     def _traffic_families(
         self, identities: dict[int, Identity], keys: np.ndarray, values: np.ndarray
     ) -> list[MetricFamily]:
-        series: dict[tuple[Identity, int, int, int], list[int]] = {}
-        for key, (nbytes, npackets) in self._traffic_carried.items(identities.values()):
-            _add(series, key, nbytes, npackets)
-        for cgroup_id, direction, protocol, family, nbytes, npackets in zip(
-            keys["cgroup_id"].tolist(),
-            keys["direction"].tolist(),
-            keys["protocol"].tolist(),
-            keys["family"].tolist(),
-            values[:, 0].tolist(),
-            values[:, 1].tolist(),
-            strict=True,
-        ):
-            _add(series, (identities[cgroup_id], direction, protocol, family), nbytes, npackets)
+        """orb8_network_{bytes,packets}_total: one set of rows (exporter/rows.py),
+        kept between collects, coded (identity index, direction, protocol,
+        family) from the read's arrays, as orb8_syscalls_total is."""
+        present = set(identities.values())
+        rows = self._traffic_rows
+        if len(rows.identities) > 2 * len(present) + 1024:
+            rows.identities.clear()  # renumbered: no row made under the old numbers survives
+            rows.table.reset()
+        known = np.fromiter(identities, dtype=np.uint64, count=len(identities))
+        known.sort()
+        idents = np.array([rows.identities(identities[c]) for c in known.tolist()], dtype=np.int64)
+        codes = (idents[np.searchsorted(known, keys["cgroup_id"])] << 24) | _traffic_code(
+            keys["direction"], keys["protocol"], keys["family"]
+        )
+        carried = self._traffic_carried.items(present)
+        extra = np.array(
+            [rows.identities(k[0]) << 24 | k[1] << 16 | k[2] << 8 | k[3] for k, _ in carried],
+            dtype=np.int64,
+        )
+        counted = np.concatenate(
+            [
+                values.astype(np.uint64, copy=False).reshape(-1, 2),
+                np.array([c for _, c in carried], np.uint64).reshape(-1, 2),
+            ]
+        )
+        unique, inverse = np.unique(np.concatenate([codes, extra]), return_inverse=True)
+        sums = np.zeros((len(unique), 2), dtype=np.uint64)
+        np.add.at(sums, inverse, counted)
+        layout = rows.table.update(unique, lambda new: _traffic_labels(rows.identities, new))
         labels = (*IDENTITY_LABELS, "direction", "protocol", "family")
-        net_bytes = counter(
+        net_bytes = RowFamily(
             "orb8_network_bytes_total",
+            "counter",
             "IP-layer bytes sent (egress) or received (ingress) by sockets of the cgroup.",
             labels,
+            layout,
+            sums[:, 0].astype(np.float64),
         )
-        net_packets = counter(
+        net_packets = RowFamily(
             "orb8_network_packets_total",
+            "counter",
             "IP packets sent (egress) or received (ingress) by sockets of the cgroup.",
             labels,
+            layout,
+            sums[:, 1].astype(np.float64),
         )
-        for (identity, direction, protocol, family), (nbytes, npackets) in series.items():
-            row = (
-                *identity,
-                _name(DIRECTIONS, direction),
-                _name(PROTOCOLS, protocol),
-                _name(FAMILIES, family),
-            )
-            net_bytes.add(row, nbytes)
-            net_packets.add(row, npackets)
         return [net_bytes, net_packets]
 
     def _tcp_families(
@@ -611,6 +626,32 @@ class NetworkSource:
         log.info("retired %d removed cgroup(s) from the network maps", len(retire))
 
 
+class _Rows:
+    """A family's rows and the identity numbering their codes use."""
+
+    def __init__(self) -> None:
+        self.identities: Interner[Identity] = Interner()
+        self.table = RowTable()
+
+
+def _traffic_code(direction: np.ndarray, protocol: np.ndarray, family: np.ndarray) -> np.ndarray:
+    return (
+        direction.astype(np.int64) << 16 | protocol.astype(np.int64) << 8 | family.astype(np.int64)
+    )
+
+
+def _traffic_labels(identities: Interner[Identity], codes: np.ndarray) -> list[tuple[str, ...]]:
+    return [
+        (
+            *identities.values[code >> 24],
+            _name(DIRECTIONS, code >> 16 & 0xFF),
+            _name(PROTOCOLS, code >> 8 & 0xFF),
+            _name(FAMILIES, code & 0xFF),
+        )
+        for code in codes.tolist()
+    ]
+
+
 def _parse_ips(ips: Iterable[str]) -> set[IPAddress]:
     addresses: set[IPAddress] = set()
     for text in ips:
@@ -619,12 +660,6 @@ def _parse_ips(ips: Iterable[str]) -> set[IPAddress]:
         except ValueError:
             raise ValueError(f"invalid node IP {text!r}") from None
     return addresses
-
-
-def _add(store: dict, key: Any, nbytes: int, npackets: int) -> None:
-    entry = store.setdefault(key, [0, 0])
-    entry[0] += nbytes
-    entry[1] += npackets
 
 
 def _name(names: tuple[str, ...], index: int) -> str:

@@ -175,6 +175,19 @@ class Baselines:
             return False
         return True
 
+    def seen(self, workload: str) -> None:
+        """`workload` made calls now (all of them learned ones, which the
+        collect does not observe one by one): it is not gone."""
+        baseline = self.workloads.get(workload)
+        if baseline is None:
+            return
+        now = self.clock()
+        if baseline.last_seen != now:
+            if now - baseline.last_seen > SEEN_SAVE_STEP:
+                self._dirty = True  # so a restart does not think it long gone
+            baseline.last_seen = now
+            self.workloads.move_to_end(workload)
+
     def prune(self) -> int:
         """Drop baselines not seen for `forget_after` seconds; how many went."""
         horizon = self.clock() - self.forget_after

@@ -59,7 +59,6 @@ from exporter import probes
 from exporter.config import MIB
 from exporter.identity import Resolver
 from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
-from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.sources.exporter_self import program_families, table_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
@@ -67,6 +66,7 @@ from exporter.sources.mapstats import MapStats, map_families, memory_family
 from exporter.sources.syscalls.baseline import DEFAULT_CAPACITY as BASELINE_CAPACITY
 from exporter.sources.syscalls.baseline import DEFAULT_FORGET_AFTER as BASELINE_FORGET_AFTER
 from exporter.sources.syscalls.baseline import Baselines
+from exporter.sources.syscalls.counts import SyscallCounts
 from exporter.sources.syscalls.evidence import (
     MAX_RATE_KEYS,
     Allowlist,
@@ -214,7 +214,14 @@ class SyscallSource:
         # dangerous_counts is under pressure.
         self._dangerous_idle: dict[int, tuple[int, float]] = {}
         self._novel = CarriedCounts()
-        self._last_counts: Series = {}
+        # orb8_syscalls_total's rows, kept between collects (counts.py).
+        self._counts = SyscallCounts(
+            abi_tables(),
+            (*IDENTITY_LABELS, "syscall"),
+            self.baselines,
+            self.resolver.owners,
+            self._novel,
+        )
 
     def describe(self) -> str:
         return (
@@ -510,7 +517,8 @@ class SyscallSource:
         )
         self._exclude_own_workload(identities)
         present = set(identities.values())
-        series = _aggregate(identities, cgroup_ids, nrs, counts, self._carried, present)
+        self.baselines.prune()
+        syscalls = self._counts.update(identities, cgroup_ids, nrs, counts, self._carried, present)
         dangerous = _aggregate(
             identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous, present
         )
@@ -519,11 +527,10 @@ class SyscallSource:
         )
         dangerous.update(overflow)
         suppressed.update(overflow_suppressed)
-        self._observe_baselines(series)
 
         novel = {key: value for key, (value,) in self._novel.items(present)}
         families = [
-            *self._families(series, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
+            *self._families(syscalls, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             self._suppressed_family(suppressed),
             *ring_buffer,
             *program_families(self._maps.programs()),
@@ -549,45 +556,18 @@ class SyscallSource:
             self._novel,
         ):
             dropped |= ledger.expire(present, now)
-        for key in [key for key in self._last_counts if key[0] in dropped]:
-            del self._last_counts[key]
+        self._counts.forget(dropped)
         return families
-
-    def _observe_baselines(self, series: Series) -> None:
-        self.baselines.prune()
-        owners = self.resolver.owners()
-        for key, value in series.items():
-            identity, nr = key
-            delta = value - self._last_counts.get(key, 0)
-            self._last_counts[key] = value
-            if delta <= 0 or identity == UNRESOLVED:
-                continue
-            if identity.pod:
-                owner = owners.get((identity.namespace, identity.pod)) or identity.pod
-                workload = f"{identity.namespace}/{owner}/{identity.container}"
-            elif parse_kubelet_cgroup(identity.cgroup) is not None:
-                continue  # a pod's cgroup whose pod is not known yet
-            else:
-                workload = f"cgroup:{identity.cgroup}"
-            if self.baselines.observe(workload, self.syscall_name(nr)):
-                self._novel.add(key, delta)
 
     def _families(
         self,
-        series: Series,
+        syscalls: MetricFamily,
         dangerous: Series,
         novel_series: Series,
         entries: int,
         dangerous_entries: int,
     ) -> list[MetricFamily]:
         labels = (*IDENTITY_LABELS, "syscall")
-        syscalls = counter(
-            "orb8_syscalls_total",
-            "System calls entered, per cgroup and syscall, counted in the kernel.",
-            labels,
-        )
-        for (identity, name), value in self._by_name(series).items():
-            syscalls.add((*identity, name), value)
         dangerous_family = counter(
             "orb8_dangerous_syscalls_total",
             "Attempts of dangerous syscalls (successful or not), counted in the kernel; "
