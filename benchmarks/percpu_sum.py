@@ -10,7 +10,7 @@ value as round_up(value_size, 8) bytes per possible CPU). Three ways:
   - current: probes.lookup_batch's `.raw[:size]` (copies of the buffer)
     then np.frombuffer(...).reshape(n, -1, width).sum(axis=1), as
     probes.percpu_u64_sums() and NetworkSource._read_percpu() do,
-  - percpu: exporter.percpu.sums() on the ctypes buffer in place.
+  - percpu: exporter.kernel.percpu.sums() on the ctypes buffer in place.
 Reports the median time of each and the peak extra memory (tracemalloc,
 which sees bytes and numpy allocations) of one call, and checks all three
 agree.
@@ -29,7 +29,7 @@ import tracemalloc
 import machine  # benchmarks/machine.py, beside this script
 import numpy as np
 
-from exporter import percpu
+from exporter.kernel import percpu
 
 
 def simulated_batch(entries: int, cpus: int, width: int, rng: np.random.Generator):
