@@ -25,8 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
+from exporter.kernel.headers import find_kernel_headers  # noqa: E402
+from exporter.kernel.stats import program_stats  # noqa: E402
 from exporter.sources.syscalls.source import SyscallSource  # noqa: E402
 
 sys.path.insert(0, str(HERE))
@@ -37,7 +38,7 @@ BPF_ENABLE_STATS, BPF_STATS_RUN_TIME, SYS_BPF = 32, 0, 321
 
 def enter_stats(source: SyscallSource) -> tuple[int, int]:
     """(runs, run time ns) of the source's sys_enter program."""
-    for stats in probes.program_stats(source._bpf):
+    for stats in program_stats(source._bpf):
         if stats.program == "syscalls_enter_raw":
             return stats.runs, stats.run_time_ns
     raise RuntimeError("syscalls_enter_raw not loaded")
@@ -52,7 +53,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    headers = probes.find_kernel_headers()
+    headers = find_kernel_headers()
     root = find_cgroup2_mount()
     with_abi = SyscallSource(Resolver(CgroupTree(root)), 32768, 60, headers=headers)
     native = SyscallSource(

@@ -43,8 +43,8 @@ sys.path.insert(0, str(HERE))
 
 from syscall_overhead import Loop  # noqa: E402
 
-from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
+from exporter.kernel import headers  # noqa: E402
 from exporter.sources.syscalls.source import (  # noqa: E402
     RB_DROPPED,
     RB_WRITTEN,
@@ -84,7 +84,7 @@ def source(
         Resolver(CgroupTree(find_cgroup2_mount())),
         32768,
         60,
-        headers=probes.find_kernel_headers(),
+        headers=headers.find_kernel_headers(),
         security=security,
     )
     src.start()

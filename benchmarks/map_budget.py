@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from exporter.mapmemory import map_memory, slots_needed
+from exporter.kernel.mapmemory import map_memory, slots_needed
 from exporter.registry import kernel_maps, load_settings
 
 MiB = 1 << 20

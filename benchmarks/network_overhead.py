@@ -49,9 +49,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from bcc import BPF  # noqa: E402
 
-from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
-from exporter.probes import link_create  # noqa: E402
+from exporter.kernel import headers  # noqa: E402
+from exporter.kernel.attach import link_create  # noqa: E402
 from exporter.sources.dns.source import DnsSource  # noqa: E402
 from exporter.sources.network.source import NetworkSource  # noqa: E402
 from tests.kernel.netpods import PodPair  # noqa: E402
@@ -69,13 +69,13 @@ class Programs:
     def __init__(self, pods: PodPair) -> None:
         self.source = NetworkSource(
             Resolver(CgroupTree(find_cgroup2_mount()), pods=pods.pods),
-            headers=probes.find_kernel_headers(),
+            headers=headers.find_kernel_headers(),
             node_ips=[],
         )
         self.source.start()  # attached: the exact programs and maps `orb8 run` uses
         self.dns = DnsSource(
             Resolver(CgroupTree(find_cgroup2_mount()), pods=pods.pods),
-            headers=probes.find_kernel_headers(),
+            headers=headers.find_kernel_headers(),
         )
         self.dns.start()
         dns_programs = [(a.fn.fd, a.attach_type) for a in self.dns._cgroup.attachments]
@@ -269,7 +269,7 @@ def main() -> None:
     try:
         pods.setup()
         programs = Programs(pods)
-        variant = f"network: {programs.source.describe()}; dns: {programs.dns.describe()}"
+        variant = f"network: {programs.source.summary()}; dns: {programs.dns.summary()}"
         ids = programs.program_ids()
         server = start_server(pods)
         iperf_client(pods, 1)  # warm up

@@ -83,7 +83,7 @@ class BusyNode:
     def close(self) -> None:
         pass
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"{CONTAINERS} containers x {SYSCALLS} syscalls + network"
 
     def collect(self) -> list[MetricFamily]:

@@ -2,15 +2,15 @@
 
 This machine has 2 CPUs, so the batch-lookup output of a per-CPU map is
 simulated: a ctypes buffer of entries x CPUs x width u64s, entry-major, as
-probes.lookup_batch() fills it (BPF_MAP_LOOKUP_BATCH writes each per-CPU
+maps.lookup_batch() fills it (BPF_MAP_LOOKUP_BATCH writes each per-CPU
 value as round_up(value_size, 8) bytes per possible CPU). Three ways:
   - python_loop: one Python addition per CPU per entry (what BCC's
     `sum(table[key])` does, done for every entry); timed on the first
     --loop-entries entries and scaled to all of them,
-  - current: probes.lookup_batch's `.raw[:size]` (copies of the buffer)
+  - current: maps.lookup_batch's `.raw[:size]` (copies of the buffer)
     then np.frombuffer(...).reshape(n, -1, width).sum(axis=1), as
-    probes.percpu_u64_sums() and NetworkSource._read_percpu() do,
-  - percpu: exporter.percpu.sums() on the ctypes buffer in place.
+    maps.percpu_u64_sums() and NetworkSource._read_percpu() do,
+  - percpu: exporter.kernel.percpu.sums() on the ctypes buffer in place.
 Reports the median time of each and the peak extra memory (tracemalloc,
 which sees bytes and numpy allocations) of one call, and checks all three
 agree.
@@ -29,7 +29,7 @@ import tracemalloc
 import machine  # benchmarks/machine.py, beside this script
 import numpy as np
 
-from exporter import percpu
+from exporter.kernel import percpu
 
 
 def simulated_batch(entries: int, cpus: int, width: int, rng: np.random.Generator):

@@ -42,8 +42,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from bcc import BPF  # noqa: E402
 
-from exporter import probes  # noqa: E402
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: E402
+from exporter.kernel import headers  # noqa: E402
 from exporter.sources.syscalls import native_syscall_numbers  # noqa: E402
 from exporter.sources.syscalls.source import SyscallSource  # noqa: E402
 
@@ -79,7 +79,7 @@ class Programs:
             Resolver(CgroupTree(find_cgroup2_mount())),
             32768,
             60,
-            headers=probes.find_kernel_headers(),
+            headers=headers.find_kernel_headers(),
         )
         self.source.start()  # attaches: detach until its turn
         self.orb8: Any = self.source._bpf  # the exact object `orb8 run` uses
@@ -89,7 +89,7 @@ class Programs:
             Resolver(CgroupTree(find_cgroup2_mount())),
             32768,
             60,
-            headers=probes.find_kernel_headers(),
+            headers=headers.find_kernel_headers(),
             abi_detection=False,
         )
         self.native_source.start()

@@ -19,18 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exporter import __version__, memory, probes, registry
+from exporter import __version__, kernel, memory, registry
 from exporter.config import ConfigError, Settings
 from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
 from exporter.identity.kubernetes import PodWatcher
+from exporter.kernel.headers import KernelHeaders, find_kernel_headers
 from exporter.model import MetricFamily
 from exporter.outputs import health
 from exporter.outputs.otlp import OtlpConfig, OtlpOutput, health_families
 from exporter.outputs.prometheus import PrometheusServer, landing_page
 from exporter.outputs.webconfig import WebConfig, WebConfigError, load_web_config
 from exporter.rows import RowFamily
+from exporter.selfmetrics import identity_families, process_families, self_families
 from exporter.sources import Context, Source, SourceAbsent
-from exporter.sources.exporter_self import identity_families, process_families, self_families
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
 
 
 def build_sources(
-    settings: Settings, headers: probes.KernelHeaders | None, resolver: Resolver
+    settings: Settings, headers: KernelHeaders | None, resolver: Resolver
 ) -> list[Source]:
     """One source per enabled probe, in registry order (exporter/registry.py)."""
     context = Context(settings, resolver, headers)
@@ -153,9 +154,9 @@ class Agent:
             headers = None
             if any(probe.bpf for probe in registry.enabled(self.settings)):
                 try:
-                    headers = probes.find_kernel_headers(self.settings.kernel_headers)
+                    headers = find_kernel_headers(self.settings.kernel_headers)
                     log.info("kernel headers: %s", headers)
-                except probes.ProbeError as e:
+                except kernel.ProbeError as e:
                     raise StartupError(str(e)) from None
             self.resolver, self.watcher = build_identity(self.settings)
             self.sources = build_sources(self.settings, headers, self.resolver)
@@ -205,7 +206,7 @@ class Agent:
             web_config = load_web_config(self.settings.web_config_file)
         except WebConfigError as e:
             raise StartupError(str(e)) from None
-        log.info("web config %s: %s", web_config.source, web_config.describe())
+        log.info("web config %s: %s", web_config.source, web_config.summary())
         return web_config
 
     def readiness(self) -> tuple[int, str]:
@@ -250,7 +251,7 @@ class Agent:
             if source.name in self.absent:
                 rows.append((source.name, "absent", self.absent[source.name]))
                 continue
-            detail = self.errors.get(source.name) or source.describe()
+            detail = self.errors.get(source.name) or source.summary()
             rows.append((source.name, self.up.get(source.name, False), detail))
         return landing_page(__version__, rows)
 

@@ -93,13 +93,13 @@ def cmd_diagnose(settings: Settings) -> int:
 
 
 def cmd_check(settings: Settings) -> int:
-    from exporter import probes
     from exporter.agent import build_sources
     from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount
+    from exporter.kernel.headers import find_kernel_headers
     from exporter.sources import SourceAbsent
 
     try:
-        headers = probes.find_kernel_headers(settings.kernel_headers)
+        headers = find_kernel_headers(settings.kernel_headers)
         resolver = Resolver(CgroupTree(settings.cgroup_root or find_cgroup2_mount()))
         sources = build_sources(settings, headers, resolver)
     except Exception as e:
@@ -109,7 +109,7 @@ def cmd_check(settings: Settings) -> int:
     for source in sources:
         try:
             source.start()
-            print(f"OK    {source.name}: {source.describe()}")
+            print(f"OK    {source.name}: {source.summary()}")
         except SourceAbsent as e:
             print(f"ABSENT {source.name}: {e}")
         except Exception as e:

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter import probes
+from exporter import kernel
 from exporter.identity.cgroupfs import CgroupError, find_cgroup2_mount
-from exporter.mapmemory import MapDef
+from exporter.kernel import attach, compiler
+from exporter.kernel.headers import find_kernel_headers, in_container
+from exporter.kernel.mapmemory import MapDef
 
 MIN_KERNEL = (5, 8)
 # Capability bits (linux/capability.h).
@@ -126,8 +128,8 @@ def check_capabilities(status_file: Path) -> Check:
 
 def check_bcc() -> Check:
     try:
-        bcc = probes.import_bcc()
-    except probes.ProbeError as e:
+        bcc = compiler.import_bcc()
+    except kernel.ProbeError as e:
         return Check("bcc", "fail", str(e), "apt-get install python3-bpfcc; make setup")
     version = getattr(getattr(bcc, "version", None), "__version__", "unknown")
     return Check("bcc", "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
@@ -135,12 +137,12 @@ def check_bcc() -> Check:
 
 def check_headers(override: Path | None, modules_root: Path) -> Check:
     try:
-        headers = probes.find_kernel_headers(override, modules_root=modules_root)
-    except probes.ProbeError as e:
+        headers = find_kernel_headers(override, modules_root=modules_root)
+    except kernel.ProbeError as e:
         fix = (
             "use the orb8 image (it carries headers), or mount the node's /lib/modules "
             "and /usr/src read-only, or --kernel-headers DIR"
-            if probes.in_container()
+            if in_container()
             else f"apt-get install linux-headers-{platform.release()}, or make setup "
             "(links the distribution headers as a fallback), or --kernel-headers DIR"
         )
@@ -149,7 +151,7 @@ def check_headers(override: Path | None, modules_root: Path) -> Check:
 
 
 def check_tracefs() -> Check:
-    root = probes.tracefs_root()
+    root = attach.tracefs_root()
     if root is None:
         return Check(
             "tracefs",
@@ -170,7 +172,7 @@ def check_cgroup2(mountinfo: Path) -> Check:
 
 def check_test_load() -> Check:
     try:
-        bcc = probes.import_bcc()
+        bcc = compiler.import_bcc()
         bpf = bcc.BPF(text=b"int diagnose_probe(void *ctx) { return 0; }")
         try:
             fn = bpf.load_func(b"diagnose_probe", bcc.BPF.RAW_TRACEPOINT)
@@ -193,7 +195,7 @@ MAP_MEMORY_BUDGET = 64 * 2**20  # per node, what docs/scaling.md sizes for
 def check_map_memory(maps: list[MapDef], cpus: int) -> Check:
     """The kernel memory the enabled probes' maps will take at the configured
     capacities on this node's CPU count, every map full (the worst case)."""
-    from exporter.mapmemory import kernel_sizes, map_memory
+    from exporter.kernel.mapmemory import kernel_sizes, map_memory
 
     structs = kernel_sizes()
     sizes = sorted(
@@ -235,7 +237,7 @@ def run_checks(
         lambda: check_cgroup2(proc / "self" / "mountinfo"),
     ]
     if maps:
-        from exporter.mapmemory import possible_cpus
+        from exporter.kernel.percpu import possible_cpus
 
         checks.append(lambda: check_map_memory(maps, possible_cpus()))
     results = [check() for check in checks]

@@ -30,7 +30,7 @@ from exporter.config import (
     optional_positive_float,
 )
 from exporter.config import SETTINGS as AGENT_SETTINGS
-from exporter.mapmemory import MapDef
+from exporter.kernel.mapmemory import MapDef
 from exporter.sources import Probe, dcgm, dns, gpu, network, syscalls
 
 PROBES: tuple[Probe, ...] = (

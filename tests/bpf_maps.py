@@ -1,4 +1,4 @@
-"""In-memory kernel maps with the methods of exporter.probes.BpfMaps: the seam
+"""In-memory kernel maps with the methods of exporter.kernel.maps.BpfMaps: the seam
 through which sources' collect() and retirement run in unit tests.
 
 The key layouts here mirror bpf/include/ by hand; that is the one place

@@ -16,14 +16,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.kernel.percpu import possible_cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 ORB8 = [sys.executable, "-m", "exporter.cli"]
-
-
-def _possible_cpus() -> int:
-    """CPUs per-CPU maps are sized for, from e.g. "0-255" or "0-3,8-11"."""
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-    return sum(int(part.split("-")[-1]) - int(part.split("-")[0]) + 1 for part in text.split(","))
 
 
 # Syscall slots for the tests that do not test capacity (a test's own
@@ -36,7 +32,7 @@ def _possible_cpus() -> int:
 # 32 MiB budget on many CPUs (16384 slots at 256), never below 4096.
 TEST_SYSCALL_SLOTS = (
     "--syscall-slots",
-    str(max(4096, min(65536, (32 << 20) // (8 * _possible_cpus())))),
+    str(max(4096, min(65536, (32 << 20) // (8 * possible_cpus())))),
 )
 
 

@@ -87,7 +87,7 @@ class OtlpConfig:
     client_key: str | None = None  # mTLS
     client_certificate: str | None = None
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return (
             f"{self.protocol} {self.endpoint} every {self.interval:g}s "
             f"(timeout {self.timeout:g}s, {self.temporality})"
@@ -636,7 +636,7 @@ class OtlpOutput:
         sdk_log.propagate = log.isEnabledFor(logging.DEBUG)
 
     def start(self) -> None:
-        log.info("OTLP push: %s", self.config.describe())
+        log.info("OTLP push: %s", self.config.summary())
         self._thread.start()
 
     def _run(self) -> None:

@@ -348,7 +348,7 @@ class WebConfig:
     auth: BasicAuth | None
     source: Path
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         parts = []
         if self.tls is not None:
             mode = {ssl.CERT_NONE: "", ssl.CERT_OPTIONAL: ", client certificate verified if given"}

@@ -20,8 +20,8 @@ from exporter.model import MetricFamily, MetricSpec
 
 if TYPE_CHECKING:
     from exporter.identity import Resolver
-    from exporter.mapmemory import MapDef
-    from exporter.probes import KernelHeaders
+    from exporter.kernel.headers import KernelHeaders
+    from exporter.kernel.mapmemory import MapDef
 
 
 class Source(Protocol):
@@ -33,7 +33,7 @@ class Source(Protocol):
 
     def close(self) -> None: ...
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         """One line for logs and the landing page: hook, variant, sizes."""
         ...
 

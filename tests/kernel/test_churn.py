@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter import probes
 from exporter.identity import CgroupTree, Resolver
 from exporter.identity.kubernetes import PodInfo
+from exporter.kernel import headers
 from exporter.sources.syscalls.source import SecurityOptions, SyscallSource
 from tests.helpers import ROOT, remove_cgroup, run_workload, wait_for
 
@@ -61,7 +61,7 @@ def test_churn_walks_the_tree_at_most_once_per_interval_and_keeps_a_quiet_pods_e
         resolver,
         4096,
         60,
-        headers=probes.find_kernel_headers(),
+        headers=headers.find_kernel_headers(),
         security=SecurityOptions(dangerous=("personality", "ptrace"), log_per_minute=100_000),
     )
     source.start()

@@ -34,7 +34,7 @@ import uuid
 import pytest
 import yaml
 
-from exporter.probes import link_create
+from exporter.kernel.attach import link_create
 from exporter.sources.syscalls import native_syscall_numbers
 from tests.dashboard_queries import dashboard_files, load, substitute, targets
 from tests.gpu.conftest import start_in_cgroup

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.mapmemory import MapDef, map_memory, possible_cpus
+from exporter.kernel.mapmemory import MapDef, map_memory
+from exporter.kernel.percpu import possible_cpus
 from exporter.registry import kernel_maps, load_settings
 
 pytestmark = pytest.mark.kernel

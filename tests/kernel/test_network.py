@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from exporter.identity import CgroupTree, Resolver
+from exporter.kernel.attach import link_create
 from exporter.model import MetricFamily
-from exporter.probes import link_create
 from exporter.sources.network.source import NetworkSource
 from tests.helpers import remove_cgroup
 from tests.kernel.netpods import IPV6_EXTENSION_BYTES, Pod, PodPair

@@ -77,7 +77,7 @@ def test_installed_wheel_runs_orb8_check_outside_the_checkout(wheel, tmp_path):
         [
             python,
             "-c",
-            "import exporter, exporter.probes as p; print(exporter.__file__);"
+            "import exporter, exporter.kernel.headers as p; print(exporter.__file__);"
             "print(p.default_bpf_dir())",
         ],
         cwd=outside,

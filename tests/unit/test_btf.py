@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from exporter.btf import Btf, BtfError
+from exporter.kernel.btf import Btf, BtfError
 from exporter.sources.syscalls import abi_status_offset
 from tests.helpers import bpftool_structs
 

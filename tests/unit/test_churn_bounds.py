@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter import probes
 from exporter.identity import CgroupTree, Resolver
+from exporter.kernel import maps
 from exporter.model import Identity
-from exporter.sources.exporter_self import identity_families
+from exporter.selfmetrics import identity_families
 from exporter.sources.lifecycle import CarriedCounts
 from exporter.sources.syscalls import native_syscall_numbers
 from exporter.sources.syscalls.baseline import Baselines
@@ -142,7 +142,7 @@ def test_evidence_of_new_cgroups_waits_for_one_batched_walk_and_a_full_queue_los
 ):
     clock, wall = Clock(), Clock()
     source = source_with(tmp_path, clock, wall, log_per_minute=100_000)
-    source._read_event = probes.record_reader(
+    source._read_event = maps.record_reader(
         {b"dangerous_events": RingBuffer(DangerousEvent)}, "dangerous_events"
     )
     resolver, root = source.resolver, source.resolver.tree.root

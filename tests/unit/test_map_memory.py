@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.mapmemory import (
+from exporter.kernel.mapmemory import (
     FALLBACK_SIZES,
     HEADER_STRUCTS,
     KernelSizes,
     MapDef,
     kernel_sizes,
     map_memory,
-    parse_cpu_list,
     slots_needed,
 )
+from exporter.kernel.percpu import parse_cpu_list
 from exporter.registry import kernel_maps, load_settings
 from tests.helpers import bpftool_structs
 

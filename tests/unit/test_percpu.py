@@ -7,7 +7,7 @@ import ctypes as ct
 import numpy as np
 import pytest
 
-from exporter import percpu
+from exporter.kernel import percpu
 
 
 def batch(rows: list[list[list[int]]]):

@@ -350,7 +350,7 @@ def test_parse_pod_rejects_wrongly_typed_fields(index):
 
 
 def test_malformed_pods_are_passed_over_and_counted_and_nothing_else_stops(server, start_watcher):
-    from exporter.sources.exporter_self import identity_families
+    from exporter.selfmetrics import identity_families
 
     server.add_pod(make_pod("good", uid="u-good"))
     for pod in _malformed_pods():

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter import catalogue, config, registry
-from exporter.mapmemory import MapDef, map_memory
+from exporter.kernel.mapmemory import MapDef, map_memory
 from exporter.model import IDENTITY_LABELS, MetricFamily, MetricSpec
 from exporter.outputs import otlp_names
 from exporter.outputs.exposition import TEXT, Renderer
@@ -55,7 +55,7 @@ class ToySource:
     def close(self) -> None:
         pass
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"reads {self.path}"
 
 

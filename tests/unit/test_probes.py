@@ -1,4 +1,4 @@
-"""Kernel header discovery and the small pure helpers of probes.py."""
+"""Kernel header discovery and the small pure helpers of the kernel layer (exporter/kernel/)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter import probes
-from exporter.probes import ProbeError, find_kernel_headers
+from exporter.kernel import ProbeError, attach
+from exporter.kernel.headers import find_kernel_headers
 
 
 def headers_tree(path):
@@ -141,7 +141,7 @@ def test_kernel_symbols_are_found_by_name_even_with_zeroed_addresses(tmp_path):
         "0000000000000000 t tcp_v4_rcv\n"
         "0000000000000000 t nf_nat_foo\t[nf_nat]\n"
     )
-    assert probes.kernel_has_symbol(("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint"), kallsyms)
-    assert probes.kernel_has_symbol(("nf_nat_foo",), kallsyms)
-    assert not probes.kernel_has_symbol(("bpf_find_raw_tracepoint",), kallsyms)
-    assert not probes.kernel_has_symbol(("anything",), tmp_path / "missing")
+    assert attach.kernel_has_symbol(("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint"), kallsyms)
+    assert attach.kernel_has_symbol(("nf_nat_foo",), kallsyms)
+    assert not attach.kernel_has_symbol(("bpf_find_raw_tracepoint",), kallsyms)
+    assert not attach.kernel_has_symbol(("anything",), tmp_path / "missing")

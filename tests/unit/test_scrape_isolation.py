@@ -21,7 +21,7 @@ class Healthy:
 
     def close(self) -> None: ...
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return "healthy"
 
     def collect(self) -> list[MetricFamily]:

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from exporter import probes
 from exporter.config import ConfigError
+from exporter.kernel import maps
 from exporter.model import Identity
 from exporter.registry import load_settings
 from exporter.sources.syscalls.baseline import Baselines
@@ -152,7 +152,7 @@ def test_kernel_counts_of_held_back_lines_go_to_the_next_line_of_the_key():
 
 
 def test_short_records_are_rejected():
-    read = probes.record_reader(
+    read = maps.record_reader(
         {b"dangerous_events": RingBuffer(DangerousEvent)}, "dangerous_events", "evidence record"
     )
     with pytest.raises(ValueError, match="evidence record of 8 bytes, expected 72"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.probes import ProbeError
+from exporter.kernel import ProbeError
 from exporter.sources.syscalls import syscall_namer
 from exporter.sources.syscalls.tables import SYSCALLS
 

@@ -245,7 +245,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path, pki):
         f"tls_server_config:\n  cert_file: certs/{pki.server_cert.name}\n"
         f"  key_file: certs/{pki.server_key.name}\n"
     )
-    assert load_web_config(path).describe() == "TLS"
+    assert load_web_config(path).summary() == "TLS"
 
 
 def test_setting_fails_fast_and_names_itself(tmp_path):

@@ -97,7 +97,7 @@ class DcgmSource:
         self._thread = threading.Thread(target=self._run, name="dcgm-scrape", daemon=True)
         self._thread.start()
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         state = "breaker open" if self.failures >= BREAKER_THRESHOLD else "ok"
         return f"dcgm-exporter {self.url} every {self.interval:g}s ({state})"
 

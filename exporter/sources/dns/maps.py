@@ -9,7 +9,7 @@ declaration against the maps a live orb8 holds. Light: no BCC, no numpy.
 from __future__ import annotations
 
 from exporter.config import Settings
-from exporter.mapmemory import MapDef
+from exporter.kernel.mapmemory import MapDef
 
 # sizeof the structs of bpf/include/dns.h (orb8's own layouts).
 COUNT_KEY = 16

@@ -3,7 +3,7 @@ latency and malformed messages, parsed and counted in the kernel.
 
 Hook: cgroup_skb ingress + egress programs of the probe's own, attached to
 the cgroup v2 root (bpf/dns.c) with BPF links where the kernel has them,
-else BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI (exporter/probes.py's
+else BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI (exporter/kernel/attach.py's
 CgroupAttachments, shared with the network probe). Packets are attributed
 with bpf_skb_cgroup_id(), the cgroup of the socket, in both directions. A
 UDP or TCP packet with port 53 on either side is parsed in the kernel: the
@@ -58,9 +58,17 @@ from typing import Any
 
 import numpy as np
 
-from exporter import probes
+from exporter import kernel
 from exporter.identity import Resolver
+from exporter.kernel import compiler, headers, maps
+from exporter.kernel.attach import (
+    ATTACH_CGROUP_EGRESS,
+    ATTACH_CGROUP_INGRESS,
+    CgroupAttachments,
+    load_program,
+)
 from exporter.model import Identity, MetricFamily
+from exporter.selfmetrics import program_families
 from exporter.sources.dns.metrics import (
     KERNEL_BUCKETS,
     LATENCY,
@@ -73,7 +81,6 @@ from exporter.sources.dns.metrics import (
     ROLES,
     TIMEOUTS,
 )
-from exporter.sources.exporter_self import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.sources.mapstats import MapStats, map_families, memory_family
 
@@ -99,7 +106,7 @@ class DnsSource:
         timeout: float = 5.0,
         deleted_grace: float = 60.0,
         deleted_pod_grace: float | None = None,
-        headers: probes.KernelHeaders | None = None,
+        headers: headers.KernelHeaders | None = None,
         bpf_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         kernel_clock_ns: Callable[[], int] = time.monotonic_ns,
@@ -127,9 +134,9 @@ class DnsSource:
         self.clock = clock
         self.kernel_clock_ns = kernel_clock_ns
         self.cgroup_root = cgroup_root
-        self._cgroup = probes.CgroupAttachments(attach)
+        self._cgroup = CgroupAttachments(attach)
         self._bpf: Any = None
-        self._maps: Any = None  # probes.BpfMaps once started; tests: use_maps()
+        self._maps: Any = None  # maps.BpfMaps once started; tests: use_maps()
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -144,7 +151,7 @@ class DnsSource:
     def attach_mode(self) -> str:
         return self._cgroup.mode
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return (
             f"hook=cgroup_skb attach={self.attach_mode or 'none'} "
             f"count_entries={self.count_entries} pending_entries={self.pending_entries} "
@@ -154,7 +161,7 @@ class DnsSource:
     # --- lifecycle ----------------------------------------------------------
 
     def use_maps(self, maps: Any) -> None:
-        """Collect from `maps` (anything with probes.BpfMaps' methods) instead
+        """Collect from `maps` (anything with maps.BpfMaps' methods) instead
         of a loaded probe: the unit tests' seam."""
         self._reset_state()
         self._maps = maps
@@ -164,7 +171,7 @@ class DnsSource:
             return
         self._reset_state()  # fresh kernel maps: counters restart from zero
         root = self.cgroup_root or self.resolver.tree.root
-        bpf = probes.compile_probe(
+        bpf = compiler.compile_probe(
             "dns",
             {
                 "COUNT_CAPACITY": self.count_entries,
@@ -178,19 +185,19 @@ class DnsSource:
         try:
             programs = [
                 (
-                    probes.load_program(bpf, "dns_ingress", "cgroup_skb"),
-                    probes.ATTACH_CGROUP_INGRESS,
+                    load_program(bpf, "dns_ingress", "cgroup_skb"),
+                    ATTACH_CGROUP_INGRESS,
                 ),
-                (probes.load_program(bpf, "dns_egress", "cgroup_skb"), probes.ATTACH_CGROUP_EGRESS),
+                (load_program(bpf, "dns_egress", "cgroup_skb"), ATTACH_CGROUP_EGRESS),
             ]
             self._cgroup.open(root)
             for fn, attach_type in programs:
                 self._cgroup.attach(fn, attach_type)
         except Exception as e:
             self.close()
-            raise probes.ProbeError(f"attaching dns probe to {root} failed: {e}") from e
-        self._maps = probes.BpfMaps(bpf)
-        log.info("dns probe attached to %s: %s", root, self.describe())
+            raise kernel.ProbeError(f"attaching dns probe to {root} failed: {e}") from e
+        self._maps = maps.BpfMaps(bpf)
+        log.info("dns probe attached to %s: %s", root, self.summary())
 
     def close(self) -> None:
         """Detach and free everything; safe to call twice."""
@@ -223,7 +230,7 @@ class DnsSource:
 
     def collect(self) -> list[MetricFamily]:
         if self._maps is None:
-            raise probes.ProbeError("dns probe is not loaded")
+            raise kernel.ProbeError("dns probe is not loaded")
         now = self.clock()
         inserts = self._stats()[STAT_PENDING_INSERTS]
         pending = self._sweep()

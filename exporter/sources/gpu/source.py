@@ -90,7 +90,7 @@ class GpuSource:
         while not self._stop.wait(self.interval):
             self._poll_once()
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         if self.poller is None:
             return "NVML not opened"
         models = ", ".join(f"{d.index}: {d.model}" for d in self.poller.devices)

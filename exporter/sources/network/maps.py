@@ -9,7 +9,7 @@ declaration against the maps a live orb8 holds. Light: no BCC, no numpy.
 from __future__ import annotations
 
 from exporter.config import Settings
-from exporter.mapmemory import MapDef
+from exporter.kernel.mapmemory import MapDef
 
 # sizeof the structs of bpf/include/network.h (orb8's own layouts).
 TRAFFIC_KEY, TRAFFIC_VALUE = 16, 16

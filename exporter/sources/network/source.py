@@ -15,7 +15,7 @@ through BPF_F_CLONE) and sock_ops reads it from there. Programs are
 attached with BPF links where the kernel has them (5.7+; the kernel detaches
 them when orb8's file descriptors close, even if orb8 is killed), else with
 BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI and detached in close(). Both coexist
-with other programs on the root cgroup. describe() reports the variant.
+with other programs on the root cgroup. summary() reports the variant.
 
 Metrics: orb8_network_bytes_total / orb8_network_packets_total
 {namespace,pod,container,cgroup,direction,protocol,family} (exact: a per-CPU
@@ -95,11 +95,20 @@ from typing import Any
 
 import numpy as np
 
-from exporter import probes
+from exporter import kernel
 from exporter.identity import Resolver
+from exporter.kernel import compiler, headers, maps
+from exporter.kernel.attach import (
+    ATTACH_CGROUP_EGRESS,
+    ATTACH_CGROUP_INGRESS,
+    ATTACH_CGROUP_SOCK_OPS,
+    Attachment,
+    CgroupAttachments,
+    load_program,
+)
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.rows import Interner, RowFamily, RowTable
-from exporter.sources.exporter_self import program_families
+from exporter.selfmetrics import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.sources.mapstats import MapStats, map_families, memory_family
 from exporter.sources.network.flows import (
@@ -125,9 +134,9 @@ STAT_TRAFFIC_FAILURES, STAT_TCP_FAILURES, STAT_FLOW_INSERTS, STAT_FLOW_FAILURES 
 
 TRAFFIC_MAP, TCP_MAP, FLOW_MAP = "network_traffic", "network_tcp", "network_flows"
 ATTACH_INGRESS, ATTACH_EGRESS, ATTACH_SOCK_OPS = (
-    probes.ATTACH_CGROUP_INGRESS,
-    probes.ATTACH_CGROUP_EGRESS,
-    probes.ATTACH_CGROUP_SOCK_OPS,
+    ATTACH_CGROUP_INGRESS,
+    ATTACH_CGROUP_EGRESS,
+    ATTACH_CGROUP_SOCK_OPS,
 )
 NODE_IPS_MAX_AGE = 60.0
 PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
@@ -150,7 +159,7 @@ class NetworkSource:
         deleted_pod_grace: float | None = None,
         node_ips: Iterable[str] | None = None,
         cluster_cidrs: Iterable[str] = (),
-        headers: probes.KernelHeaders | None = None,
+        headers: headers.KernelHeaders | None = None,
         bpf_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         cgroup_root: Path | None = None,
@@ -190,10 +199,10 @@ class NetworkSource:
         self.proc_net = proc_net
         self.tcp_hook = ""
         self._bpf: Any = None
-        # The kernel maps (probes.BpfMaps once started); tests hand in an
+        # The kernel maps (maps.BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
         self._maps: Any = None
-        self._cgroup = probes.CgroupAttachments(attach)
+        self._cgroup = CgroupAttachments(attach)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -217,14 +226,14 @@ class NetworkSource:
         return self._cgroup.mode
 
     @property
-    def _attachments(self) -> list[probes.Attachment]:
+    def _attachments(self) -> list[Attachment]:
         return self._cgroup.attachments
 
     @property
     def _cgroup_fd(self) -> int | None:
         return self._cgroup.fd
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return (
             f"hook=cgroup_skb tcp={self.tcp_hook or 'none'} attach={self.attach_mode or 'none'} "
             f"traffic_entries={self.traffic_entries} flow_entries={self.flow_entries} "
@@ -234,13 +243,13 @@ class NetworkSource:
     # --- lifecycle ----------------------------------------------------------
 
     def use_maps(self, maps: Any) -> None:
-        """Collect from `maps` (anything with probes.BpfMaps' methods) instead
+        """Collect from `maps` (anything with maps.BpfMaps' methods) instead
         of a loaded probe: the unit tests' seam."""
         self._reset_state()
         self._maps = maps
 
     def _compile(self, sock_ops: bool) -> Any:
-        return probes.compile_probe(
+        return compiler.compile_probe(
             "network",
             {
                 "TRAFFIC_CAPACITY": self.traffic_entries,
@@ -264,12 +273,12 @@ class NetworkSource:
             try:
                 bpf = self._compile(sock_ops)
                 programs = [
-                    (probes.load_program(bpf, "network_ingress", "cgroup_skb"), ATTACH_INGRESS),
-                    (probes.load_program(bpf, "network_egress", "cgroup_skb"), ATTACH_EGRESS),
+                    (load_program(bpf, "network_ingress", "cgroup_skb"), ATTACH_INGRESS),
+                    (load_program(bpf, "network_egress", "cgroup_skb"), ATTACH_EGRESS),
                 ]
                 if sock_ops:
                     programs.append(
-                        (probes.load_program(bpf, "network_sockops", "sock_ops"), ATTACH_SOCK_OPS)
+                        (load_program(bpf, "network_sockops", "sock_ops"), ATTACH_SOCK_OPS)
                     )
             except Exception as e:
                 if bpf is not None:
@@ -280,7 +289,7 @@ class NetworkSource:
             if errors:
                 log.warning("network probe without sock_ops (%s)", errors[0])
             return bpf, programs
-        raise probes.ProbeError("loading network probe failed: " + "; ".join(errors))
+        raise kernel.ProbeError("loading network probe failed: " + "; ".join(errors))
 
     def start(self) -> None:
         if self._bpf is not None:
@@ -295,10 +304,10 @@ class NetworkSource:
         except Exception as e:
             self._bpf = bpf
             self.close()
-            raise probes.ProbeError(f"attaching network probe to {root} failed: {e}") from e
+            raise kernel.ProbeError(f"attaching network probe to {root} failed: {e}") from e
         self._bpf = bpf
-        self._maps = probes.BpfMaps(bpf)
-        log.info("network probe attached to %s: %s", root, self.describe())
+        self._maps = maps.BpfMaps(bpf)
+        log.info("network probe attached to %s: %s", root, self.summary())
 
     def close(self) -> None:
         """Detach and free everything; safe to call twice."""
@@ -380,7 +389,7 @@ class NetworkSource:
 
     def collect(self) -> list[MetricFamily]:
         if self._maps is None:
-            raise probes.ProbeError("network probe is not loaded")
+            raise kernel.ProbeError("network probe is not loaded")
         now = self.clock()
         inserts_before = self._stats()[STAT_FLOW_INSERTS]
         traffic_keys, traffic = self._maps.read_hash(TRAFFIC_MAP, self.traffic_entries, 2)

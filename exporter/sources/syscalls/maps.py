@@ -10,7 +10,7 @@ no numpy.
 from __future__ import annotations
 
 from exporter.config import Settings
-from exporter.mapmemory import MapDef
+from exporter.kernel.mapmemory import MapDef
 
 EXCLUDED_CAPACITY = 64  # cgroups of orb8 instances whose dangerous calls are not counted
 NR_TABLE = 1024  # every ABI's numbers are below this (bpf/syscalls.c)

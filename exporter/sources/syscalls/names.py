@@ -10,7 +10,7 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
-from exporter.btf import VMLINUX, Btf, BtfError
+from exporter.kernel.btf import VMLINUX, Btf, BtfError
 from exporter.sources.syscalls.tables import SYSCALLS
 
 ABI_SHIFT = 16  # kernel key = (ABI << ABI_SHIFT) | number
@@ -25,7 +25,7 @@ def _arch(machine: str | None) -> str:
 def syscall_table(machine: str | None = None) -> dict[int, str]:
     table = SYSCALLS.get(_arch(machine))
     if table is None:
-        from exporter.probes import ProbeError  # numpy and BCC: not at settings time
+        from exporter.kernel import ProbeError  # numpy and BCC: not at settings time
 
         raise ProbeError(f"no syscall table for architecture {machine or _arch(None)}")
     return table

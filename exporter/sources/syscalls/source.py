@@ -28,7 +28,7 @@ batch operations: a handful of syscalls, whatever the number of series.
 ABIs: every call is named by the table of the ABI it entered through. On
 x86_64 the kernel flags i386 calls (`int $0x80`, sysenter, 32-bit
 processes) with TS_COMPAT in thread_info.status; the probe reads it at the
-offset the running kernel's BTF gives (exporter/btf.py), so i386 ptrace (26)
+offset the running kernel's BTF gives (exporter/kernel/btf.py), so i386 ptrace (26)
 is counted as ptrace, not as x86_64's msync. x32 calls (bit 30 set) are named
 by the x32 table. Numbers no table names count as syscall="unknown", one
 series (and one kernel slot) per cgroup. Without BTF the i386 ABI cannot be
@@ -55,12 +55,14 @@ from typing import Any
 
 import numpy as np
 
-from exporter import probes
+from exporter import kernel
 from exporter.config import MIB
 from exporter.identity import Resolver
 from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
+from exporter.kernel import attach, compiler, headers
+from exporter.kernel.maps import BpfMaps, open_ring_buffer, poll_ring_buffer, record_reader
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
-from exporter.sources.exporter_self import program_families, table_families
+from exporter.selfmetrics import program_families, table_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
 from exporter.sources.mapstats import MapStats, map_families, memory_family
 from exporter.sources.syscalls.baseline import DEFAULT_CAPACITY as BASELINE_CAPACITY
@@ -153,7 +155,7 @@ class SyscallSource:
         resolver: Resolver,
         slots: int,
         deleted_grace: float,
-        headers: probes.KernelHeaders | None = None,
+        headers: headers.KernelHeaders | None = None,
         clock: Callable[[], float] = time.monotonic,
         hook: str = "auto",
         bpf_dir: Path | None = None,
@@ -192,10 +194,10 @@ class SyscallSource:
         )
         self.hook = ""
         self._bpf: Any = None
-        # The kernel maps (probes.BpfMaps once started); tests hand in an
+        # The kernel maps (BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
         self._maps: Any = None
-        self._read_event: Any = None  # ring buffer record decoder (probes.record_reader)
+        self._read_event: Any = None  # ring buffer record decoder (record_reader)
         self._stop = threading.Event()
         self._evidence_thread: threading.Thread | None = None
         self._consumed = 0
@@ -223,7 +225,7 @@ class SyscallSource:
             self._novel,
         )
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return (
             f"hook={self.hook or 'none'} slots={self.capacity} "
             f"dangerous={len(self.dangerous_numbers)} "
@@ -235,7 +237,7 @@ class SyscallSource:
 
     def start(self) -> None:
         self.hook = (
-            probes.choose_sys_enter_hook() if self.requested_hook == "auto" else self.requested_hook
+            attach.choose_sys_enter_hook() if self.requested_hook == "auto" else self.requested_hook
         )
         defines = {
             "SLOT_CAPACITY": self.capacity,
@@ -260,32 +262,32 @@ class SyscallSource:
             else:
                 defines["ABI_STATUS_OFFSET"] = self.abi_offset
                 defines["ABI_COMPAT_FLAG"] = TS_COMPAT
-        bpf = probes.compile_probe("syscalls", defines, self.headers, self.bpf_dir)
+        bpf = compiler.compile_probe("syscalls", defines, self.headers, self.bpf_dir)
         try:
             self._configure(bpf)
             # Cache invalidation hooks first, then the counter itself.
             raw = self.hook == "raw_tracepoint"
             for tracepoint, fn_name in HOOKS[raw]:
-                probes.attach_tracepoint(bpf, tracepoint, fn_name, raw)
-            self._read_event = probes.record_reader(bpf, "dangerous_events", "evidence record")
-            probes.open_ring_buffer(bpf, "dangerous_events", self._on_event)
+                attach.attach_tracepoint(bpf, tracepoint, fn_name, raw)
+            self._read_event = record_reader(bpf, "dangerous_events", "evidence record")
+            open_ring_buffer(bpf, "dangerous_events", self._on_event)
         except Exception as e:
             bpf.cleanup()
-            raise probes.ProbeError(f"attaching syscalls probe ({self.hook}) failed: {e}") from e
+            raise kernel.ProbeError(f"attaching syscalls probe ({self.hook}) failed: {e}") from e
         self._bpf = bpf
-        self._maps = probes.BpfMaps(bpf)
+        self._maps = BpfMaps(bpf)
         self._stop.clear()
         self._evidence_thread = threading.Thread(
             target=self._poll_evidence, name="evidence", daemon=True
         )
         self._evidence_thread.start()
-        log.info("syscalls probe attached: %s", self.describe())
+        log.info("syscalls probe attached: %s", self.summary())
 
     def _configure(self, bpf: Any) -> None:
         """Fill the maps the programs read before they are attached."""
         # Free slots, pushed in reverse so slot 0 is handed out first and the
         # used slots stay a compact prefix.
-        maps = probes.BpfMaps(bpf)
+        maps = BpfMaps(bpf)
         for slot in range(self.capacity - 1, -1, -1):
             maps.push("syscall_free_slots", slot)
         # Epoch 0 means "invalid" to the per-CPU cgroup id cache.
@@ -295,7 +297,7 @@ class SyscallSource:
         for abi, table in abi_tables().items():
             for nr, name in table.items():
                 if nr >= NR_TABLE:
-                    raise probes.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
+                    raise kernel.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
                 value = FLAG_KNOWN
                 if name in dangerous:
                     # Counted under its native number, whatever the ABI: one
@@ -393,7 +395,7 @@ class SyscallSource:
         maps = self._maps
         while not self._stop.is_set():
             try:
-                probes.poll_ring_buffer(self._bpf, 100)
+                poll_ring_buffer(self._bpf, 100)
                 self._drain_deferred()
                 maps.put("ringbuf_progress", 1, self._consumed)
             except Exception:
@@ -469,7 +471,7 @@ class SyscallSource:
     # -- collect ---------------------------------------------------------------
 
     def use_maps(self, maps: Any) -> None:
-        """Collect from `maps` (anything with probes.BpfMaps' methods) instead
+        """Collect from `maps` (anything with BpfMaps' methods) instead
         of a loaded probe: the unit tests' seam."""
         self._maps = maps
 
@@ -499,7 +501,7 @@ class SyscallSource:
 
     def collect(self) -> list[MetricFamily]:
         if self._maps is None:
-            raise probes.ProbeError("syscalls probe is not loaded")
+            raise kernel.ProbeError("syscalls probe is not loaded")
         now = self.clock()
         keys, counts = self._read_pairs()
         d_keys, d_values = self._read_dangerous()

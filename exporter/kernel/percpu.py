@@ -16,6 +16,7 @@ Sums wrap modulo 2**64, as the kernel's u64 counters do.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,3 +61,24 @@ def entry_sum(value: Any, width: int = 1) -> np.ndarray | int:
         raise ValueError(f"a per-CPU value of {view.size} u64s is not a multiple of {width}")
     totals = view.reshape(-1, width).sum(axis=0, dtype=U64)
     return int(totals[0]) if width == 1 else totals
+
+
+def parse_cpu_list(text: str) -> int:
+    """Number of CPUs in a kernel CPU list such as "0-63" or "0-3,8-11,16"."""
+    count = 0
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        low, high = int(first), int(last if dash else first)
+        if high < low:
+            raise ValueError(f"bad CPU range {part!r}")
+        count += high - low + 1
+    if count == 0:
+        raise ValueError(f"no CPUs in {text!r}")
+    return count
+
+
+def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
+    """CPUs the kernel sizes per-CPU maps for (possible, not online)."""
+    return parse_cpu_list(path.read_text())

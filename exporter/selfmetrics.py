@@ -16,7 +16,8 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING
 
-from exporter import __version__, probes
+from exporter import __version__
+from exporter.kernel.stats import ProgramStats, bpf_stats_enabled
 from exporter.model import MetricFamily, counter, gauge
 
 if TYPE_CHECKING:
@@ -47,11 +48,11 @@ def self_families(probe_state: dict[str, bool], durations: dict[str, float]) -> 
         "orb8_bpf_stats_enabled",
         "The sysctl kernel.bpf_stats_enabled: 1 while BPF program runs and run time are counted.",
     )
-    stats_enabled.add((), 1 if probes.bpf_stats_enabled() else 0)
+    stats_enabled.add((), 1 if bpf_stats_enabled() else 0)
     return [build, up, duration, stats_enabled]
 
 
-def program_families(programs: list[probes.ProgramStats]) -> list[MetricFamily]:
+def program_families(programs: list[ProgramStats]) -> list[MetricFamily]:
     """The kernel's own counters of a source's BPF programs (bpftool prog show).
 
     A recursion miss is a run the kernel skipped because a program of the

@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.btf import VMLINUX, Btf, BtfError
+from exporter.kernel.btf import VMLINUX, Btf, BtfError
 
 PAGE_SIZE = 4096
 HASHTAB_MAP_LOCK_COUNT = 8
@@ -197,24 +197,3 @@ def slots_needed(containers: int, syscalls: int, headroom: float = 0.0) -> int:
     of two: the per-CPU count array grows linearly with it."""
     pairs = int(containers * syscalls * (1 + headroom) + 0.5)
     return -(-pairs // 4096) * 4096
-
-
-def parse_cpu_list(text: str) -> int:
-    """Number of CPUs in a kernel CPU list such as "0-63" or "0-3,8-11,16"."""
-    count = 0
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        first, dash, last = part.partition("-")
-        low, high = int(first), int(last if dash else first)
-        if high < low:
-            raise ValueError(f"bad CPU range {part!r}")
-        count += high - low + 1
-    if count == 0:
-        raise ValueError(f"no CPUs in {text!r}")
-    return count
-
-
-def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
-    """CPUs the kernel sizes per-CPU maps for (possible, not online)."""
-    return parse_cpu_list(path.read_text())
