@@ -76,7 +76,10 @@ def render(text: str, probes: Sequence[Probe] = registry.PROBES) -> str:
     declared = {name: (s.otlp, s.unit) for name, s in declared_metrics(probes).items()}
     head, _, rest = text.partition(otlp_names.TABLE_BEGIN)
     _, _, tail = rest.partition(otlp_names.TABLE_END)
-    table = otlp_names.render_table(otlp_names.catalogue_from_docs(head + tail), declared)
+    attributes = {name: s.otlp_attributes for name, s in declared_metrics(probes).items()}
+    table = otlp_names.render_table(
+        otlp_names.catalogue_from_docs(head + tail), declared, attributes
+    )
     return _replace(text, otlp_names.TABLE_BEGIN, otlp_names.TABLE_END, table)
 
 

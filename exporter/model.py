@@ -40,6 +40,9 @@ class MetricFamily:
     # (OTLP name, UCUM unit) of a family declared by a MetricSpec; None: the
     # table in exporter/outputs/otlp_names.py names it.
     otlp: tuple[str, str] | None = None
+    # Labels whose OTLP attribute key this family's declaration chose itself
+    # (MetricSpec.otlp_attributes), over otlp_names' table: (label, key).
+    otlp_attributes: tuple[tuple[str, str], ...] = ()
     # Histograms: the finite bucket upper bounds (+Inf is implied), and per
     # series (label values, cumulative counts per bound and +Inf, sum).
     # `samples` stays empty for a histogram.
@@ -118,6 +121,9 @@ class MetricSpec:
     unit: str
     doc: str = ""
     buckets: tuple[float, ...] = ()  # histograms: finite upper bounds, ascending
+    # OTLP attribute keys of labels whose meaning differs from otlp_names'
+    # table (e.g. a DNS role is not a TCP role): (label, key) pairs.
+    otlp_attributes: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if (self.type == "counter") != self.name.endswith("_total"):
@@ -137,5 +143,6 @@ class MetricSpec:
             self.help,
             self.labels,
             otlp=(self.otlp, self.unit),
+            otlp_attributes=self.otlp_attributes,
             buckets=self.buckets,
         )

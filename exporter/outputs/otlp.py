@@ -341,7 +341,7 @@ class Converter:
                 key = (family.name, values)
                 attrs = known.get(key)
                 if attrs is None:
-                    attrs = otlp_names.attributes(family.labels, values)
+                    attrs = otlp_names.attributes(family.labels, values, family.otlp_attributes)
                 seen[key] = attrs
                 if is_counter and self.delta:
                     pending[key] = value
@@ -375,7 +375,9 @@ class Converter:
         data_points = []
         for values, cumulative, total in family.histograms:
             key = (family.name, values)
-            attrs = self._attributes.get(key) or otlp_names.attributes(family.labels, values)
+            attrs = self._attributes.get(key) or otlp_names.attributes(
+                family.labels, values, family.otlp_attributes
+            )
             seen[key] = attrs
             counts = [int(c) for c in cumulative]
             if self.delta:

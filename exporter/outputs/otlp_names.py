@@ -212,24 +212,34 @@ def attribute_key(label: str) -> str:
     return ATTRIBUTES.get(label, label if label.startswith("orb8.") else f"orb8.{label}")
 
 
-def attributes(labels: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str]:
-    """One sample's attributes; empty label values are left out."""
+def attributes(
+    labels: tuple[str, ...],
+    values: tuple[str, ...],
+    declared: tuple[tuple[str, str], ...] = (),
+) -> dict[str, str]:
+    """One sample's attributes; empty label values are left out. declared:
+    the family's own (label, key) choices (MetricFamily.otlp_attributes)."""
+    own = dict(declared)
     mapped: dict[str, str] = {}
     for label, value in zip(labels, values, strict=True):
         if value == "":
             continue
         renamed = VALUES.get(label)
-        mapped[attribute_key(label)] = renamed.get(value, value) if renamed else value
+        key = own.get(label) or attribute_key(label)
+        mapped[key] = renamed.get(value, value) if renamed else value
     return mapped
 
 
 def render_table(
     catalogue: Mapping[str, tuple[str, tuple[str, ...]]],
     declared_by_probes: Mapping[str, tuple[str, str]] | None = None,
+    declared_attributes: Mapping[str, tuple[tuple[str, str], ...]] | None = None,
 ) -> str:
     """The docs/metrics.md OTLP table for {prometheus name: (type, labels)}, in
-    that order; declared_by_probes: the instruments probes declare themselves."""
+    that order; declared_by_probes: the instruments probes declare themselves,
+    declared_attributes: the attribute keys they choose for their labels."""
     declared_by_probes = declared_by_probes or {}
+    declared_attributes = declared_attributes or {}
     lines = [
         "| Prometheus | OTLP metric | OTLP type | unit | attributes |",
         "|---|---|---|---|---|",
@@ -237,7 +247,8 @@ def render_table(
     for name, (kind, labels) in catalogue.items():
         inst = instrument(name, declared_by_probes.get(name))
         otlp_type = {"counter": "monotonic sum", "histogram": "histogram"}.get(kind, "gauge")
-        keys = ", ".join(attribute_key(label) for label in labels)
+        own = dict(declared_attributes.get(name, ()))
+        keys = ", ".join(own.get(label) or attribute_key(label) for label in labels)
         lines.append(f"| `{name}` | `{inst.name}` | {otlp_type} | `{inst.unit}` | {keys} |")
     lines.append("")
     lines.append("| Prometheus label | OTLP attribute | values |")

@@ -162,7 +162,9 @@ class RequestWriter:
                     key = (family.name, labels)
                     head = self._heads.get(key)
                     if head is None:
-                        head = point_head(otlp_names.attributes(family.labels, labels))
+                        head = point_head(
+                            otlp_names.attributes(family.labels, labels, family.otlp_attributes)
+                        )
                     seen[key] = head
                     heads.append(head)
                 points = points_of(heads)
@@ -193,7 +195,9 @@ class RequestWriter:
                     missing = np.flatnonzero(layout.fresh())
                 if len(missing):
                     heads[missing] = [
-                        point_head(otlp_names.attributes(family.labels, labels))
+                        point_head(
+                            otlp_names.attributes(family.labels, labels, family.otlp_attributes)
+                        )
                         for labels in layout.labels[missing].tolist()
                     ]
                 layout.columns[key_heads] = heads

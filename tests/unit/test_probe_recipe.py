@@ -153,3 +153,18 @@ def test_counter_names_are_checked_at_declaration():
             assert "_total" in str(e)
         else:
             raise AssertionError(f"{kind} {name} was accepted")
+
+
+def test_a_probe_may_name_its_labels_attributes_itself():
+    """`role` means a TCP connection's side in otlp_names' table; a DNS role is
+    not that, so the dns probe declares its own key, and only its families use it."""
+    from exporter.sources.dns.metrics import QUERIES
+
+    family = QUERIES.family()
+    values = ("shop", "web", "app", "", "client", "A")
+    attrs = otlp_names.attributes(family.labels, values, family.otlp_attributes)
+    assert attrs["orb8.dns.role"] == "client" and "orb8.tcp.role" not in attrs
+    assert otlp_names.attributes(("role",), ("client",)) == {"orb8.tcp.role": "client"}
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    row = next(line for line in docs.splitlines() if "| `orb8.dns.queries` |" in line)
+    assert "orb8.dns.role" in row and "orb8.tcp.role" not in row

@@ -25,6 +25,10 @@ _ROLE = (
     "`server` for the one that received the query and sent the answer (CoreDNS)."
 )
 
+# A DNS role (who asked, who answered) is not the TCP role otlp_names maps
+# `role` to (orb8.tcp.role, who connected).
+ROLE_ATTRIBUTE = (("role", "orb8.dns.role"),)
+
 QUERIES = MetricSpec(
     "orb8_dns_queries_total",
     "counter",
@@ -33,6 +37,7 @@ QUERIES = MetricSpec(
     (*IDENTITY_LABELS, "role", "qtype"),
     otlp="orb8.dns.queries",
     unit="{query}",
+    otlp_attributes=ROLE_ATTRIBUTE,
     doc="Probe `dns`. DNS queries on UDP or TCP port 53 seen at the cgroup's sockets, parsed "
     "in the kernel, by `qtype` (A, AAAA, SRV, PTR, TXT, other). " + _ROLE,
 )
@@ -43,6 +48,7 @@ RESPONSES = MetricSpec(
     (*IDENTITY_LABELS, "role", "rcode"),
     otlp="orb8.dns.responses",
     unit="{response}",
+    otlp_attributes=ROLE_ATTRIBUTE,
     doc="Probe `dns`. DNS answers by `rcode` (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, other). "
     + _ROLE,
 )
@@ -54,6 +60,7 @@ NODATA = MetricSpec(
     (*IDENTITY_LABELS, "role"),
     otlp="orb8.dns.responses.nodata",
     unit="{response}",
+    otlp_attributes=ROLE_ATTRIBUTE,
     doc="Probe `dns`. NOERROR answers without answer records (the name exists, not with "
     'that type): a subset of `orb8_dns_responses_total{rcode="NOERROR"}`.',
 )
@@ -64,6 +71,7 @@ TIMEOUTS = MetricSpec(
     (*IDENTITY_LABELS, "role"),
     otlp="orb8.dns.timeouts",
     unit="{query}",
+    otlp_attributes=ROLE_ATTRIBUTE,
     doc="Probe `dns`. Queries whose answer (same socket, peer, id) did not come within "
     "`--dns-timeout` seconds: answered later (counted in the kernel) or never (swept by "
     "user space at collect). A query evicted from the full `dns_pending` map is neither "
@@ -76,6 +84,7 @@ LATENCY = MetricSpec(
     (*IDENTITY_LABELS, "role"),
     otlp="orb8.dns.latency",
     unit="s",
+    otlp_attributes=ROLE_ATTRIBUTE,
     doc="Probe `dns`. Query to answer on the wire, from the query's first transmission, "
     "for answers within `--dns-timeout`; buckets are powers of two from 16 us to 4.19 s. "
     "Client: what the pod waited; server: how long the server took. " + _ROLE,
@@ -89,6 +98,7 @@ MALFORMED = MetricSpec(
     (*IDENTITY_LABELS, "role"),
     otlp="orb8.dns.malformed",
     unit="{message}",
+    otlp_attributes=ROLE_ATTRIBUTE,
     doc="Probe `dns`. Port-53 messages the kernel could not parse: shorter than the header, "
     "a question name cut short, over 255 bytes, with a compression pointer or reserved "
     "label type, or a query without a question. `role` here is from the local port (53: "
