@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -157,6 +157,36 @@ def percpu_u64_sums(table: Any, count: int) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     return percpu.sums(values, n, values.nbytes // (n * 8))
+
+
+class KernelMaps(Protocol):
+    """What a source reads and changes its kernel maps through, by map name:
+    BpfMaps over a loaded probe, or the unit tests' in-memory maps
+    (tests/bpf_maps.py) with the same methods."""
+
+    def read_hash(self, name: str, capacity: int, width: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def percpu_array_sums(self, name: str, count: int) -> np.ndarray: ...
+
+    def percpu_sum(self, name: str, index: int = 0) -> int: ...
+
+    def percpu_values(self, name: str, index: int) -> list[int]: ...
+
+    def zero(self, name: str, index: int) -> None: ...
+
+    def put(self, name: str, key: int, value: int) -> None: ...
+
+    def push(self, name: str, value: int) -> None: ...
+
+    def pop(self, name: str, raw_key: bytes) -> int | None: ...
+
+    def delete(self, name: str, raw_key: bytes) -> None: ...
+
+    def take(self, name: str, raw_key: bytes, width: int) -> list[int] | None: ...
+
+    def programs(self) -> list[ProgramStats]: ...
+
+    def memory(self) -> dict[str, int]: ...
 
 
 class BpfMaps:

@@ -60,13 +60,14 @@ import numpy as np
 
 from exporter import kernel
 from exporter.identity import Resolver
-from exporter.kernel import compiler, headers, maps
+from exporter.kernel import ProbeError, compiler, headers, maps
 from exporter.kernel.attach import (
     ATTACH_CGROUP_EGRESS,
     ATTACH_CGROUP_INGRESS,
     CgroupAttachments,
     load_program,
 )
+from exporter.kernel.maps import KernelMaps
 from exporter.model import Identity, MetricFamily
 from exporter.selfmetrics import program_families
 from exporter.sources.dns.metrics import (
@@ -136,7 +137,7 @@ class DnsSource:
         self.cgroup_root = cgroup_root
         self._cgroup = CgroupAttachments(attach)
         self._bpf: Any = None
-        self._maps: Any = None  # maps.BpfMaps once started; tests: use_maps()
+        self._maps: KernelMaps | None = None  # maps.BpfMaps once started; tests: use_maps()
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -160,11 +161,18 @@ class DnsSource:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def use_maps(self, maps: Any) -> None:
+    def use_maps(self, maps: KernelMaps) -> None:
         """Collect from `maps` (anything with maps.BpfMaps' methods) instead
         of a loaded probe: the unit tests' seam."""
         self._reset_state()
         self._maps = maps
+
+    @property
+    def _loaded_maps(self) -> KernelMaps:
+        """The maps of the loaded probe (or the tests' in-memory ones)."""
+        if self._maps is None:
+            raise ProbeError("dns probe is not loaded")
+        return self._maps
 
     def start(self) -> None:
         if self._bpf is not None:
@@ -210,19 +218,19 @@ class DnsSource:
     # --- collect ------------------------------------------------------------
 
     def _stats(self) -> list[int]:
-        return [self._maps.percpu_sum(STATS_MAP, i) for i in range(4)]
+        return [self._loaded_maps.percpu_sum(STATS_MAP, i) for i in range(4)]
 
     def _sweep(self) -> int:
         """Delete pending queries older than the timeout and count them; the
         entries left. The delete is atomic: a query the kernel answered
         meanwhile is not counted here."""
-        keys, values = self._maps.read_hash(PENDING_MAP, self.pending_entries, 2)
+        keys, values = self._loaded_maps.read_hash(PENDING_MAP, self.pending_entries, 2)
         now = self.kernel_clock_ns()
         left = len(keys)
         for key, (start_ns, cgroup_id) in zip(keys, values.tolist(), strict=True):
             if now - start_ns <= self.timeout_ns:
                 continue
-            if self._maps.take(PENDING_MAP, key.tobytes(), 2) is not None:
+            if self._loaded_maps.take(PENDING_MAP, key.tobytes(), 2) is not None:
                 self._swept[(cgroup_id, int(key["role"]))] += 1
                 self._swept_total += 1
                 left -= 1
@@ -234,7 +242,7 @@ class DnsSource:
         now = self.clock()
         inserts = self._stats()[STAT_PENDING_INSERTS]
         pending = self._sweep()
-        keys, values = self._maps.read_hash(COUNTS_MAP, self.count_entries, 1)
+        keys, values = self._loaded_maps.read_hash(COUNTS_MAP, self.count_entries, 1)
         stats = self._stats()
         # Entries leave dns_pending by an answer, a sweep or an eviction.
         # Inserts are read first and matches last: concurrent traffic can
@@ -264,7 +272,7 @@ class DnsSource:
         families = [
             *families_from_series(series),
             *self._map_families(len(keys), pending, stats),
-            *program_families(self._maps.programs()),
+            *program_families(self._loaded_maps.programs()),
         ]
         if retire:
             self._retire(retire, identities, keys, values)
@@ -285,7 +293,7 @@ class DnsSource:
                     ),
                 ]
             ),
-            memory_family(self._maps.memory()),
+            memory_family(self._loaded_maps.memory()),
         ]
 
     # --- retirement ---------------------------------------------------------
@@ -305,7 +313,7 @@ class DnsSource:
             if cgroup_id not in retiring:
                 continue
             key = (identities[cgroup_id], int(row["role"]), int(row["kind"]), int(row["code"]))
-            (count,) = self._maps.take(COUNTS_MAP, row.tobytes(), 1) or read
+            (count,) = self._loaded_maps.take(COUNTS_MAP, row.tobytes(), 1) or read
             self._carried.add(key, count)
         for cgroup_id, role in [k for k in self._swept if k[0] in retiring]:
             self._carried.add(

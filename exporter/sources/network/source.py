@@ -97,7 +97,7 @@ import numpy as np
 
 from exporter import kernel
 from exporter.identity import Resolver
-from exporter.kernel import compiler, headers, maps
+from exporter.kernel import ProbeError, compiler, headers, maps
 from exporter.kernel.attach import (
     ATTACH_CGROUP_EGRESS,
     ATTACH_CGROUP_INGRESS,
@@ -106,6 +106,7 @@ from exporter.kernel.attach import (
     CgroupAttachments,
     load_program,
 )
+from exporter.kernel.maps import KernelMaps
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.rows import Interner, RowFamily, RowTable
 from exporter.selfmetrics import program_families
@@ -201,7 +202,7 @@ class NetworkSource:
         self._bpf: Any = None
         # The kernel maps (maps.BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
-        self._maps: Any = None
+        self._maps: KernelMaps | None = None
         self._cgroup = CgroupAttachments(attach)
         self._reset_state()
 
@@ -242,11 +243,18 @@ class NetworkSource:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def use_maps(self, maps: Any) -> None:
+    def use_maps(self, maps: KernelMaps) -> None:
         """Collect from `maps` (anything with maps.BpfMaps' methods) instead
         of a loaded probe: the unit tests' seam."""
         self._reset_state()
         self._maps = maps
+
+    @property
+    def _loaded_maps(self) -> KernelMaps:
+        """The maps of the loaded probe (or the tests' in-memory ones)."""
+        if self._maps is None:
+            raise ProbeError("network probe is not loaded")
+        return self._maps
 
     def _compile(self, sock_ops: bool) -> Any:
         return compiler.compile_probe(
@@ -321,7 +329,7 @@ class NetworkSource:
 
     def _read_flows(self) -> tuple[list[FlowRow], set[int]]:
         """Every entry of the flow map, and the cgroup ids among them."""
-        keys, counts = self._maps.read_hash(FLOW_MAP, self.flow_entries, 2)
+        keys, counts = self._loaded_maps.read_hash(FLOW_MAP, self.flow_entries, 2)
         cgroup_ids = keys["cgroup_id"].tolist()
         rows = list(
             zip(
@@ -340,11 +348,11 @@ class NetworkSource:
 
     def _delete_flow(self, raw: bytes) -> tuple[int, int] | None:
         """Delete a flow entry; its final counts (one atomic step), None if already gone."""
-        counts = self._maps.take(FLOW_MAP, raw, 2)
+        counts = self._loaded_maps.take(FLOW_MAP, raw, 2)
         return None if counts is None else (counts[0], counts[1])
 
     def _stats(self) -> list[int]:
-        return [self._maps.percpu_sum("network_stats", i) for i in range(4)]
+        return [self._loaded_maps.percpu_sum("network_stats", i) for i in range(4)]
 
     # --- identity and peers -------------------------------------------------
 
@@ -392,8 +400,8 @@ class NetworkSource:
             raise kernel.ProbeError("network probe is not loaded")
         now = self.clock()
         inserts_before = self._stats()[STAT_FLOW_INSERTS]
-        traffic_keys, traffic = self._maps.read_hash(TRAFFIC_MAP, self.traffic_entries, 2)
-        tcp_keys, tcp = self._maps.read_hash(TCP_MAP, self.tcp_entries, 1)
+        traffic_keys, traffic = self._loaded_maps.read_hash(TRAFFIC_MAP, self.traffic_entries, 2)
+        tcp_keys, tcp = self._loaded_maps.read_hash(TCP_MAP, self.tcp_entries, 1)
         flow_rows, flow_cgroups = self._read_flows()
         n_flows = len(flow_rows)
         stats = self._stats()
@@ -447,7 +455,7 @@ class NetworkSource:
             *self._tcp_families(identities, tcp_keys, tcp),
             *self._flow_families(identities),
             *self._map_families(len(traffic_keys), len(tcp_keys), n_flows, stats),
-            *program_families(self._maps.programs()),
+            *program_families(self._loaded_maps.programs()),
         ]
 
     def _traffic_families(
@@ -591,7 +599,7 @@ class NetworkSource:
                     ),
                 ]
             ),
-            memory_family(self._maps.memory()),
+            memory_family(self._loaded_maps.memory()),
         ]
 
     # --- retirement ---------------------------------------------------------
@@ -621,13 +629,13 @@ class NetworkSource:
                 continue
             identity = identities[cgroup_id]
             key = (identity, int(row["direction"]), int(row["protocol"]), int(row["family"]))
-            nbytes, npackets = self._maps.take(TRAFFIC_MAP, row.tobytes(), 2) or read
+            nbytes, npackets = self._loaded_maps.take(TRAFFIC_MAP, row.tobytes(), 2) or read
             self._traffic_carried.add(key, nbytes, npackets)
         for row, read in zip(tcp_keys, tcp.tolist(), strict=True):
             cgroup_id = int(row["cgroup_id"])
             if cgroup_id not in retiring:
                 continue
-            (count,) = self._maps.take(TCP_MAP, row.tobytes(), 1) or read
+            (count,) = self._loaded_maps.take(TCP_MAP, row.tobytes(), 1) or read
             self._tcp_carried.add((identities[cgroup_id], int(row["event"])), count)
 
         self._ledger.retire(retiring, identities, self._delete_flow)

@@ -59,8 +59,14 @@ from exporter import kernel
 from exporter.config import MIB
 from exporter.identity import Resolver
 from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
-from exporter.kernel import attach, compiler, headers
-from exporter.kernel.maps import BpfMaps, open_ring_buffer, poll_ring_buffer, record_reader
+from exporter.kernel import ProbeError, attach, compiler, headers
+from exporter.kernel.maps import (
+    BpfMaps,
+    KernelMaps,
+    open_ring_buffer,
+    poll_ring_buffer,
+    record_reader,
+)
 from exporter.model import IDENTITY_LABELS, UNRESOLVED, Identity, MetricFamily, counter, gauge
 from exporter.selfmetrics import program_families, table_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
@@ -196,7 +202,7 @@ class SyscallSource:
         self._bpf: Any = None
         # The kernel maps (BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
-        self._maps: Any = None
+        self._maps: KernelMaps | None = None
         self._read_event: Any = None  # ring buffer record decoder (record_reader)
         self._stop = threading.Event()
         self._evidence_thread: threading.Thread | None = None
@@ -392,7 +398,7 @@ class SyscallSource:
     # -- evidence --------------------------------------------------------------
 
     def _poll_evidence(self) -> None:
-        maps = self._maps
+        maps = self._loaded_maps
         while not self._stop.is_set():
             try:
                 poll_ring_buffer(self._bpf, 100)
@@ -470,27 +476,34 @@ class SyscallSource:
 
     # -- collect ---------------------------------------------------------------
 
-    def use_maps(self, maps: Any) -> None:
+    def use_maps(self, maps: KernelMaps) -> None:
         """Collect from `maps` (anything with BpfMaps' methods) instead
         of a loaded probe: the unit tests' seam."""
         self._maps = maps
 
+    @property
+    def _loaded_maps(self) -> KernelMaps:
+        """The maps of the loaded probe (or the tests' in-memory ones)."""
+        if self._maps is None:
+            raise ProbeError("syscalls probe is not loaded")
+        return self._maps
+
     def _read_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, counts) of every (cgroup, syscall key) pair in the kernel map."""
-        keys, slots = self._maps.read_hash(SLOT_MAP, self.capacity, 1)
+        keys, slots = self._loaded_maps.read_hash(SLOT_MAP, self.capacity, 1)
         slots = slots[:, 0]
         used = int(slots.max()) + 1 if len(slots) else 0
-        totals = self._maps.percpu_array_sums("syscall_counts", used)
+        totals = self._loaded_maps.percpu_array_sums("syscall_counts", used)
         return keys, totals[slots] if len(slots) else slots
 
     def _read_dangerous(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, [calls, suppressed] per key) of dangerous_counts."""
-        return self._maps.read_hash(DANGEROUS_MAP, self.security.dangerous_slots, 2)
+        return self._loaded_maps.read_hash(DANGEROUS_MAP, self.security.dangerous_slots, 2)
 
     def _read_overflow(self) -> tuple[Series, Series]:
         """(calls, suppressed) per native number of the calls that found
         dangerous_counts full, under cgroup="<overflow>"."""
-        indices, values = self._maps.read_hash(OVERFLOW_MAP, NR_TABLE, 2)
+        indices, values = self._loaded_maps.read_hash(OVERFLOW_MAP, NR_TABLE, 2)
         calls: Series = {}
         suppressed: Series = {}
         for index, (count, held) in zip(indices.tolist(), values.tolist(), strict=True):
@@ -535,7 +548,7 @@ class SyscallSource:
             *self._families(syscalls, dangerous, novel, len(cgroup_ids), len(d_cgroup_ids)),
             self._suppressed_family(suppressed),
             *ring_buffer,
-            *program_families(self._maps.programs()),
+            *program_families(self._loaded_maps.programs()),
             *table_families(
                 {
                     "baselines": (len(self.baselines.workloads), self.baselines.capacity),
@@ -586,30 +599,31 @@ class SyscallSource:
         )
         for (identity, name), value in self._by_name(novel_series).items():
             novel.add((*identity, name), value)
+        buckets_capacity = self.security.dangerous_slots
         maps = map_families(
             [
                 MapStats(
                     SLOT_MAP,
                     entries,
                     self.capacity,
-                    self._maps.percpu_sum("syscall_update_failures"),
+                    self._loaded_maps.percpu_sum("syscall_update_failures"),
                 ),
                 MapStats(
                     DANGEROUS_MAP,
                     dangerous_entries,
                     self.security.dangerous_slots,
-                    self._maps.percpu_sum("dangerous_update_failures"),
+                    self._loaded_maps.percpu_sum("dangerous_update_failures"),
                 ),
                 # An LRU: full is fine (a forgotten cgroup starts a fresh limit).
                 MapStats(
                     BUCKETS_MAP,
-                    len(self._maps.read_hash(BUCKETS_MAP, self.security.dangerous_slots, 4)[0]),
+                    len(self._loaded_maps.read_hash(BUCKETS_MAP, buckets_capacity, 4)[0]),
                     self.security.dangerous_slots,
                     0,
                 ),
             ]
         )
-        maps.append(memory_family(self._maps.memory()))
+        maps.append(memory_family(self._loaded_maps.memory()))
         abi = gauge(
             "orb8_syscall_abi_detected",
             "1 when syscalls entering through the i386 ABI are named by the i386 table "
@@ -642,14 +656,14 @@ class SyscallSource:
     def _ring_buffer_families(self) -> list[MetricFamily]:
         probe = (self.name,)
         values = {
-            i: self._maps.percpu_values("ringbuf_stats", i)
+            i: self._loaded_maps.percpu_values("ringbuf_stats", i)
             for i in (RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK)
         }
         # The kernel keeps the peak since it was last zeroed; collects also run
         # for housekeeping and OTLP pushes, so keep the highest of the last
         # PEAK_WINDOW seconds here rather than only what came since the last
         # collect (a burst between a housekeeping tick and a scrape is not lost).
-        self._maps.zero("ringbuf_stats", RB_PEAK)
+        self._loaded_maps.zero("ringbuf_stats", RB_PEAK)
         now = time.monotonic()
         self._peaks.append((now, max(values[RB_PEAK])))
         while self._peaks and self._peaks[0][0] < now - PEAK_WINDOW:
@@ -705,11 +719,11 @@ class SyscallSource:
             if cgroup_id not in retiring:
                 continue
             self._carried.add((identities[cgroup_id], int(key["nr"])), count)
-            slot = self._maps.pop(SLOT_MAP, key.tobytes())
+            slot = self._loaded_maps.pop(SLOT_MAP, key.tobytes())
             if slot is None:
                 continue
-            self._maps.zero("syscall_counts", slot)
-            self._maps.push("syscall_free_slots", slot)
+            self._loaded_maps.zero("syscall_counts", slot)
+            self._loaded_maps.push("syscall_free_slots", slot)
         keys, values = dangerous
         for key, (count, suppressed) in zip(keys, values.tolist(), strict=True):
             cgroup_id = int(key["cgroup_id"])
@@ -717,7 +731,7 @@ class SyscallSource:
                 series_key = (identities[cgroup_id], int(key["nr"]))
                 self._carried_dangerous.add(series_key, count)
                 self._carried_suppressed.add(series_key, suppressed)
-                self._maps.delete(DANGEROUS_MAP, key.tobytes())
+                self._loaded_maps.delete(DANGEROUS_MAP, key.tobytes())
         self.lifecycle.retired(retire)
         log.info("retired %d removed cgroup(s) from the syscall maps", len(retire))
 
@@ -759,7 +773,7 @@ class SyscallSource:
             cgroup_id = int(key["cgroup_id"])
             if cgroup_id not in empty:
                 continue
-            final = self._maps.take(DANGEROUS_MAP, key.tobytes(), 2)
+            final = self._loaded_maps.take(DANGEROUS_MAP, key.tobytes(), 2)
             if final is None:
                 continue
             series_key = (identities[cgroup_id], int(key["nr"]))
