@@ -239,6 +239,11 @@ def prune(venv: Path) -> None:
             log.unlink()
 
 
+# orb8 modules that need an optional extra the image leaves out: `orb8 top`'s
+# live view (textual, the `top` extra; --once and --json work without it).
+OPTIONAL_MODULES = {"exporter.top.app"}
+
+
 def imported_by_orb8(venv: Path) -> set[str]:
     """Every module orb8 imports anywhere (including inside functions), imported
     for real in the venv, with everything those pull in: their source files."""
@@ -246,12 +251,15 @@ def imported_by_orb8(venv: Path) -> set[str]:
     names = {"exporter"}
     for source in package.rglob("*.py"):
         module = ".".join(source.relative_to(package.parent).with_suffix("").parts)
+        if module in OPTIONAL_MODULES:
+            continue  # nor what it imports
         names.add(module.removesuffix(".__init__"))
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module)
+    names -= OPTIONAL_MODULES  # need an extra the image does not install
     probe = (
         "import importlib, json, sys\n"
         "for name in sorted(json.loads(sys.argv[1])):\n"
@@ -265,9 +273,10 @@ def imported_by_orb8(venv: Path) -> set[str]:
         [str(venv / "bin/python"), "-c", probe, json.dumps(sorted(names))],
         capture_output=True,
         text=True,
-        check=True,
         env={"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
     )
+    if run.returncode != 0:
+        sys.exit(f"slim-image: importing what orb8 imports failed:\n{run.stderr}")
     return set(json.loads(run.stdout))
 
 
