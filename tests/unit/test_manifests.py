@@ -317,6 +317,34 @@ def test_the_documented_release_name_override_renders(tmp_path):
     assert labels["ServiceMonitor"] == labels["PrometheusRule"] == "monitoring"
 
 
+def test_kube_prometheus_stack_ships_every_dashboard_as_a_sidecar_configmap():
+    """One ConfigMap per dashboards/*.json, labelled for Grafana's sidecar,
+    holding exactly the generated JSON (the copies kustomize reads are
+    byte-identical to dashboards/)."""
+    from dashboards import DASHBOARDS, DEPLOY_DIRECTORY, DIRECTORY
+
+    maps = [
+        doc
+        for doc in rendered(DEPLOY / "overlays" / "kube-prometheus-stack")
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["labels"].get("grafana_dashboard")
+    ]
+    shipped = {}
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["namespace"] == "orb8"
+        assert config_map["metadata"]["annotations"]["grafana_folder"] == "orb8"
+        # No hash suffix: a changed dashboard replaces its ConfigMap.
+        assert re.fullmatch(r"orb8-dashboard-[a-z]+", config_map["metadata"]["name"])
+        [(key, text)] = config_map["data"].items()
+        shipped[key] = text
+    assert sorted(shipped) == sorted(spec.file for spec in DASHBOARDS)
+    for key, text in shipped.items():
+        assert text == (DIRECTORY / key).read_text() == (DEPLOY_DIRECTORY / key).read_text(), key
+    assert sorted(p.name for p in DEPLOY_DIRECTORY.glob("*.json")) == sorted(shipped)
+    # Only the Operator's Grafana has a sidecar by default: plain deploy/ ships none.
+    assert not [doc for doc in rendered(DEPLOY) if doc["kind"] == "ConfigMap"]
+
+
 def test_rbac_is_read_only_on_pods():
     assert only("ClusterRole")["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
