@@ -100,6 +100,9 @@ def podman_flags(
         else:
             raise AssertionError(f"volume kind not translated: {volume}")
     for env in container["env"]:
+        if "value" in env:  # NVIDIA_*: no NVIDIA runtime here, plain variables
+            flags += ["-e", f"{env['name']}={env['value']}"]
+            continue
         assert env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
         flags += ["-e", f"{env['name']}={node_name}"]
     return flags

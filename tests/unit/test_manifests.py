@@ -385,6 +385,31 @@ def test_daemonset_least_privilege():
     assert container["resources"]["requests"]["cpu"]
 
 
+def test_one_daemonset_reads_gpus_where_the_nvidia_runtime_runs_it():
+    """No second DaemonSet for GPU nodes: the gpu probe is a default one (the
+    args do not narrow --probes), the NVIDIA runtime is asked for NVML only,
+    and no GPU is requested from the scheduler."""
+    from exporter.registry import DEFAULT_PROBES
+
+    for directory in ENTRY_POINTS:
+        pod = only("DaemonSet", directory)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert "gpu" in DEFAULT_PROBES
+        assert not [a for a in container["args"] if a.startswith("--probes")]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+        assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+        resources = container["resources"]
+        assert not [
+            name
+            for part in ("limits", "requests")
+            for name in resources.get(part, {})
+            if name.startswith("nvidia.com/")
+        ]
+        # A runtime class the CPU nodes lack would keep the pod off them.
+        assert "runtimeClassName" not in pod and "nodeSelector" not in pod
+
+
 def test_one_port_everywhere_and_clear_of_node_components():
     assert DEFAULT_PORT not in NODE_PORTS
     daemonset = only("DaemonSet")["spec"]["template"]["spec"]["containers"][0]
