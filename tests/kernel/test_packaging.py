@@ -38,6 +38,15 @@ def test_wheel_carries_every_probe_source(wheel):
         assert f"exporter/bpf/{source.relative_to(ROOT / 'bpf')}" in names
 
 
+def test_wheel_carries_the_license(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    text = zipfile.ZipFile(wheel).read(license_file).decode()
+    assert text == (ROOT / "LICENSE").read_text()
+    [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "License-Expression: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode()
+
+
 def test_installed_wheel_runs_orb8_check_outside_the_checkout(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
