@@ -252,6 +252,11 @@ def imported_by_orb8(venv: Path) -> set[str]:
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module)
+    # exporter.top.app is `orb8 top`'s live view: its textual/rich come with
+    # the `top` extra, which the image does not install (`orb8 top --once`
+    # and --json need neither), so it and they are not imported here.
+    optional = {"exporter.top.app", "textual", "rich"}
+    names = {n for n in names if n not in optional and n.split(".")[0] not in optional}
     probe = (
         "import importlib, json, sys\n"
         "for name in sorted(json.loads(sys.argv[1])):\n"
