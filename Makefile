@@ -19,7 +19,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check exporter tests benchmarks tools dashboards
 	$(VENV)/bin/mypy exporter dashboards
 
-# Regenerate dashboards/*.json from dashboards/*.py (commit the result).
+# Regenerate dashboards/*.json from dashboards/*.py, and their copies in
+# deploy/components/grafana-dashboards/ for the sidecar ConfigMaps (commit both).
 dashboards: setup
 	$(VENV)/bin/python -m dashboards
 

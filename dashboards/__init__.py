@@ -17,6 +17,10 @@ from dashboards import dns, gpu, health, network, security
 from dashboards.builder import DashboardSpec
 
 DIRECTORY = Path(__file__).resolve().parent
+# Copies for the Grafana sidecar ConfigMaps: kustomize reads generator files
+# only in or below the kustomization's own directory (symlinks out of it are
+# refused too), so `python -m dashboards` writes each file there as well.
+DEPLOY_DIRECTORY = DIRECTORY.parent / "deploy" / "components" / "grafana-dashboards"
 DASHBOARDS: tuple[DashboardSpec, ...] = (
     network.DASHBOARD,
     security.DASHBOARD,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dashboards import DASHBOARDS, DIRECTORY
+from dashboards import DASHBOARDS, DEPLOY_DIRECTORY, DIRECTORY
 from dashboards.builder import render
 
 
@@ -18,16 +18,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--directory", type=Path, default=DIRECTORY, help="where the JSON files are (default: here)"
     )
+    parser.add_argument(
+        "--deploy-directory",
+        type=Path,
+        default=DEPLOY_DIRECTORY,
+        help="the kustomize component's copies (default: deploy/components/grafana-dashboards)",
+    )
     args = parser.parse_args(argv)
     stale = []
-    for spec in DASHBOARDS:
-        path = args.directory / spec.file
+    for spec, path in (
+        (spec, directory / spec.file)
+        for directory in (args.directory, args.deploy_directory)
+        for spec in DASHBOARDS
+    ):
         content = render(spec)
         if args.check:
             if not path.is_file():
-                stale.append(f"{spec.file} (missing)")
+                stale.append(f"{path} (missing)")
             elif path.read_text() != content:
-                stale.append(f"{spec.file} (differs)")
+                stale.append(f"{path} (differs)")
         else:
             path.write_text(content)
             print(f"wrote {path}")

@@ -136,7 +136,23 @@ class DashboardSpec:
         return [panel for row in self.rows for panel in row.panels]
 
 
-def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dash.QueryVariable:
+# The Node variable's value stays `instance` (what every query selects on and
+# every alert carries), but it shows the `node` label where the scrape adds
+# one (the ServiceMonitor and deploy/examples/prometheus.yml relabel
+# __meta_kubernetes_pod_node_name to `node`): IP:port means nothing to a
+# reader. label_values() can list one label only, so the variable reads
+# query_result(), whose lines Grafana writes as
+# `orb8_build_info{instance="10.0.0.7:9826",job="orb8",node="n1"} 1 <ms>`
+# (labels in Prometheus' sorted order: instance before node), and a regex with
+# named groups picks value and text; without a node label the text falls back
+# to the value (Grafana's rule for a missing `text` group).
+NODE_QUERY = f'query_result({TARGET_METRIC}{{cluster="$cluster", job=~"$job"}})'
+NODE_REGEX = r'/[{,]instance="(?<value>[^"]+)"(?:.*[{,]node="(?<text>[^"]+)")?/'
+
+
+def _query_variable(
+    name: str, label: str, query: str, *, multi: bool, regex: str = ""
+) -> dash.QueryVariable:
     variable = (
         dash.QueryVariable(name)
         .label(label)
@@ -145,6 +161,8 @@ def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dash.Q
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(model.VariableSort.ALPHABETICAL_ASC)
     )
+    if regex:
+        variable = variable.regex(regex)
     if multi:
         # allValue ".*": "All" also keeps series whose label is empty, such
         # as the non-pod cgroups (namespace="" pod="") on the security view.
@@ -155,18 +173,16 @@ def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dash.Q
 def variables(spec: DashboardSpec) -> list[Any]:
     found = [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        # Shown, so that a Prometheus (or Thanos/Mimir) holding several
+        # clusters can switch between them; on one cluster it lists nothing
+        # and `cluster=""` matches series without the label.
         _query_variable(
             "cluster", "Cluster", f"label_values({TARGET_METRIC}, cluster)", multi=False
-        ).hide(model.VariableHide.HIDE_VARIABLE),
+        ),
         _query_variable(
             "job", "Job", f'label_values({TARGET_METRIC}{{cluster="$cluster"}}, job)', multi=False
         ),
-        _query_variable(
-            "instance",
-            "Node",
-            f'label_values({TARGET_METRIC}{{cluster="$cluster", job=~"$job"}}, instance)',
-            multi=True,
-        ),
+        _query_variable("instance", "Node", NODE_QUERY, multi=True, regex=NODE_REGEX),
     ]
     if spec.workloads:
         found += [

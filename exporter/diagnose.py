@@ -130,7 +130,18 @@ def check_bcc() -> Check:
     try:
         bcc = compiler.import_bcc()
     except kernel.ProbeError as e:
-        return Check("bcc", "fail", str(e), "apt-get install python3-bpfcc; make setup")
+        # bcc is not on PyPI: it comes with the distribution's python3, which
+        # a virtualenv sees only when made from that python3 with
+        # --system-site-packages (a pip install outside a checkout).
+        return Check(
+            "bcc",
+            "fail",
+            str(e),
+            "install the distribution's bcc (Debian/Ubuntu: apt-get install python3-bpfcc; "
+            "Fedora/RHEL: dnf install python3-bcc); outside a checkout make the virtualenv "
+            "from that python3 so it sees it: /usr/bin/python3 -m venv --system-site-packages "
+            "VENV && VENV/bin/pip install <orb8 wheel or source>; in a checkout: make setup",
+        )
     version = getattr(getattr(bcc, "version", None), "__version__", "unknown")
     return Check("bcc", "ok", f"bcc {version} from {Path(bcc.__file__).parent}")
 

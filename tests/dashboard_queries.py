@@ -119,6 +119,54 @@ def substitute(
     return _VARIABLE.sub(replace, expr)
 
 
+# --- query variables: what Grafana lists -------------------------------------
+
+
+def query_result_lines(result: list[dict]) -> list[str]:
+    """An instant vector as Grafana's query_result() writes it, one line per
+    series: `name{label="value",...} value ms` (labels in the API's order)."""
+    lines = []
+    for series in result:
+        labels = dict(series["metric"])
+        text = labels.pop("__name__", "")
+        text += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+        stamp, value = series["value"]
+        lines.append(f"{text} {value} {int(float(stamp) * 1000)}")
+    return lines
+
+
+def js_regex(regex: str) -> re.Pattern:
+    """A variable's `/pattern/flags` regex as Python compiles it (named groups
+    spelt `(?P<name>`); fails on flags or syntax the two would read differently."""
+    match = re.fullmatch(r"/(.*)/([a-z]*)", regex, re.S)
+    assert match, f"not a /regex/: {regex!r}"
+    pattern, flags = match.groups()
+    assert flags == "", f"flags {flags!r}"
+    assert not re.search(r"\\[dDwWsSbB]|\(\?<[=!]|\\k<", pattern), f"not portable: {pattern}"
+    return re.compile(pattern.replace("(?<", "(?P<"))
+
+
+def variable_options(variable: Mapping, lines: list[str]) -> dict[str, str]:
+    """{value: text} Grafana offers for `lines` under the variable's regex:
+    lines that do not match are dropped; a missing `text` group shows the value."""
+    if not variable.get("regex"):
+        return {line: line for line in lines}
+    pattern = js_regex(variable["regex"])
+    options = {}
+    for line in lines:
+        match = pattern.search(line)
+        if not match:
+            continue
+        groups = match.groupdict()
+        if groups.get("value") or groups.get("text"):
+            value = groups.get("value") or groups["text"]
+            options[value] = groups.get("text") or value
+        else:
+            value = match.group(1) if match.groups() else match.group(0)
+            options[value] = value
+    return options
+
+
 # --- a small PromQL reader ---------------------------------------------------
 
 _STRING = r'"(?:[^"\\]|\\.)*"'

@@ -192,6 +192,25 @@ def test_node_without_nvml_is_quiet(start_exporter, tmp_path):
     assert "ERROR" not in log and "Traceback" not in log, log
 
 
+def test_default_probes_on_a_node_without_nvml_keep_gpu_absent_and_the_rest_up(
+    start_exporter, tmp_path
+):
+    """gpu is a default probe so one DaemonSet serves every node: on a node
+    without NVML it is listed absent, exports nothing, and the BPF probes
+    started beside it are up."""
+    empty = tmp_path / "no-nvml"
+    empty.mkdir()
+    exporter = start_exporter(env={"LD_LIBRARY_PATH": str(empty)})
+    samples = exporter.scrape()
+    assert not [k for k in samples if k[0].startswith("orb8_gpu_")]
+    probes = {dict(k[1])["probe"]: v for k, v in samples.items() if k[0] == "orb8_probe_up"}
+    assert probes == {"syscalls": 1.0, "network": 1.0}
+    page = urllib.request.urlopen(exporter.url.replace("/metrics", "/"), timeout=10).read()
+    assert b"<td>gpu</td><td>absent</td>" in page
+    log = exporter.output()
+    assert "ERROR" not in log and "Traceback" not in log, log
+
+
 def test_mig_gpu_labels_instances_and_never_double_counts(
     start_exporter, gpu_pods, fake_nvml, tmp_path
 ):

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import runpy
+import shlex
 import subprocess
 import sys
 import time
@@ -100,6 +102,9 @@ def podman_flags(
         else:
             raise AssertionError(f"volume kind not translated: {volume}")
     for env in container["env"]:
+        if "value" in env:  # NVIDIA_*: no NVIDIA runtime here, plain variables
+            flags += ["-e", f"{env['name']}={env['value']}"]
+            continue
         assert env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
         flags += ["-e", f"{env['name']}={node_name}"]
     return flags
@@ -236,6 +241,78 @@ def test_daemonset_container_counts_exactly(image, cgroups, cgroup2_root, worklo
         )
         assert "exactly the DaemonSet's set" in diagnose.stdout, diagnose.stdout
         assert_exact_counts(base, cgroups, cgroup2_root, workload)
+
+
+def documented_podman_run() -> list[str]:
+    """The `podman run` of docs/deploying.md's plain-host section, as argv."""
+    text = (ROOT / "docs" / "deploying.md").read_text()
+    match = re.search(r"```sh\n# one-off: podman run\n(.*?)```", text, re.S)
+    assert match, "docs/deploying.md lost its one-off podman run block"
+    return shlex.split(match.group(1).replace("\\\n", " "))
+
+
+def documented_flags(node_name: str) -> list[str]:
+    """Its flags between `podman run` and the image, less --rm and --name."""
+    argv = documented_podman_run()
+    assert argv[:2] == ["podman", "run"] and argv[-1] == "run", argv
+    flags = argv[2:-2]
+    assert argv[-2].startswith("ghcr.io/orb8/orb8:"), argv
+    assert flags[:3] == ["--rm", "--name", "orb8"], flags
+    return [f.replace("$(hostname)", node_name) for f in flags[3:]]
+
+
+def pairs(flags: list[str]) -> set[tuple[str, ...]]:
+    """Flags as a set of (flag,) or (flag, value): order does not matter to podman."""
+    found, i = set(), 0
+    while i < len(flags):
+        if flags[i] in ("-v", "-e", "--tmpfs", "--security-opt", "--user"):
+            found.add((flags[i], flags[i + 1]))
+            i += 2
+        else:
+            found.add((flags[i],))
+            i += 1
+    return found
+
+
+def test_documented_podman_run_is_the_daemonset_less_the_kubelet():
+    """The plain-host command has every privilege, mount and limit of the
+    DaemonSet's translation and nothing more, less what needs a kubelet or
+    the NVIDIA runtime (the pod-resources socket, the NVIDIA_* variables)."""
+    daemonset = pairs(podman_flags(daemonset_pod(), "node-a"))
+    kubelet_only = {
+        f
+        for f in daemonset
+        if (f[0] == "-v" and "pod-resources" in f[1]) or (f[0] == "-e" and "NVIDIA" in f[1])
+    }
+    assert len(kubelet_only) == 3, kubelet_only
+    assert pairs(documented_flags("node-a")) == daemonset - kubelet_only
+
+
+def test_documented_podman_run_counts_exactly(image, cgroups, cgroup2_root, workload):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    name = f"orb8-oneoff-{uuid.uuid4().hex[:10]}"
+    subprocess.run(
+        [
+            *PODMAN,
+            "run",
+            "-d",
+            "--name",
+            name,
+            *documented_flags("node-a"),
+            image,
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        wait_ready(base, name)
+        assert_exact_counts(base, cgroups, cgroup2_root, workload)
+    finally:
+        subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True)
 
 
 def test_node_without_kernel_headers_uses_the_image_headers(

@@ -36,7 +36,14 @@ import yaml
 
 from exporter.kernel.attach import link_create
 from exporter.sources.syscalls import native_syscall_numbers
-from tests.dashboard_queries import dashboard_files, load, substitute, targets
+from tests.dashboard_queries import (
+    dashboard_files,
+    load,
+    query_result_lines,
+    substitute,
+    targets,
+    variable_options,
+)
 from tests.gpu.conftest import start_in_cgroup
 from tests.gpu.dcgm_fixtures import DcgmServer, Gpu, dcgm_text
 from tests.gpu.nvml_fixtures import UUID, build_fake_nvml, nvml_env, rewrite_capture
@@ -54,6 +61,7 @@ pytestmark = pytest.mark.kernel
 BUILTINS = {"__rate_interval": "20s", "__range": "5m", "__interval": "5s"}
 RANGE_SECONDS = 30
 BASELINE_WINDOW = 3.0
+NODE = "node-a"
 # Legend labels a series may lack: a pod's series have no cgroup label.
 OPTIONAL_LEGEND_LABELS = {"cgroup"}
 # Added to every device of the capture: XID 13 (graphics engine exception)
@@ -165,7 +173,14 @@ def stack(tmp_path, start_exporter, cgroup2_root):
             "scrape_configs": [
                 {
                     "job_name": "orb8",
-                    "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+                    # The node label the ServiceMonitor's relabeling adds
+                    # from __meta_kubernetes_pod_node_name (the Node variable shows it).
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{exporter.port}"],
+                            "labels": {"node": NODE},
+                        }
+                    ],
                 }
             ],
         }
@@ -258,12 +273,23 @@ def resolve_variables(dashboard: dict, prometheus: Prometheus, wanted: dict[str,
     values: dict[str, str] = dict(BUILTINS)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     label_values = re.compile(r"label_values\((.*),\s*(\w+)\)$")
+    query_result = re.compile(r"query_result\((.*)\)$")
     for variable in dashboard["templating"]["list"]:
         name = variable["name"]
         if variable["type"] == "datasource":
             values[name] = "prometheus"
             continue
         assert variable["type"] == "query", f"{dashboard['title']}: ${name} is {variable['type']}"
+        result = query_result.match(variable["query"])
+        if result:
+            # The Node variable: instance values shown by their node label.
+            selector = substitute(result.group(1), values, variables)
+            lines = query_result_lines(prometheus.query(selector))
+            options = variable_options(variable, lines)
+            assert name in wanted, f"{dashboard['title']}: which value of ${name} has the data?"
+            assert options.get(wanted[name]) == NODE, f"{dashboard['title']}: ${name} {options}"
+            values[name] = wanted[name]
+            continue
         match = label_values.match(variable["query"])
         assert match, f"{dashboard['title']}: ${name} query {variable['query']!r}"
         selector = substitute(match.group(1), values, variables)

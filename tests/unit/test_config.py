@@ -18,7 +18,7 @@ from tests.helpers import ORB8, ROOT
 def test_defaults():
     settings = load_settings({}, environ={})
     assert settings.listen == Listen("0.0.0.0", 9826)
-    assert settings.probes == ("syscalls", "network")
+    assert settings.probes == ("syscalls", "network", "gpu")
     assert settings.syscall_slots == 65536
     assert settings.deleted_cgroup_grace == 60.0
     assert settings.kernel_headers is None

@@ -21,7 +21,7 @@ from grafana_foundation_sdk.cog import plugins
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as model
 
-from dashboards import DASHBOARDS, DIRECTORY, security
+from dashboards import DASHBOARDS, DEPLOY_DIRECTORY, DIRECTORY, security
 from dashboards.__main__ import main
 from dashboards.builder import canonical, render
 from tests.dashboard_queries import (
@@ -32,8 +32,10 @@ from tests.dashboard_queries import (
     grouping_labels,
     load,
     panels,
+    query_result_lines,
     selectors,
     targets,
+    variable_options,
 )
 from tests.helpers import ROOT
 
@@ -59,6 +61,8 @@ def test_committed_json_is_what_the_code_generates():
     for spec in DASHBOARDS:
         committed = (DIRECTORY / spec.file).read_text()
         assert committed == render(spec), f"{spec.file} is stale: run `make dashboards`"
+        copy = (DEPLOY_DIRECTORY / spec.file).read_text()
+        assert copy == committed, f"the sidecar copy of {spec.file} is stale: run `make dashboards`"
     # No hand-made file beside the generated ones.
     assert {p.name for p in dashboard_files()} == {spec.file for spec in DASHBOARDS}
 
@@ -306,10 +310,65 @@ def test_variable_queries_use_catalogued_labels():
     known = catalogue()
     for path in dashboard_files():
         for variable in load(path)["templating"]["list"][1:]:
+            if variable["query"].startswith("query_result("):
+                # The Node variable: value and text groups name target labels
+                # (node: added by the ServiceMonitor's relabeling).
+                metric = re.fullmatch(r"query_result\((\w+)\{.*\}\)", variable["query"]).group(1)
+                assert metric in known, path.name
+                labels = set(re.findall(r'(\w+)="\(\?<', variable["regex"]))
+                assert labels == {"instance", "node"}, (path.name, labels)
+                continue
             metric, label = re.fullmatch(
                 r"label_values\((\w+)\{?.*,\s*(\w+)\)", variable["query"]
             ).groups()
             assert label in known[metric] | TARGET_LABELS, f"{path.name}: ${variable['name']}"
+
+
+def test_node_variable_shows_the_node_label_and_keeps_instance_as_value():
+    """Grafana's query_result() lines through the variable's regex: the node
+    name where the scrape added one, IP:port where it did not; the value is
+    always the instance, which every query and alert selects on."""
+    result = [
+        {
+            "metric": {
+                "__name__": "orb8_build_info",
+                "instance": "10.0.3.7:9826",
+                "job": "orb8",
+                "kernel": "6.1.0-18-amd64",
+                "node": "gpu-node-1",
+                "version": "0.1.0",
+            },
+            "value": [1733350000.5, "1"],
+        },
+        {
+            "metric": {
+                "__name__": "orb8_build_info",
+                "instance": "10.0.3.8:9826",
+                "job": "orb8",
+                "kernel": "6.1.0-18-amd64",
+                "version": "0.1.0",
+            },
+            "value": [1733350000.5, "1"],
+        },
+    ]
+    lines = query_result_lines(result)
+    assert lines[0] == (
+        'orb8_build_info{instance="10.0.3.7:9826",job="orb8",kernel="6.1.0-18-amd64",'
+        'node="gpu-node-1",version="0.1.0"} 1 1733350000500'
+    )
+    for path in dashboard_files():
+        [node] = [v for v in load(path)["templating"]["list"] if v["name"] == "instance"]
+        assert node["label"] == "Node" and node["multi"] and node["allValue"] == ".*"
+        assert variable_options(node, lines) == {
+            "10.0.3.7:9826": "gpu-node-1",
+            "10.0.3.8:9826": "10.0.3.8:9826",
+        }, path.name
+
+
+def test_cluster_variable_is_selectable():
+    for path in dashboard_files():
+        [cluster] = [v for v in load(path)["templating"]["list"] if v["name"] == "cluster"]
+        assert cluster.get("hide", 0) == 0, path.name
 
 
 # --- alert rules and dashboards agree ----------------------------------------
@@ -319,7 +378,11 @@ def labels_of_alert(rule: dict) -> set[str]:
     """The labels an alert of this rule carries (what ALERTS{...} can select on)."""
     expr = rule["expr"]
     grouped = grouping_labels(expr)
-    if grouped:
+    absent = re.fullmatch(r"absent\((\w+)\{(.*)\}\)", expr.strip())
+    if absent:
+        # absent() keeps only the equality matchers of its selector.
+        labels = {label for label, op, _ in selectors(expr)[0][1] if op == "="}
+    elif grouped:
         labels = grouped
     else:
         metric = re.findall(r"\b(orb8_\w+|up)\b", expr)[0]
@@ -336,9 +399,13 @@ def test_alerts_panel_selects_only_labels_the_alerts_carry():
     target = alerts_target()
     [(_, matchers)] = [s for s in selectors(target.expr) if s[0] == "ALERTS"]
     by_variable = {label for label, _, value in matchers if value.startswith("$")}
-    # Every alert carries the node, so the node filter never hides an alert...
+    # Every alert of a node carries the node, so the node filter never hides
+    # one; an absent() alert has no node (its allValue ".*" shows it under All).
     assert "instance" in by_variable
     for rule in ALERT_RULES:
+        if rule["expr"].startswith("absent("):
+            assert labels_of_alert(rule) == {"job", "severity", "alertname", "alertstate"}
+            continue
         assert "instance" in labels_of_alert(rule), rule["alert"]
     # ...and every workload alert carries every label the panel filters on.
     for rule in SECURITY_RULES:

@@ -111,7 +111,8 @@ def test_gpu_settings_reject_bad_values(env, message):
 
 def test_gpu_settings_defaults():
     settings = load_settings({}, {})
-    assert settings.probes == ("syscalls", "network")  # GPU probes are opt-in
+    # gpu is on everywhere (absent where NVML does not load); dcgm needs an exporter.
+    assert settings.probes == ("syscalls", "network", "gpu")
     assert settings.gpu_poll_interval == 10.0
     assert settings.dcgm_url == "http://localhost:9400/metrics"
     assert str(settings.pod_resources_socket) == "/var/lib/kubelet/pod-resources/kubelet.sock"

@@ -138,4 +138,4 @@ def test_every_probe_package_is_registered_once_with_its_own_settings():
     assert len(names) == len(set(names))  # no setting declared twice
     for probe in registry.PROBES:
         assert {spec.name for spec in probe.settings} <= set(names)
-    assert registry.DEFAULT_PROBES == ("syscalls", "network")
+    assert registry.DEFAULT_PROBES == ("syscalls", "network", "gpu")

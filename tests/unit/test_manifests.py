@@ -317,6 +317,34 @@ def test_the_documented_release_name_override_renders(tmp_path):
     assert labels["ServiceMonitor"] == labels["PrometheusRule"] == "monitoring"
 
 
+def test_kube_prometheus_stack_ships_every_dashboard_as_a_sidecar_configmap():
+    """One ConfigMap per dashboards/*.json, labelled for Grafana's sidecar,
+    holding exactly the generated JSON (the copies kustomize reads are
+    byte-identical to dashboards/)."""
+    from dashboards import DASHBOARDS, DEPLOY_DIRECTORY, DIRECTORY
+
+    maps = [
+        doc
+        for doc in rendered(DEPLOY / "overlays" / "kube-prometheus-stack")
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["labels"].get("grafana_dashboard")
+    ]
+    shipped = {}
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["namespace"] == "orb8"
+        assert config_map["metadata"]["annotations"]["grafana_folder"] == "orb8"
+        # No hash suffix: a changed dashboard replaces its ConfigMap.
+        assert re.fullmatch(r"orb8-dashboard-[a-z]+", config_map["metadata"]["name"])
+        [(key, text)] = config_map["data"].items()
+        shipped[key] = text
+    assert sorted(shipped) == sorted(spec.file for spec in DASHBOARDS)
+    for key, text in shipped.items():
+        assert text == (DIRECTORY / key).read_text() == (DEPLOY_DIRECTORY / key).read_text(), key
+    assert sorted(p.name for p in DEPLOY_DIRECTORY.glob("*.json")) == sorted(shipped)
+    # Only the Operator's Grafana has a sidecar by default: plain deploy/ ships none.
+    assert not [doc for doc in rendered(DEPLOY) if doc["kind"] == "ConfigMap"]
+
+
 def test_rbac_is_read_only_on_pods():
     assert only("ClusterRole")["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
@@ -355,6 +383,31 @@ def test_daemonset_least_privilege():
     assert probes == {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
     assert container["resources"]["limits"]["memory"]
     assert container["resources"]["requests"]["cpu"]
+
+
+def test_one_daemonset_reads_gpus_where_the_nvidia_runtime_runs_it():
+    """No second DaemonSet for GPU nodes: the gpu probe is a default one (the
+    args do not narrow --probes), the NVIDIA runtime is asked for NVML only,
+    and no GPU is requested from the scheduler."""
+    from exporter.registry import DEFAULT_PROBES
+
+    for directory in ENTRY_POINTS:
+        pod = only("DaemonSet", directory)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert "gpu" in DEFAULT_PROBES
+        assert not [a for a in container["args"] if a.startswith("--probes")]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+        assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+        resources = container["resources"]
+        assert not [
+            name
+            for part in ("limits", "requests")
+            for name in resources.get(part, {})
+            if name.startswith("nvidia.com/")
+        ]
+        # A runtime class the CPU nodes lack would keep the pod off them.
+        assert "runtimeClassName" not in pod and "nodeSelector" not in pod
 
 
 def test_one_port_everywhere_and_clear_of_node_components():

@@ -49,5 +49,8 @@ def create(context: Context) -> GpuSource:
     return GpuSource(context.resolver, interval=context.settings.gpu_poll_interval)
 
 
-# Off by default: it reads devices most nodes lack; enabled where GPUs are.
-PROBE = Probe("gpu", default=False, settings=SETTINGS, factory=create)
+# On by default, so that one DaemonSet serves GPU and CPU nodes alike: where
+# NVML does not load (no library, no driver) or finds no GPU the source is
+# absent, which costs one failed dlopen at start, exports nothing and never
+# pages; where it loads, polling runs off the scrape path.
+PROBE = Probe("gpu", default=True, settings=SETTINGS, factory=create)
