@@ -138,7 +138,11 @@ def top(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 def table_rows(text: str) -> list[str]:
     """The rows under the column headings, marker column included."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if "SYSCALLS/s" in line and "NAME" in line)
+    start = next(
+        (i for i, line in enumerate(lines) if "SYSCALLS/s" in line and "NAME" in line), None
+    )
+    if start is None:
+        return []  # a screen caught mid-redraw, or not drawn yet: wait_screen tries again
     rows = []
     for line in lines[start + 1 :]:
         if not line.strip():
