@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from exporter.kernel import percpu
+from exporter.kernel import ProbeError, percpu
 from exporter.kernel.compiler import libbcc
 from exporter.kernel.stats import ProgramStats, memlock_by_map, program_stats
 
@@ -187,6 +187,13 @@ class KernelMaps(Protocol):
     def programs(self) -> list[ProgramStats]: ...
 
     def memory(self) -> dict[str, int]: ...
+
+
+def loaded(maps: KernelMaps | None, probe: str) -> KernelMaps:
+    """A source's maps, or ProbeError naming the probe that is not loaded."""
+    if maps is None:
+        raise ProbeError(f"{probe} probe is not loaded")
+    return maps
 
 
 class BpfMaps:

@@ -60,14 +60,14 @@ import numpy as np
 
 from exporter import kernel
 from exporter.identity import Resolver
-from exporter.kernel import ProbeError, compiler, headers, maps
+from exporter.kernel import compiler, headers, maps
 from exporter.kernel.attach import (
     ATTACH_CGROUP_EGRESS,
     ATTACH_CGROUP_INGRESS,
     CgroupAttachments,
     load_program,
 )
-from exporter.kernel.maps import KernelMaps
+from exporter.kernel.maps import KernelMaps, loaded
 from exporter.model import Identity, MetricFamily
 from exporter.selfmetrics import program_families
 from exporter.sources.dns.metrics import (
@@ -169,10 +169,7 @@ class DnsSource:
 
     @property
     def _loaded_maps(self) -> KernelMaps:
-        """The maps of the loaded probe (or the tests' in-memory ones)."""
-        if self._maps is None:
-            raise ProbeError("dns probe is not loaded")
-        return self._maps
+        return loaded(self._maps, "dns")
 
     def start(self) -> None:
         if self._bpf is not None:

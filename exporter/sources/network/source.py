@@ -97,7 +97,7 @@ import numpy as np
 
 from exporter import kernel
 from exporter.identity import Resolver
-from exporter.kernel import ProbeError, compiler, headers, maps
+from exporter.kernel import compiler, headers, maps
 from exporter.kernel.attach import (
     ATTACH_CGROUP_EGRESS,
     ATTACH_CGROUP_INGRESS,
@@ -106,7 +106,7 @@ from exporter.kernel.attach import (
     CgroupAttachments,
     load_program,
 )
-from exporter.kernel.maps import KernelMaps
+from exporter.kernel.maps import KernelMaps, loaded
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
 from exporter.rows import Interner, RowFamily, RowTable
 from exporter.selfmetrics import program_families
@@ -251,10 +251,7 @@ class NetworkSource:
 
     @property
     def _loaded_maps(self) -> KernelMaps:
-        """The maps of the loaded probe (or the tests' in-memory ones)."""
-        if self._maps is None:
-            raise ProbeError("network probe is not loaded")
-        return self._maps
+        return loaded(self._maps, "network")
 
     def _compile(self, sock_ops: bool) -> Any:
         return compiler.compile_probe(

@@ -59,10 +59,11 @@ from exporter import kernel
 from exporter.config import MIB
 from exporter.identity import Resolver
 from exporter.identity.cgroupfs import cgroup_pids, own_cgroup
-from exporter.kernel import ProbeError, attach, compiler, headers
+from exporter.kernel import attach, compiler, headers
 from exporter.kernel.maps import (
     BpfMaps,
     KernelMaps,
+    loaded,
     open_ring_buffer,
     poll_ring_buffer,
     record_reader,
@@ -483,10 +484,7 @@ class SyscallSource:
 
     @property
     def _loaded_maps(self) -> KernelMaps:
-        """The maps of the loaded probe (or the tests' in-memory ones)."""
-        if self._maps is None:
-            raise ProbeError("syscalls probe is not loaded")
-        return self._maps
+        return loaded(self._maps, "syscalls")
 
     def _read_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, counts) of every (cgroup, syscall key) pair in the kernel map."""
