@@ -124,9 +124,15 @@ def test_flood_is_counted_exactly_and_every_event_is_accounted_for(
     assert written > 1000
     assert series(samples, "orb8_ring_buffer_size_bytes", probe="syscalls") == 65536
     assert 0.9 <= series(samples, "orb8_ring_buffer_utilization", probe="syscalls") <= 1
+
     # Log lines are rate-limited per workload and syscall: a flood writes a few.
-    lines = [e for e in evidence(exporter) if e["cgroup"] == label]
-    assert 1 <= len(lines) <= 6
+    # Records of a cgroup that is new to orb8 wait for the next batched
+    # cgroup walk (at most a second) before they are logged.
+    def flood_lines() -> list[dict]:
+        return [e for e in evidence(exporter) if e["cgroup"] == label]
+
+    wait_for(lambda: flood_lines(), timeout=30, what="the flood's evidence lines")
+    assert 1 <= len(flood_lines()) <= 6
 
 
 def test_allowlisted_pod_is_not_counted_as_dangerous(apiserver, start_exporter, cgroups, workload):
