@@ -188,23 +188,28 @@ def run_workload(binary: Path, cgroup: Path | str, *specs: str) -> None:
     subprocess.run([str(binary), str(cgroup), *specs], check=True, timeout=120)
 
 
-def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
-    """Entries for a cgroup id in the syscall_slots map of process `pid` (bpftool's
-    view); without a pid, in every such map on the host (other orb8s included)."""
-    shown = json.loads(
-        subprocess.check_output(["bpftool", "-j", "map", "show", "name", "syscall_slots"])
-    )
-    ids = [m["id"] for m in (shown if isinstance(shown, list) else [shown])]
+def map_ids_held_by(pid: int) -> set[int]:
+    """Ids of the BPF maps process `pid` holds open (its fdinfo)."""
+    held = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue  # closed since the listing (a scrape's socket, say): not a map
+        for line in text.splitlines():
+            if line.startswith("map_id:"):
+                held.add(int(line.split()[1]))
+    return held
+
+
+def entries_of_cgroup(map_name: str, cgroup_id: int, pid: int | None = None) -> int:
+    """Entries for a cgroup id in the BPF maps named `map_name` (as the kernel
+    shows it, cut at 15 characters) of process `pid`, by bpftool; without a
+    pid, in every such map on the host (other orb8s included)."""
+    shown = json.loads(subprocess.check_output(["bpftool", "-j", "map", "show"]))
+    ids = [m["id"] for m in shown if m.get("name") == map_name[:15]]
     if pid is not None:
-        held = set()
-        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-            try:
-                text = info.read_text()
-            except FileNotFoundError:
-                continue  # closed since the listing (a scrape's socket, say): not a map
-            for line in text.splitlines():
-                if line.startswith("map_id:"):
-                    held.add(int(line.split()[1]))
+        held = map_ids_held_by(pid)
         ids = [map_id for map_id in ids if map_id in held]
     total = 0
     for map_id in ids:
@@ -213,6 +218,11 @@ def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
         )
         total += sum(1 for e in dump if e["formatted"]["key"]["cgroup_id"] == cgroup_id)
     return total
+
+
+def kernel_pairs_of(cgroup_id: int, pid: int | None = None) -> int:
+    """Entries for a cgroup id in the syscall_slots map of process `pid`."""
+    return entries_of_cgroup("syscall_slots", cgroup_id, pid)
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval: float = 0.2):

@@ -15,7 +15,7 @@ import pytest
 
 from exporter.sources.syscalls import DEFAULT_DANGEROUS_SYSCALLS, native_syscall_numbers
 from exporter.sources.syscalls.tables import SYSCALLS
-from tests.helpers import run_workload, series, wait_for
+from tests.helpers import entries_of_cgroup, run_workload, series, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -47,19 +47,7 @@ def evidence(exporter, cgroup: str) -> list[dict]:
 
 def dangerous_entries_of(pid: int, cgroup_id: int) -> int:
     """Entries of cgroup `cgroup_id` in the dangerous_counts map of process `pid`."""
-    held = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = info.read_text()
-        except OSError:
-            continue  # closed in between
-        for line in text.splitlines():
-            if line.startswith("map_id:"):
-                held.add(int(line.split()[1]))
-    shown = json.loads(subprocess.check_output(["bpftool", "-j", "map", "show"]))
-    (map_id,) = [m["id"] for m in shown if m["id"] in held and m["name"] == "dangerous_count"]
-    dump = json.loads(subprocess.check_output(["bpftool", "-j", "map", "dump", "id", str(map_id)]))
-    return sum(1 for e in dump if e["formatted"]["key"]["cgroup_id"] == cgroup_id)
+    return entries_of_cgroup("dangerous_counts", cgroup_id, pid)
 
 
 def test_a_flooding_cgroup_sheds_only_its_own_evidence(

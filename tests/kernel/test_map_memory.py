@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from exporter.kernel.mapmemory import MapDef, map_memory
 from exporter.kernel.percpu import possible_cpus
 from exporter.registry import kernel_maps, load_settings
+from tests.helpers import map_ids_held_by
 
 pytestmark = pytest.mark.kernel
 
 
 def held_maps(pid: int) -> list[dict]:
     """bpftool's view of the maps process `pid` holds open."""
-    held = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = info.read_text()
-        except OSError:
-            continue  # closed in between
-        for line in text.splitlines():
-            if line.startswith("map_id:"):
-                held.add(int(line.split()[1]))
+    held = map_ids_held_by(pid)
     shown = json.loads(subprocess.check_output(["bpftool", "-j", "map", "show"]))
     return [m for m in shown if m["id"] in held]
 
