@@ -18,7 +18,7 @@ import pytest
 
 from exporter.listen import Listen
 from exporter.model import MetricFamily, counter
-from exporter.outputs.http import MAX_HEAD
+from exporter.outputs.http import MAX_FIELDS, MAX_HEAD
 from exporter.outputs.prometheus import PrometheusServer
 from tests.helpers import ROOT
 
@@ -357,3 +357,62 @@ def test_health_is_answered_while_every_worker_waits_for_a_collect():
     finally:
         collect.release.set()
         server.close()
+
+
+FIELDS = b"".join(b"X-%d: y\r\n" % i for i in range(MAX_FIELDS + 1))
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"\x00\x01\x02\x03\r\n\r\n", 400),
+        (b"GET /metrics FOO/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / metrics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /met\x00rics HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"HEAD /metrics\r\n", 400),  # HTTP/0.9 knew only GET
+        # Lenient before (served): ambiguous heads a proxy in front may read otherwise.
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
+        (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # RFC 9112 3.2: 1.1 needs Host
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),  # an HTTP/2 prior-knowledge preface
+        (b"GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + FIELDS + b"\r\n", 431),
+        # Still served: HTTP/1.0 needs no Host, bare LF line ends, folded lines.
+        (b"GET /metrics HTTP/1.0\r\n\r\n", 200),
+        (b"GET /metrics HTTP/1.1\nHost: x\n\n", 200),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 200),
+    ],
+)
+def test_malformed_heads_get_a_status_line_and_the_server_keeps_serving(serve, head, status):
+    """Before: http.server answered most of these with an HTML page and no
+    status line at all (it took them for HTTP/0.9), or served them."""
+    server = serve()
+    answer = _exchange(server.address[1], head)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the close
+    assert request(server)[0] == 200
+
+
+def test_header_names_are_case_insensitive(serve):
+    """HTTP field names are case-insensitive (RFC 9110 5.1); before, a lower-cased
+    accept-encoding was not seen and the body went uncompressed."""
+    status, headers, body = request(serve(), **{"accept-encoding": "gzip"})
+    assert status == 200 and headers.get("Content-Encoding") == "gzip"
+    assert b"orb8_test_total" in gzip.decompress(body)
+
+
+def test_pipelined_requests_get_one_answer_and_a_close(serve):
+    """One request per connection: what follows the first head is not served,
+    however many requests it holds."""
+    server = serve()
+    one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = _exchange(server.address[1], one + b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" + one)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"orb8_test_total" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close\r\n" in answer
