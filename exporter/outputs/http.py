@@ -238,13 +238,24 @@ class BoundedHTTPServer:
                 elif key.data == "wake":
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(64)
-                elif key.data.tls_state == "hello":
-                    self._tls_hello(key.data)
-                elif key.data.tls_state == "handshake":
-                    self._tls_handshake(key.data)
                 else:
-                    self._read(key.data)
+                    self._step(key.data)
             self._expire(time.monotonic())
+
+    def _step(self, conn: _Conn) -> None:
+        """One connection's turn. Heads are parsed on this thread, which serves
+        every client: a bug here closes that connection, not the server."""
+        try:
+            if conn.tls_state == "hello":
+                self._tls_hello(conn)
+            elif conn.tls_state == "handshake":
+                self._tls_handshake(conn)
+            else:
+                self._read(conn)
+        except Exception as e:
+            log.error("http connection from %s failed: %s: %s", conn.address, type(e).__name__, e)
+            log.debug("http connection failure", exc_info=True)
+            self._drop(conn)
 
     def _accept(self) -> None:
         for _ in range(64):  # a burst, then let reads run
