@@ -1,39 +1,50 @@
 """A small HTTP/1.1 server whose cost stays bounded whatever the clients do.
 
-One selector thread accepts connections and reads request heads without
-blocking; a fixed pool of worker threads builds and writes responses. So:
+HTTP itself (request line and header syntax, framing, HEAD, the response
+head) is h11's, the sans-IO HTTP/1.1 implementation under uvicorn and
+httpcore. It is stricter than http.server, which parsed here before: a
+header line without a colon or with a space before it, two Host or two
+different Content-Length fields, and an HTTP/1.1 request without Host get a
+400 (heads a proxy in front might read otherwise). What stays here are the
+bounds no HTTP library keeps for us (docs/architecture.md, "HTTP server").
+
+One selector thread accepts connections, drives TLS handshakes and feeds
+request heads to h11 without blocking; a fixed pool of worker threads
+builds and writes responses. So:
   - threads are fixed (1 + `workers`, +1 with `fast_paths`), however many
     clients connect;
   - at most `max_connections` sockets are held; at the limit the oldest
     connection still sending its request is closed to make room, so an idle
     or slow crowd cannot lock a real scraper (which sends at once) out;
-  - a request head must arrive complete within `header_timeout` seconds and
-    fit in `MAX_HEAD` bytes (measured before the head is taken as complete,
-    so a big head arriving in one burst is refused too); a response must be
-    taken by the client within `write_timeout` seconds; one request per
+  - a request head must arrive complete within `header_timeout` seconds
+    (TLS handshake included) and fit in `MAX_HEAD` bytes: h11 is never
+    given more than that, so a head it cannot complete within them is too
+    long (431) even when its end came in the same burst; a response must
+    be taken by the client within `write_timeout` seconds; one request per
     connection (Connection: close);
   - the listen backlog is real (`backlog`, up to net.core.somaxconn);
   - requests for `fast_paths` (/healthz, /readyz) have their own queue and
     worker, so a liveness probe never waits behind scrapes or password
     checks that hold the other workers.
 
-Requests are parsed by the standard library's BaseHTTPRequestHandler (request
-line, headers, HTTP/0.9 and error replies) over the buffered head; handlers
-are a route table, path -> function(Request) -> Response, so endpoints
-(/healthz, ...) are one entry each. Only GET and HEAD are served: no endpoint
-takes a body.
+Handlers are a route table, path -> function(Request) -> Response, so
+endpoints (/healthz, ...) are one entry each. Only GET and HEAD are served:
+no endpoint takes a body. An HTTP/0.9 "GET /path" line (no version, no
+headers; h11 speaks 1.0 and 1.1 only) is answered with the bare body, as
+http.server did, rather than left waiting for a blank line.
 
-With an SSLContext (`tls`), the selector thread also drives each TLS
-handshake without blocking (SSLContext.wrap_socket with
-do_handshake_on_connect=False), inside the same header deadline, so slow or
-silent TLS clients cost no worker. A client that speaks plain HTTP to the TLS
-port gets a 400 saying so instead of a connection reset.
+With an SSLContext (`tls`), the selector thread drives each TLS handshake
+without blocking (SSLContext.wrap_socket with do_handshake_on_connect=False),
+inside the same header deadline, so slow or silent TLS clients cost no
+worker. A client that speaks plain HTTP to the TLS port (its first byte,
+peeked before any TLS, is no handshake record) gets a 400 saying so instead
+of a connection reset.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import email.utils
 import logging
 import queue
 import selectors
@@ -41,19 +52,47 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from http import HTTPStatus
 from typing import Any
+
+import h11
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024  # bytes of request line + headers; Prometheus sends < 1 KiB
+# Header fields kept per parsed request (http.client's limit, which http.server
+# enforced): parsed heads wait in a queue of up to max_connections, and 16 KiB
+# of one-byte fields would be ~3,000 objects each.
+MAX_FIELDS = 100
 TLS_HANDSHAKE_RECORD = 0x16  # first byte of every TLS ClientHello
 PLAIN_HTTP_ANSWER = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 )
+TEXT = "text/plain; charset=utf-8"
+
+
+class Headers(Mapping[str, str]):
+    """A request's header fields by case-insensitive name; repeated fields are
+    joined with ", " (RFC 9110 5.3), so two Authorization fields are one
+    malformed credential, not a choice between them."""
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self._fields: dict[str, str] = {}
+        for name, value in fields:  # h11 gives names lower-cased
+            key, text = name.decode("ascii"), value.decode("latin-1")
+            self._fields[key] = f"{self._fields[key]}, {text}" if key in self._fields else text
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
 
 
 @dataclass
@@ -61,7 +100,7 @@ class Request:
     method: str  # GET or HEAD
     path: str  # without the query string
     query: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # by case-insensitive name
     client: str = ""  # the peer's address without the port ("" when unknown)
 
 
@@ -81,7 +120,13 @@ class _Conn:
     sock: socket.socket
     address: Any
     opened: float
-    head: bytearray = field(default_factory=bytearray)
+    parser: h11.Connection = field(
+        default_factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    )
+    fed: int = 0  # bytes given to the parser, at most MAX_HEAD
+    first_line: bool = False  # a newline arrived: the request line is complete
+    request: Request | None = None  # the head, parsed
+    http09: bool = False  # request has no version: answer with the bare body
     tls_state: str = ""  # "hello": first byte not seen yet; "handshake"; "": reading the head
     plain_on_tls: bool = False  # spoke plain HTTP to the TLS port: answered with a 400
 
@@ -105,7 +150,7 @@ class BoundedHTTPServer:
         fast_queue: int = 64,
     ) -> None:
         self.routes = dict(routes)
-        self.fast_paths = frozenset(path.encode("latin-1") for path in fast_paths)
+        self.fast_paths = frozenset(fast_paths)
         self.tls = tls
         self.workers = workers
         self.max_connections = max_connections
@@ -177,7 +222,7 @@ class BoundedHTTPServer:
         with self._lock:
             return len(self._reading) + self._ready.qsize() + self._fast.qsize() + self._in_work
 
-    # -- selector thread: accept and read heads ----------------------------
+    # -- selector thread: accept, TLS handshakes, request heads -------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -193,13 +238,24 @@ class BoundedHTTPServer:
                 elif key.data == "wake":
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(64)
-                elif key.data.tls_state == "hello":
-                    self._tls_hello(key.data)
-                elif key.data.tls_state == "handshake":
-                    self._tls_handshake(key.data)
                 else:
-                    self._read(key.data)
+                    self._step(key.data)
             self._expire(time.monotonic())
+
+    def _step(self, conn: _Conn) -> None:
+        """One connection's turn. Heads are parsed on this thread, which serves
+        every client: a bug here closes that connection, not the server."""
+        try:
+            if conn.tls_state == "hello":
+                self._tls_hello(conn)
+            elif conn.tls_state == "handshake":
+                self._tls_handshake(conn)
+            else:
+                self._read(conn)
+        except Exception as e:
+            log.error("http connection from %s failed: %s: %s", conn.address, type(e).__name__, e)
+            log.debug("http connection failure", exc_info=True)
+            self._drop(conn)
 
     def _accept(self) -> None:
         for _ in range(64):  # a burst, then let reads run
@@ -282,37 +338,55 @@ class BoundedHTTPServer:
         if not data:
             self._drop(conn)
             return
-        conn.head += data
-        # The size first: a head that ends inside this read is still refused when
-        # it is too long (a 20 KB head in one burst used to be served).
-        length = _head_length(conn.head)
-        if (len(conn.head) if length is None else length) > MAX_HEAD:
-            self._unregister(conn)
-            conn.sock.setblocking(True)
-            conn.sock.settimeout(1.0)
-            with contextlib.suppress(OSError):
-                conn.sock.sendall(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-            _close(conn.sock)
-        elif length is not None:
+        room = MAX_HEAD - conn.fed
+        if room > 0:  # (h11 takes b"" for the end of the stream)
+            conn.parser.receive_data(data[:room])
+            conn.fed += min(len(data), room)
+        try:
+            event = conn.parser.next_event()
+        except h11.RemoteProtocolError as e:
+            log.debug("bad request head from %s: %s", conn.address, e)
+            self._refuse(conn, e.error_status_hint, "bad request\n")
+            return
+        if isinstance(event, h11.Request):
+            if len(event.headers) > MAX_FIELDS:
+                self._refuse(conn, 431, f"over {MAX_FIELDS} header fields\n")
+                return
+            conn.request = _request(event, conn.address)
+        elif len(data) > room:  # h11 had all MAX_HEAD bytes and the head has not ended
+            self._refuse(conn, 431, f"request head over {MAX_HEAD} bytes\n")
+            return
+        elif not conn.first_line and b"\n" in data:
+            conn.first_line = True
+            words = conn.parser.trailing_data[0].split(b"\n", 1)[0].split()
+            if len(words) < 3:  # no version: HTTP/0.9, which h11 does not speak
+                if len(words) != 2 or words[0] != b"GET":
+                    self._refuse(conn, 400, "bad request\n")
+                    return
+                path, _, query = words[1].decode("latin-1").partition("?")
+                conn.request = Request("GET", path, query, Headers([]), _host(conn.address))
+                conn.http09 = True
+        if conn.request is not None:
             self._unregister(conn)
             self._enqueue(conn)
 
+    def _refuse(self, conn: _Conn, status: int, text: str) -> None:
+        """An answer no route needs (431, 400), sent from this thread: it fits in
+        the socket's empty send buffer, so the send does not wait."""
+        self._unregister(conn)
+        conn.sock.setblocking(True)
+        conn.sock.settimeout(1.0)
+        with contextlib.suppress(OSError, h11.LocalProtocolError):
+            conn.sock.sendall(_frame(conn.parser, "GET", Response(status, TEXT, text.encode())))
+        _close(conn.sock)
+
     def _enqueue(self, conn: _Conn) -> None:
-        lane = self._fast if self._is_fast(conn) else self._ready
+        fast = conn.request is not None and conn.request.path in self.fast_paths
+        lane = self._fast if fast else self._ready
         try:
             lane.put_nowait(conn)
         except queue.Full:
             _close(conn.sock)
-
-    def _is_fast(self, conn: _Conn) -> bool:
-        """The request line names a fast path; the full parse stays with the handler."""
-        if not self.fast_paths or conn.plain_on_tls:
-            return False
-        words = bytes(conn.head).split(b"\n", 1)[0].split()
-        return len(words) >= 2 and words[1].split(b"?", 1)[0] in self.fast_paths
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._reading.values() if now - c.opened > self.header_timeout]:
@@ -336,7 +410,7 @@ class BoundedHTTPServer:
         self._unregister(conn)
         _close(conn.sock)
 
-    # -- workers: parse, route, write --------------------------------------
+    # -- workers: route, write ---------------------------------------------
 
     def _work(self, lane: queue.Queue[_Conn | None]) -> None:
         while True:
@@ -362,22 +436,49 @@ class BoundedHTTPServer:
         if conn.plain_on_tls:
             _answer_plain_http(conn.sock)
             return
-        writer = _DeadlineWriter(conn.sock, self.write_timeout)
-        _Handler(bytes(conn.head), writer, conn.address, self.routes)
-        writer.flush_all()
+        request = conn.request
+        assert request is not None
+        response = self._route(request, conn.parser.their_http_version)
+        data = response.body if conn.http09 else _frame(conn.parser, request.method, response)
+        _send_all(conn.sock, data, self.write_timeout)
+
+    def _route(self, request: Request, version: bytes | None) -> Response:
+        if version is not None and version >= b"2":
+            # An HTTP/2 preface (PRI * HTTP/2.0) or a 2.0 request line: http.server's 505.
+            return Response(505, TEXT, b"not served over HTTP/2: use HTTP/1.1\n")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, TEXT, b"only GET and HEAD\n", {"Allow": "GET, HEAD"})
+        route = self.routes.get(request.path)
+        if route is None:
+            return Response(404, TEXT, b"not found; try /metrics\n")
+        return route(request)
 
 
-def _head_length(head: bytearray) -> int | None:
-    """Bytes of the first request head in `head` (what follows may be a body or a
-    pipelined request), or None while it has not ended."""
-    ends = [at + len(end) for end in (b"\r\n\r\n", b"\n\n") if (at := head.find(end)) >= 0]
-    if ends:
-        return min(ends)
-    # HTTP/0.9 ("GET /path" and a newline) has no headers; answer it rather than wait.
-    newline = head.find(b"\n")
-    if newline >= 0 and len(head[:newline].split()) < 3:
-        return newline + 1
-    return None
+def _request(event: h11.Request, address: Any) -> Request:
+    path, _, query = event.target.decode("ascii").partition("?")  # h11 allows only VCHARs
+    method = event.method.decode("ascii")
+    return Request(method, path, query, Headers(list(event.headers)), _host(address))
+
+
+def _frame(parser: h11.Connection, method: str, response: Response) -> bytes:
+    """The response on the wire, framed by h11: status line, headers, the body
+    unless the request was HEAD, one request per connection."""
+    headers = [
+        ("Server", "orb8"),
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        ("Connection", "close"),
+        *response.headers.items(),
+    ]
+    try:
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:
+        reason = ""
+    head = parser.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+    body = b"" if method == "HEAD" else parser.send(h11.Data(data=response.body))
+    parser.send(h11.EndOfMessage())  # checks the body against Content-Length
+    return b"".join((head or b"", body or b""))
 
 
 def _answer_plain_http(sock: socket.socket) -> None:
@@ -399,6 +500,24 @@ def _answer_plain_http(sock: socket.socket) -> None:
             received += len(chunk)
 
 
+def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
+    """All of `data` within one deadline (not one per send): a client reading
+    a byte at a time must not hold a worker for long."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.debug("http client too slow to take its response: closed")
+            return
+        sock.settimeout(left)
+        try:
+            sent = sock.send(view)
+        except (TimeoutError, ConnectionError, OSError):
+            return  # the client went away or is too slow: nothing more to do
+        view = view[sent:]
+
+
 def _host(address: Any) -> str:
     """The peer's host from a socket address ((host, port) or (host, port, flow, scope))."""
     if isinstance(address, tuple) and address:
@@ -409,88 +528,3 @@ def _host(address: Any) -> str:
 def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.close()
-
-
-class _DeadlineWriter(io.RawIOBase):
-    """Collects the response, then sends it all within one deadline (not one per send)."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self._sock = sock
-        self._timeout = timeout
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._parts.append(chunk)
-        return len(chunk)
-
-    def flush_all(self) -> None:
-        data = memoryview(b"".join(self._parts))
-        self._parts = []
-        deadline = time.monotonic() + self._timeout
-        while data:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.debug("http client too slow to take its response: closed")
-                return
-            self._sock.settimeout(left)
-            try:
-                sent = self._sock.send(data)
-            except (TimeoutError, ConnectionError, OSError):
-                return  # the client went away or is too slow: nothing more to do
-            data = data[sent:]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """The standard library's request parsing over an already buffered request head."""
-
-    server_version = "orb8"
-    protocol_version = "HTTP/1.1"
-
-    def __init__(
-        self, head: bytes, writer: _DeadlineWriter, address: Any, routes: Mapping[str, Route]
-    ) -> None:
-        self._head, self._writer, self._routes = head, writer, routes
-        self.client_address = address
-        self.rfile = io.BytesIO(head)
-        self.wfile = writer  # type: ignore[assignment]
-        self.close_connection = True
-        self.handle_one_request()
-
-    def handle_one_request(self) -> None:
-        self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
-        if not self.raw_requestline or not self.parse_request():
-            return
-        self.close_connection = True
-        if self.command not in ("GET", "HEAD"):
-            self._respond(
-                Response(405, "text/plain; charset=utf-8", b"only GET and HEAD\n"),
-                {"Allow": "GET, HEAD"},
-            )
-            return
-        path, _, query = self.path.partition("?")
-        route = self._routes.get(path)
-        if route is None:
-            response = Response(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
-        else:
-            headers = {k: v for k, v in self.headers.items()}
-            request = Request(self.command, path, query, headers, _host(self.client_address))
-            response = route(request)
-        self._respond(response)
-
-    def _respond(self, response: Response, extra: Mapping[str, str] | None = None) -> None:
-        self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("Connection", "close")
-        for key, value in {**response.headers, **(extra or {})}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s " + format, self.client_address, *args)

@@ -5,8 +5,11 @@ is a fixed model family because BPF is not what is under test here."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -192,6 +195,51 @@ def test_plain_http_on_the_tls_port_gets_a_clear_400_and_the_server_keeps_servin
             # A TLS alert record (type 21) or a plain close; no traceback, no hang.
             assert reply[:1] in (b"\x15", b"")
         assert get(f"https://127.0.0.1:{port}/metrics", client_context(pki))[0] == 200
+    finally:
+        server.close()
+
+
+def test_stalled_tls_handshakes_are_closed_at_the_head_deadline_and_cost_no_thread(tmp_path, pki):
+    """Silent before the ClientHello, stalled inside it, silent after the
+    handshake: each is closed once header_timeout passes, none holds a worker,
+    and a real scraper is served meanwhile."""
+    server = serve(tmp_path, tls_config(pki))
+    server.httpd.header_timeout = 0.5
+    port = server.address[1]
+    threads = set(threading.enumerate())
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        stalled[1].sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello's first bytes only
+        stalled[2] = client_context(pki).wrap_socket(stalled[2], server_hostname="127.0.0.1")
+        assert get(f"https://127.0.0.1:{port}/metrics", client_context(pki))[0] == 200
+        for sock in stalled:
+            with contextlib.suppress(ConnectionResetError, ssl.SSLEOFError):
+                assert sock.recv(4096) == b""  # closed by the server (a timeout raises)
+        assert not set(threading.enumerate()) - threads
+        assert server.httpd.open_connections == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.close()
+
+
+def test_two_authorization_fields_are_refused_whichever_comes_last(tmp_path, password_hash):
+    """Repeated fields are joined (RFC 9110 5.3): two credentials are one
+    malformed credential. Before, the last one won and a right password
+    after a wrong one was served."""
+    server = serve(tmp_path, {"basic_auth_users": {"prom": password_hash}})
+    right = "Basic " + base64.b64encode(f"prom:{PASSWORD}".encode()).decode()
+    wrong = "Basic " + base64.b64encode(b"prom:wrong").decode()
+    try:
+        for fields in ((wrong, right), (right, wrong), (right,)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
+            conn.putrequest("GET", "/metrics")
+            for value in fields:
+                conn.putheader("Authorization", value)
+            conn.endheaders()
+            status = conn.getresponse().status
+            conn.close()
+            assert status == (200 if len(fields) == 1 else 401), fields
     finally:
         server.close()
 
