@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__, kernel, memory, registry
 from exporter.config import ConfigError, Settings
@@ -33,6 +33,9 @@ from exporter.rows import RowFamily
 from exporter.selfmetrics import identity_families, process_families, self_families
 from exporter.sources import Context, Source, SourceAbsent
 
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
+
 log = logging.getLogger(__name__)
 
 
@@ -47,23 +50,26 @@ BASELINE_SAVE_INTERVAL = 60.0
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
-def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
-    """A CoreV1Api factory from --kubeconfig or the in-cluster service account, or None."""
+def kubernetes_configuration(settings: Settings) -> Callable[[], Configuration] | None:
+    """A client Configuration factory from --kubeconfig or the in-cluster service account,
+    or None. A factory, not one object: each reconnect rereads the (rotated) token."""
     from kubernetes import client, config
 
     if settings.kubeconfig is not None:
         path = str(settings.kubeconfig)
 
-        def from_kubeconfig() -> Any:
-            return client.CoreV1Api(config.new_client_from_config(config_file=path))
+        def from_kubeconfig() -> Configuration:
+            configuration = client.Configuration()
+            config.load_kube_config(config_file=path, client_configuration=configuration)
+            return configuration
 
         return from_kubeconfig
     if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
 
-        def in_cluster() -> Any:
+        def in_cluster() -> Configuration:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return client.CoreV1Api(client.ApiClient(configuration))
+            return configuration
 
         return in_cluster
     return None
@@ -72,7 +78,7 @@ def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
 def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
     root = settings.cgroup_root or find_cgroup2_mount()
     log.info("cgroup v2 mount: %s", root)
-    factory = kubernetes_api_factory(settings)
+    factory = kubernetes_configuration(settings)
     if factory is None:
         log.info("no kubeconfig and not in a cluster: plain-host mode, cgroups labelled by path")
         return Resolver(CgroupTree(root), capacity=settings.identity_cache_size), None
