@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from exporter import __version__, kernel, memory, registry
 from exporter.config import ConfigError, Settings
@@ -41,6 +42,18 @@ log = logging.getLogger(__name__)
 
 class StartupError(RuntimeError):
     pass
+
+
+class Saves(Protocol):
+    def save(self, lock: AbstractContextManager[Any] | None = None) -> None: ...
+
+
+@runtime_checkable
+class KeepsBaselines(Protocol):
+    """A source whose learned state outlives a restart (the syscalls source's
+    baselines): the agent saves it every BASELINE_SAVE_INTERVAL and at exit."""
+
+    baselines: Saves
 
 
 STARTUP_STOP_WAIT = 0.5  # on SIGTERM, how long a start-up step may still take to finish
@@ -120,6 +133,7 @@ class Agent:
         self.up: dict[str, bool] = {}
         self.errors: dict[str, str] = {}
         self.absent: dict[str, str] = {}  # sources with nothing to read on this node
+        self.start_failed: set[str] = set()  # down since start: never collected
         self.durations: dict[str, float] = {}
         self.server: PrometheusServer | None = None
         self.resolver: Resolver | None = None
@@ -179,6 +193,7 @@ class Agent:
                 self.absent[source.name] = str(e)
                 log.info("probe %s absent: %s", source.name, e)
             except Exception as e:
+                self.start_failed.add(source.name)
                 self._mark_down(source.name, f"start failed: {e}")
         if self.errors and not any(self.up.values()):
             self.close()
@@ -231,9 +246,7 @@ class Agent:
             if self._closed:
                 return []
             for source in self.sources or []:
-                if source.name in self.errors and self.errors[source.name].startswith("start"):
-                    continue
-                if source.name in self.absent:
+                if source.name in self.start_failed or source.name in self.absent:
                     continue
                 started = time.perf_counter()
                 try:
@@ -331,9 +344,8 @@ class Agent:
 
     def save_state(self) -> None:
         for source in self.sources or []:
-            baselines = getattr(source, "baselines", None)
-            if baselines is not None:
-                baselines.save(self._lock)  # collects observe into the same baselines
+            if isinstance(source, KeepsBaselines):
+                source.baselines.save(self._lock)  # collects observe into the same baselines
 
     def close(self) -> None:
         if self.otlp is not None:  # before the sources it collects from
