@@ -65,7 +65,7 @@ IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 def kubernetes_configuration(settings: Settings) -> Callable[[], Configuration] | None:
     """A client Configuration factory from --kubeconfig or the in-cluster service account,
-    or None. A factory, not one object: each reconnect rereads the (rotated) token."""
+    or None. Called at start to fail fast on a bad kubeconfig, then by the pod watcher."""
     from kubernetes import client, config
 
     if settings.kubeconfig is not None:
