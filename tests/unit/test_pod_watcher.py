@@ -465,3 +465,18 @@ def test_a_line_over_the_limit_on_the_wire_is_counted_and_the_watch_resumes(serv
     server.add_pod(make_pod("after", uid="u-after"))
     wait_for(lambda: "u-after" in watcher.pods, timeout=10, what="the watch resumed")
     assert server.count("list") == lists, "resumed from the last resourceVersion, no relist"
+
+
+def test_an_error_event_mid_stream_is_counted_with_the_servers_message_and_resumed(
+    server, start_watcher
+):
+    watcher = start_watcher()
+    assert server.wait_watches(1)
+    status = {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is sad"}
+    server.inject_line(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n", 4096)
+    wait_for(lambda: watcher.health.reconnections["error_event"] == 1, what="ERROR event")
+    assert "etcd is sad" in watcher.health.last_error and "500" in watcher.health.last_error
+    server.add_pod(make_pod("after", uid="u-after"))
+    wait_for(lambda: "u-after" in watcher.pods, timeout=10, what="the watch resumed")
+    assert server.count("list") == 1, "an ERROR event other than 410 resumes, it does not relist"
+    assert watcher.health.total_reconnections == 1
