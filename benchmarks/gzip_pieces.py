@@ -62,7 +62,9 @@ def main() -> None:
         current = list(chunks)
         cache.compress(current)
 
-        def scrape(current: list[bytes] = current, cache: GzipCache = cache) -> bytes:
+        def scrape(
+            current: list[bytes] = current, cache: GzipCache = cache, share: float = share
+        ) -> bytes:
             for j in rng.sample(range(len(current)), int(len(current) * share)):
                 current[j] = current[j][:-2] + str(rng.randint(0, 9)).encode() + b"\n"
             return cache.compress(current)
