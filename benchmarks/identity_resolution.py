@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 from kubernetes import client, config  # noqa: E402
 
 from exporter.identity import CgroupTree, Resolver  # noqa: E402
-from exporter.identity.kubernetes import PodWatcher, parse_pod  # noqa: E402
+from exporter.identity.kubernetes import PodWatcher, core_api, parse_pod  # noqa: E402
 from tests.k8s_apiserver import ApiServer, make_pod, write_kubeconfig  # noqa: E402
 
 PODS = 1000
@@ -85,8 +85,10 @@ def bench_resync(rounds: int = 5) -> tuple[float, float]:
             server.add_pod(make_pod(f"pod-{i}", uid=uid, containers=(("app", app), ("s", sidecar))))
         kubeconfig = write_kubeconfig(Path(tempfile.mkdtemp()) / "kubeconfig", server.url)
         api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-        watcher = PodWatcher(lambda: api, "node-a")
-        watcher._api = api
+        loaded = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=loaded)
+        watcher = PodWatcher(lambda: loaded, "node-a")
+        watcher._api = core_api(loaded)
         raw, typed = [], []
         for _ in range(rounds):
             started = time.perf_counter()

@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from exporter import __version__, kernel, memory, registry
 from exporter.config import ConfigError, Settings
@@ -33,11 +34,26 @@ from exporter.rows import RowFamily
 from exporter.selfmetrics import identity_families, process_families, self_families
 from exporter.sources import Context, Source, SourceAbsent
 
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
+
 log = logging.getLogger(__name__)
 
 
 class StartupError(RuntimeError):
     pass
+
+
+class Saves(Protocol):
+    def save(self, lock: AbstractContextManager[Any] | None = None) -> None: ...
+
+
+@runtime_checkable
+class KeepsBaselines(Protocol):
+    """A source whose learned state outlives a restart (the syscalls source's
+    baselines): the agent saves it every BASELINE_SAVE_INTERVAL and at exit."""
+
+    baselines: Saves
 
 
 STARTUP_STOP_WAIT = 0.5  # on SIGTERM, how long a start-up step may still take to finish
@@ -47,23 +63,26 @@ BASELINE_SAVE_INTERVAL = 60.0
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
-def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
-    """A CoreV1Api factory from --kubeconfig or the in-cluster service account, or None."""
+def kubernetes_configuration(settings: Settings) -> Callable[[], Configuration] | None:
+    """A client Configuration factory from --kubeconfig or the in-cluster service account,
+    or None. Called at start to fail fast on a bad kubeconfig, then by the pod watcher."""
     from kubernetes import client, config
 
     if settings.kubeconfig is not None:
         path = str(settings.kubeconfig)
 
-        def from_kubeconfig() -> Any:
-            return client.CoreV1Api(config.new_client_from_config(config_file=path))
+        def from_kubeconfig() -> Configuration:
+            configuration = client.Configuration()
+            config.load_kube_config(config_file=path, client_configuration=configuration)
+            return configuration
 
         return from_kubeconfig
     if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
 
-        def in_cluster() -> Any:
+        def in_cluster() -> Configuration:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return client.CoreV1Api(client.ApiClient(configuration))
+            return configuration
 
         return in_cluster
     return None
@@ -72,7 +91,7 @@ def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
 def build_identity(settings: Settings) -> tuple[Resolver, PodWatcher | None]:
     root = settings.cgroup_root or find_cgroup2_mount()
     log.info("cgroup v2 mount: %s", root)
-    factory = kubernetes_api_factory(settings)
+    factory = kubernetes_configuration(settings)
     if factory is None:
         log.info("no kubeconfig and not in a cluster: plain-host mode, cgroups labelled by path")
         return Resolver(CgroupTree(root), capacity=settings.identity_cache_size), None
@@ -114,6 +133,7 @@ class Agent:
         self.up: dict[str, bool] = {}
         self.errors: dict[str, str] = {}
         self.absent: dict[str, str] = {}  # sources with nothing to read on this node
+        self.start_failed: set[str] = set()  # down since start: never collected
         self.durations: dict[str, float] = {}
         self.server: PrometheusServer | None = None
         self.resolver: Resolver | None = None
@@ -173,6 +193,7 @@ class Agent:
                 self.absent[source.name] = str(e)
                 log.info("probe %s absent: %s", source.name, e)
             except Exception as e:
+                self.start_failed.add(source.name)
                 self._mark_down(source.name, f"start failed: {e}")
         if self.errors and not any(self.up.values()):
             self.close()
@@ -225,9 +246,7 @@ class Agent:
             if self._closed:
                 return []
             for source in self.sources or []:
-                if source.name in self.errors and self.errors[source.name].startswith("start"):
-                    continue
-                if source.name in self.absent:
+                if source.name in self.start_failed or source.name in self.absent:
                     continue
                 started = time.perf_counter()
                 try:
@@ -325,9 +344,8 @@ class Agent:
 
     def save_state(self) -> None:
         for source in self.sources or []:
-            baselines = getattr(source, "baselines", None)
-            if baselines is not None:
-                baselines.save(self._lock)  # collects observe into the same baselines
+            if isinstance(source, KeepsBaselines):
+                source.baselines.save(self._lock)  # collects observe into the same baselines
 
     def close(self) -> None:
         if self.otlp is not None:  # before the sources it collects from

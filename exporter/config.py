@@ -23,11 +23,18 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from exporter.listen import parse_listen
+
+if TYPE_CHECKING:
+    # Every setting's name and type, generated from the Spec table (`make docs`):
+    # mypy checks `settings.<name>` against it; at run time Settings reads by name.
+    from exporter.settings_fields import SettingsFields as _Fields
+else:
+    _Fields = object
 
 ENV_PREFIX = "ORB8_"
 # Environment variables that are not settings themselves.
@@ -333,21 +340,25 @@ LOGGING: tuple[Spec, ...] = (
 )
 
 
-class Settings:
+class Settings(_Fields):
     """Every setting's value, by name: built from the Spec table, so no field is
-    listed twice. Read-only; unknown names raise AttributeError."""
+    listed by hand (their types for mypy are generated from it). Read-only;
+    unknown names raise AttributeError, and fail mypy."""
 
     __slots__ = ("_values", "config_file")
+    _values: dict[str, Any]
 
     def __init__(self, values: Mapping[str, Any], config_file: Path | None = None) -> None:
         object.__setattr__(self, "_values", dict(values))
         object.__setattr__(self, "config_file", config_file)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(f"no setting {name!r}") from None
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return self._values[name]
+            except KeyError:
+                raise AttributeError(f"no setting {name!r}") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("settings are read-only")

@@ -483,6 +483,15 @@ class ApiServer:
                     watch.push(line)
             self._cond.notify_all()
 
+    def inject_line(self, line: bytes, chunk: int) -> None:
+        """Write `line` into every open watch as HTTP chunks of `chunk` bytes, as a long
+        event arrives; it enters no history, so a resumed watch does not see it again."""
+        with self._cond:
+            for watch in self._watches:
+                for offset in range(0, len(line), chunk):
+                    watch.push(line[offset : offset + chunk])
+            self._cond.notify_all()
+
     # --- observation ------------------------------------------------------------------------
 
     @property

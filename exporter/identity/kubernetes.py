@@ -1,11 +1,23 @@
 """Pod watcher: the pods of this node, from a reliable list/watch of the API server.
 
 Lists then watches only this node's pods (field selector spec.nodeName),
-with the official `kubernetes` client for configuration, auth and HTTP. The
-watch stream is read raw (`_preload_content=False`) and each event parsed
-into the few fields orb8 needs: that is both faster than building V1Pod
-models (a 1,000-pod resync is one JSON parse) and lets a malformed event be
-logged and skipped instead of breaking the stream.
+with the official `kubernetes` client's public API: `Configuration` for auth
+and HTTP settings, `CoreV1Api.list_pod_for_all_namespaces` for the pages of
+a list, `kubernetes.watch.Watch().stream` for the watch (its line splitting,
+JSON decoding, and ERROR events raised as `ApiException`). Objects stay
+plain dicts and are parsed into the few fields orb8 needs: the list is read
+with `_preload_content=False`, and the watch is handed a request function
+without a model return type, so Watch yields `raw_object` dicts (its
+documented behaviour when it cannot determine the model). Building V1Pod
+models would cost several times the JSON parse (benchmarks/k8s_watch.py,
+docs/architecture.md) and a malformed pod would end the stream
+(AttributeError inside the client) instead of being skipped and counted.
+
+What the client lacks and orb8 adds: a bound on one watch line. Watch
+buffers bytes until a newline without limit, so the response is handed to
+it through `_BoundedResponse`, which ends the watch (counted as
+`bad_response`) once a line passes `max_line` bytes, before Watch's buffer
+holds more.
 
 Reliability rules (one orb8 runs on every node, so any loop here multiplies
 by the cluster size):
@@ -22,7 +34,7 @@ by the cluster size):
   - each failure is counted by reason and logged once per episode (a run of
     failures between two healthy states) with the API server's own message;
   - stalls are detected by orb8's read timeouts: urllib3's silent retries are
-    switched off;
+    switched off (`Configuration.retries = False`);
   - a malformed pod object is skipped and counted; it never stops the watch.
 
 The map is published as an immutable snapshot (a dict replaced, never
@@ -41,7 +53,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +174,6 @@ def parse_pod(obj: Any) -> PodInfo:
     )
 
 
-def _status_code(obj: Any) -> int:
-    code = obj.get("code", 0) if isinstance(obj, dict) else 0
-    return code if isinstance(code, int) else 0
-
-
 # The `reason` label of orb8_k8s_watch_reconnections_total: why the agent went
 # back to the API server other than by the normal end of a healthy watch.
 REASONS: dict[str, str] = {
@@ -228,15 +238,16 @@ def classify(error: BaseException) -> WatchFailure:
     return WatchFailure("http_error", _one_line(f"{type(error).__name__}: {error}"))
 
 
-def _disable_library_retries(api: Any) -> None:
-    """urllib3 retries idempotent requests silently (3 times by default): a stalled API
-    server then costs minutes with no log. orb8 detects and retries itself, with backoff."""
-    pool_manager = getattr(
-        getattr(getattr(api, "api_client", None), "rest_client", None), "pool_manager", None
-    )
-    if pool_manager is not None:
-        pool_manager.connection_pool_kw["retries"] = False
-        pool_manager.clear()
+def core_api(configuration: Configuration) -> Any:
+    """A CoreV1Api on `configuration` with urllib3's retries switched off.
+
+    urllib3 retries idempotent requests silently (3 times by default): a stalled API
+    server then costs minutes with no log. orb8 detects and retries itself, with backoff.
+    """
+    from kubernetes import client
+
+    configuration.retries = False
+    return client.CoreV1Api(client.ApiClient(configuration))
 
 
 @dataclass
@@ -286,7 +297,7 @@ class _Episode:
 class PodWatcher:
     """Keeps `pods` (uid -> PodInfo) current for one node. Runs in a thread."""
 
-    api_factory: Callable[[], Any]  # returns a kubernetes.client.CoreV1Api
+    configuration: Callable[[], Configuration]  # kubeconfig or in-cluster; read at first connect
     node_name: str
     deleted_grace: float = 60.0
     backoff_initial: float = 1.0
@@ -298,6 +309,7 @@ class PodWatcher:
     list_timeout: float = 30.0  # no answer to a list page for this long = stalled
     connect_timeout: float = 10.0
     page_size: int = 500
+    max_line: int = MAX_WATCH_LINE  # a longer watch line ends the watch (bad_response)
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     pods: Mapping[str, PodInfo] = field(default_factory=dict)
@@ -306,7 +318,8 @@ class PodWatcher:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._api: Any = None
+        self._api: Any = None  # kubernetes.client.CoreV1Api
+        self._stream: Any = None  # kubernetes.watch.Watch
         self._response: Any = None
         self._backoff = Backoff(self.backoff_initial, self.backoff_max)
         self._episode: _Episode | None = None
@@ -336,8 +349,7 @@ class PodWatcher:
         while not self._stop.is_set():
             try:
                 if self._api is None:
-                    self._api = self.api_factory()
-                    _disable_library_retries(self._api)
+                    self._api = core_api(self.configuration())
                 if not resource_version:
                     self._wait_for_relist_slot()
                     if self._stop.is_set():
@@ -398,12 +410,12 @@ class PodWatcher:
             self._episode = None
 
     def _request(self, **kwargs: Any) -> Any:
+        """One list or watch request, with `_preload_content=False` (from the list, or
+        from Watch): the raw urllib3 response, no models built."""
         response = self._api.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={self.node_name}",
-            _preload_content=False,
-            **kwargs,
+            field_selector=f"spec.nodeName={self.node_name}", **kwargs
         )
-        self._response = response
+        self._response = response  # for stop() to abort a read in progress
         return response
 
     def _list(self) -> str:
@@ -413,6 +425,7 @@ class PodWatcher:
         resource_version = ""
         while True:
             kwargs: dict[str, Any] = {
+                "_preload_content": False,
                 "limit": self.page_size,
                 "_request_timeout": (self.connect_timeout, self.list_timeout),
             }
@@ -474,27 +487,47 @@ class PodWatcher:
         stayed open long enough); raises WatchExpired on 410 and WatchFailure or
         the client's exception otherwise.
         """
+        from kubernetes.client.rest import ApiException
+        from kubernetes.watch import Watch
+
+        if self._stream is None:
+            self._stream = Watch()  # one for the watcher's life: each builds an ApiClient
         started = self.clock()
         delivered = False
-        response = self._request(
-            watch=True,
+        opened = False
+
+        # No model return type (annotation or `:rtype:`), so Watch yields plain dicts.
+        def request(**kwargs: Any) -> _BoundedResponse:
+            nonlocal opened
+            response = _BoundedResponse(self._request(**kwargs), self.max_line)
+            opened = self.health.connected = True
+            return response
+
+        # timeout_seconds also makes Watch end after one request (no retry of its own):
+        # resuming, relisting and backing off stay orb8's. Watch closes the response
+        # (close, then release_conn), so a half-read watch connection is never reused.
+        events = self._stream.stream(
+            request,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=self.watch_timeout,
             _request_timeout=(self.connect_timeout, self.read_timeout),
         )
         try:
-            self.health.connected = True
-            for line in _lines(response):
-                resource_version = self._apply(line, resource_version)
+            for event in events:
+                resource_version = self._apply(event, resource_version)
                 if not delivered:
                     delivered = True
                     self._healthy()
+        except ApiException as e:
+            if not opened:  # the request itself was answered with an error status
+                raise
+            # Watch raises an ERROR event of a stream that was open as ApiException.
+            if e.status == 410:
+                raise WatchExpired() from None
+            raise WatchFailure("error_event", _one_line(f"{e.status}: {e.reason}")) from None
         finally:
-            # A watch connection is never reused: an unread remainder
-            # would be the next request's response.
-            response.close()
-            response.release_conn()
+            events.close()
             self._response = None
         lasted = self.clock() - started
         if not delivered and lasted < min(self.healthy_after, self.watch_timeout / 2):
@@ -502,19 +535,16 @@ class PodWatcher:
         self._healthy()
         return resource_version
 
-    def _apply(self, line: bytes, resource_version: str) -> str:
-        """Apply one watch event line; returns the resourceVersion to resume from."""
-        try:
-            event = json.loads(line)
-            kind, obj = event["type"], event["object"]
-        except (ValueError, KeyError, TypeError):
-            self._malformed(f"not a watch event: {line[:120]!r}")
+    def _apply(self, event: Any, resource_version: str) -> str:
+        """Apply one event from Watch; returns the resourceVersion to resume from.
+
+        Watch yields None for a line that is not JSON (and for a blank line, which the
+        API server never sends) and raises for ERROR events.
+        """
+        if not isinstance(event, dict) or "object" not in event:
+            self._malformed(f"not a watch event: {_one_line(repr(event), 120)}")
             return resource_version
-        if kind == "ERROR":
-            if _status_code(obj) == 410:
-                raise WatchExpired()
-            said = _server_message(json.dumps(obj)) if isinstance(obj, dict) else ""
-            raise WatchFailure("error_event", said or _one_line(str(obj)))
+        kind, obj = event.get("type"), event["object"]
         try:
             rv = _text(
                 _mapping(_mapping(obj, "object").get("metadata"), "metadata").get(
@@ -550,9 +580,9 @@ class PodWatcher:
 
 
 def _abort(response: Any) -> None:
-    """Unblock a read in progress on another thread: shut the socket down."""
-    connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
-    sock = getattr(connection, "sock", None)
+    """Unblock a read in progress on another thread: shut the socket down (urllib3's
+    public `HTTPResponse.connection`; what kubernetes' own Watch.stop does since v37)."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
     with contextlib.suppress(OSError):
         if sock is not None:
             sock.shutdown(socket.SHUT_RDWR)
@@ -560,27 +590,49 @@ def _abort(response: Any) -> None:
         response.close()
 
 
-def _lines(response: Any, limit: int = MAX_WATCH_LINE) -> Iterator[bytes]:
-    """Complete lines of a chunked watch response. Each chunk is split once (a
-    long line arriving in many chunks costs linear time), and a line longer
-    than `limit` ends the watch instead of growing memory without bound."""
-    pending: list[bytes] = []
-    size = 0
-    for chunk in response.stream(amt=None, decode_content=False):
-        *complete, rest = chunk.split(b"\n")
-        if complete:
-            complete[0] = b"".join([*pending, complete[0]])
-            pending, size = [], 0
-        for line in complete:
-            _check_line_length(len(line), limit)
-            if line.strip():
-                yield line
-        pending.append(rest)
-        size += len(rest)
-        _check_line_length(size, limit)
-    last = b"".join(pending)
-    if last.strip():
-        yield last
+class _BoundedResponse:
+    """A watch response as kubernetes.watch.Watch reads it (stream, status, close,
+    release_conn, connection), with two things the client's line splitter lacks:
+
+    - a bound: it buffers until a newline however long the line, so each chunk is
+      checked before Watch sees it and a line longer than `limit` ends the watch;
+    - linear time: it searches its whole buffer again for every chunk it is given
+      (a 16 MiB line in 4 KiB chunks cost ~0.5 s of CPU, benchmarks/k8s_watch.py), so
+      chunks are handed over only once they end a line.
+
+    Counting newlines is one memchr pass over a chunk already in memory."""
+
+    def __init__(self, response: Any, limit: int) -> None:
+        self._response = response
+        self._limit = limit
+        self.status = response.status
+
+    @property
+    def connection(self) -> Any:
+        return self._response.connection
+
+    def close(self) -> None:
+        self._response.close()
+
+    def release_conn(self) -> None:
+        self._response.release_conn()
+
+    def stream(self, amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
+        pending: list[bytes] = []  # chunks of a line not yet ended by a newline
+        partial = 0  # their bytes
+        for chunk in self._response.stream(amt, decode_content=decode_content):
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                _check_line_length(partial + end - start, self._limit)
+                partial, start = 0, end + 1
+            partial += len(chunk) - start
+            _check_line_length(partial, self._limit)
+            pending.append(chunk)
+            if start:  # the chunk ends at least one line
+                yield b"".join(pending)
+                pending.clear()
+        if pending:
+            yield b"".join(pending)
 
 
 def _check_line_length(length: int, limit: int) -> None:

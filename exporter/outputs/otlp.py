@@ -32,9 +32,33 @@ Settings and their precedence (first wins), resolved by resolve():
 - headers: OTEL_EXPORTER_OTLP_METRICS_HEADERS, OTEL_EXPORTER_OTLP_HEADERS.
 - TLS: OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE, _CLIENT_KEY and
   _CLIENT_CERTIFICATE (PEM files, checked at start); https:// endpoints use
-  TLS. _INSECURE and _COMPRESSION are read by the SDK exporter itself.
+  TLS.
 - resource: orb8's attributes, overridden by OTEL_RESOURCE_ATTRIBUTES, then
   OTEL_SERVICE_NAME.
+
+What the SDK reads itself and what orb8 resolves (SDK 1.45; the SDK's
+exporters read OTEL_EXPORTER_OTLP_* whenever an argument is not given):
+- left to the SDK: _COMPRESSION and _INSECURE (orb8 only checks the
+  compression's value, since the HTTP exporter falls back to none with a
+  warning and the gRPC one raises its own exception when built);
+- resolved by orb8 and passed explicitly, each for a reason the SDK does
+  not meet: the timeout (the SDK reads it as seconds, the specification
+  says milliseconds: 10000 would be 10,000 s); the TLS files (the gRPC
+  exporter takes the key and client certificate from the same family,
+  signal-specific or generic, as the certificate, so a generic CA with a
+  signal-specific client pair loses the pair); the headers (the SDK skips a
+  malformed entry with a warning that logs it whole, credential included;
+  orb8 accepts the SDK's own grammar and refuses anything else at start,
+  without showing the value); the endpoint (orb8 pushes only when one is
+  set, where the SDK defaults to localhost, and names it in its logs);
+- read by orb8 because the SDK reads them only in parts orb8 does not use
+  (a MeterProvider, PeriodicExportingMetricReader, the auto-configuration):
+  the protocol, OTEL_METRIC_EXPORT_INTERVAL, OTEL_SDK_DISABLED,
+  OTEL_METRICS_EXPORTER, the temporality preference (orb8 computes deltas
+  itself), OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME (the SDK's
+  OTELResourceDetector skips a bad pair with a warning; orb8 fails at
+  start, naming the variable).
+Every variable that is set is checked at start, even with the output off.
 """
 
 from __future__ import annotations
@@ -97,6 +121,12 @@ class OtlpConfig:
 # --- settings ----------------------------------------------------------------
 
 HEADER_KEY = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A header value before URL-decoding, as the SDK's own parser accepts it
+# (opentelemetry.util.re.parse_env_headers, liberal): printable ASCII and space but
+# `"` `,` `;` `\`. The SDK exporters read these variables themselves as well, even when
+# given headers, and log an entry outside this grammar whole, credential included: orb8
+# refuses such an entry at start instead, without showing it.
+HEADER_VALUE = re.compile(r"[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 
 
 def check_endpoint(value: str, setting: str) -> str:
@@ -135,6 +165,12 @@ def parse_headers(value: str, setting: str) -> dict[str, str]:
         if not sep or not HEADER_KEY.fullmatch(key):
             raise OtlpSettingError(
                 f"invalid {setting}: entry {number} is not key=value with a header name as key "
+                "(values are not shown)"
+            )
+        if not HEADER_VALUE.fullmatch(raw.strip()):
+            raise OtlpSettingError(
+                f"invalid {setting}: the value of {key!r} has a character to URL-encode "
+                "(%XX): a quote, comma, semicolon, backslash, control or non-ASCII character "
                 "(values are not shown)"
             )
         decoded = unquote(raw.strip())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -366,3 +367,25 @@ def test_malformed_lines_on_the_wire_and_the_stream_goes_on(server: ApiServer) -
     assert json.loads(lines[3])["type"] == "ADDED"
     conn.close()
     assert server.wait_watches(0)
+
+
+def test_inject_line_sends_one_line_as_many_http_chunks(server: ApiServer) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(
+        f"GET /api/v1/pods?watch=1&resourceVersion=1&fieldSelector={NODE} HTTP/1.1\r\n"
+        "Host: x\r\n\r\n".encode()
+    )
+    reader = sock.makefile("rb")
+    while reader.readline() not in (b"\r\n", b""):
+        pass  # status line and headers
+    assert server.wait_watches(1)
+    line = b'{"type": "ADDED", "object": {"blob": "' + b"x" * 1000 + b'"}}\n'
+    server.inject_line(line, 100)
+    chunks = []
+    while sum(map(len, chunks)) < len(line):
+        size = int(reader.readline().strip(), 16)
+        chunks.append(reader.read(size))
+        assert reader.readline() == b"\r\n"
+    sock.close()
+    assert b"".join(chunks) == line
+    assert [len(c) for c in chunks] == [100] * (len(line) // 100) + [len(line) % 100]

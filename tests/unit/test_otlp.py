@@ -319,6 +319,43 @@ def test_header_errors_do_not_echo_secrets():
     assert "entry 2" in str(error.value) and "s3cret" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "authorization=Bearer s3cr;et",
+        'authorization="s3cret"',
+        "authorization=s3cr\\et",
+        "authorization=s3cr\u00e9t",
+        "authorization=s3cr\tet",
+    ],
+)
+def test_header_values_the_sdk_would_log_are_refused_without_echo(value, caplog):
+    """The SDK exporters parse OTEL_EXPORTER_OTLP_HEADERS themselves too and log an entry
+    they cannot parse whole (credential included): orb8 refuses it first, naming it only."""
+    from opentelemetry.util.re import parse_env_headers
+
+    with caplog.at_level("WARNING", logger="opentelemetry.util.re"):
+        parse_env_headers(value, liberal=True)
+    assert "s3cr" in caplog.text  # what the SDK would have logged
+    with pytest.raises(OtlpSettingError) as error:
+        resolve("http://c:4318", "", None, {"OTEL_EXPORTER_OTLP_HEADERS": value})
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(error.value) and "s3cr" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a=1", "Authorization=Bearer abc", "a=x%2Cy%3Bz, B = 2 ,", "api-key=a%20b=c", "x=%C3%A9"],
+)
+def test_accepted_headers_are_what_the_sdk_parses_without_a_warning(value, caplog):
+    from opentelemetry.util.re import parse_env_headers
+
+    config = resolve("http://c:4318", "", None, {"OTEL_EXPORTER_OTLP_HEADERS": value})
+    assert config is not None
+    with caplog.at_level("WARNING", logger="opentelemetry.util.re"):
+        assert config.headers == parse_env_headers(value, liberal=True)
+    assert caplog.text == ""
+
+
 def test_orb8_otlp_settings_follow_flag_env_yaml(tmp_path):
     from exporter.registry import load_settings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -19,6 +20,15 @@ INIT = "1" * 64
 EPH = "e" * 64
 
 
+def configuration(kubeconfig):
+    def load() -> client.Configuration:
+        loaded = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=loaded)
+        return loaded
+
+    return load
+
+
 @pytest.fixture
 def server():
     api = ApiServer()
@@ -33,9 +43,6 @@ def start_watcher(server, tmp_path):
     watchers = []
 
     def start(**kwargs) -> PodWatcher:
-        def factory():
-            return client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-
         options = {
             "backoff_initial": 0.1,
             "backoff_max": 0.4,
@@ -43,7 +50,7 @@ def start_watcher(server, tmp_path):
             "read_timeout": 5.0,
             **kwargs,
         }
-        watcher = PodWatcher(factory, "node-a", **options)
+        watcher = PodWatcher(configuration(kubeconfig), "node-a", **options)
         watcher.start()
         watchers.append(watcher)
         assert watcher.synced.wait(10), "first list did not complete"
@@ -305,11 +312,8 @@ def test_a_hung_api_server_is_detected_by_orb8_without_silent_retries(tmp_path, 
     silent = _SilentServer()
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{silent.port}")
 
-    def factory():
-        return client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-
     watcher = PodWatcher(
-        factory,
+        configuration(kubeconfig),
         "node-a",
         list_timeout=0.3,
         backoff_initial=0.2,
@@ -374,27 +378,62 @@ def test_malformed_pods_are_passed_over_and_counted_and_nothing_else_stops(serve
 class _Chunks:
     """What urllib3 hands the watch reader: the body in arbitrary chunks."""
 
+    status = 200
+    connection = None
+
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
+        self.closed = False
 
-    def stream(self, amt=None, decode_content=False):
+    def stream(self, amt=None, decode_content=None):
         yield from self.chunks
+
+    def close(self):
+        self.closed = True
+
+    def release_conn(self):
+        pass
+
+
+def _watch_through_the_bound(chunks: list[bytes], limit: int) -> list:
+    """The events kubernetes' own Watch yields from `chunks` behind orb8's line bound."""
+    from kubernetes.watch import Watch
+
+    from exporter.identity.kubernetes import _BoundedResponse
+
+    response = _Chunks(chunks)
+
+    def request(**kwargs):
+        return _BoundedResponse(response, limit)
+
+    try:
+        return list(Watch().stream(request, timeout_seconds=1))
+    finally:
+        assert response.closed  # Watch closes the response whatever happened
+
+
+def _event(name: str) -> bytes:
+    return json.dumps({"type": "ADDED", "object": {"metadata": {"name": name}}}).encode()
+
+
+A, B = _event("a"), _event("b")
 
 
 @pytest.mark.parametrize(
-    ("chunks", "lines"),
+    ("chunks", "names"),
     [
-        ([b'{"a":1}\n{"b":2}\n'], [b'{"a":1}', b'{"b":2}']),
-        ([b'{"a"', b":1}\n{", b'"b":2}'], [b'{"a":1}', b'{"b":2}']),  # split anywhere
-        ([b"\n", b"  \n", b'{"a":1}\n\n'], [b'{"a":1}']),  # blank lines skipped
-        ([b"x" * 5, b"x" * 5, b"\n"], [b"x" * 10]),  # many chunks, one line
+        ([A + b"\n" + B + b"\n"], ["a", "b"]),
+        ([A[:5], A[5:] + b"\n" + B[:3], B[3:] + b"\n"], ["a", "b"]),  # split anywhere
+        ([b"\n", b"  \n", A + b"\n\n"], [None, None, "a", None]),  # blank lines: None
+        ([A[:4], A[4:9], A[9:], b"\n"], ["a"]),  # many chunks, one line
         ([], []),
     ],
 )
-def test_watch_lines_are_reassembled_from_any_chunking(chunks, lines):
-    from exporter.identity.kubernetes import _lines
-
-    assert list(_lines(_Chunks(chunks), limit=64)) == lines
+def test_watch_lines_are_reassembled_from_any_chunking_behind_the_bound(chunks, names):
+    events = _watch_through_the_bound(chunks, limit=64)
+    assert [e and e["object"]["metadata"]["name"] for e in events] == names
+    # No model type: the object is the plain dict orb8 parses itself.
+    assert all(e is None or isinstance(e["object"], dict) for e in events)
 
 
 @pytest.mark.parametrize(
@@ -406,8 +445,38 @@ def test_watch_lines_are_reassembled_from_any_chunking(chunks, lines):
     ],
 )
 def test_a_watch_line_over_the_limit_ends_the_watch(chunks):
-    from exporter.identity.kubernetes import WatchFailure, _lines
+    from exporter.identity.kubernetes import WatchFailure
 
     with pytest.raises(WatchFailure) as failure:
-        list(_lines(_Chunks(chunks), limit=64))
+        _watch_through_the_bound(chunks, limit=64)
     assert failure.value.reason == "bad_response"
+
+
+def test_a_line_over_the_limit_on_the_wire_is_counted_and_the_watch_resumes(server, start_watcher):
+    watcher = start_watcher(max_line=64 * 1024)
+    assert server.wait_watches(1)
+    lists = server.count("list")
+    # A pod event of 256 KiB (its annotation) sent in 4 KiB chunks.
+    huge = make_pod("huge", uid="u-huge")
+    huge["metadata"]["annotations"] = {"blob": "x" * 256 * 1024}
+    server.inject_line(json.dumps({"type": "ADDED", "object": huge}).encode() + b"\n", 4096)
+    wait_for(lambda: watcher.health.reconnections["bad_response"] == 1, what="line too long")
+    assert "u-huge" not in watcher.pods
+    server.add_pod(make_pod("after", uid="u-after"))
+    wait_for(lambda: "u-after" in watcher.pods, timeout=10, what="the watch resumed")
+    assert server.count("list") == lists, "resumed from the last resourceVersion, no relist"
+
+
+def test_an_error_event_mid_stream_is_counted_with_the_servers_message_and_resumed(
+    server, start_watcher
+):
+    watcher = start_watcher()
+    assert server.wait_watches(1)
+    status = {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd is sad"}
+    server.inject_line(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n", 4096)
+    wait_for(lambda: watcher.health.reconnections["error_event"] == 1, what="ERROR event")
+    assert "etcd is sad" in watcher.health.last_error and "500" in watcher.health.last_error
+    server.add_pod(make_pod("after", uid="u-after"))
+    wait_for(lambda: "u-after" in watcher.pods, timeout=10, what="the watch resumed")
+    assert server.count("list") == 1, "an ERROR event other than 410 resumes, it does not relist"
+    assert watcher.health.total_reconnections == 1

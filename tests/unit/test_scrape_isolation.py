@@ -85,3 +85,59 @@ def test_a_failing_source_is_reported_down_and_the_rest_is_served():
         assert "collect failed" in agent.landing()
     finally:
         agent.close()
+
+
+class FailsToStart(Healthy):
+    name = "fails_to_start"
+    collects = 0
+
+    def start(self) -> None:
+        raise RuntimeError("collect this and it breaks")
+
+    def collect(self) -> list[MetricFamily]:
+        FailsToStart.collects += 1
+        return super().collect()
+
+
+class FailsOnce(Healthy):
+    name = "fails_once"
+    collects = 0
+
+    def collect(self) -> list[MetricFamily]:
+        FailsOnce.collects += 1
+        if FailsOnce.collects == 1:
+            raise RuntimeError("start over")  # a message that reads like a start failure
+        return super().collect()
+
+
+class Remembers(Healthy):
+    """A source with learned state (as the syscalls source's baselines)."""
+
+    name = "remembers"
+
+    def __init__(self) -> None:
+        self.baselines = self
+        self.saved_under: list[object] = []
+
+    def save(self, lock=None) -> None:
+        self.saved_under.append(lock)
+
+
+def test_a_source_down_since_start_is_never_collected_and_a_failed_collect_is_retried():
+    settings = load_settings({"listen": f"127.0.0.1:{free_port()}"}, environ={})
+    remembers = Remembers()
+    agent = Agent(settings, sources=[FailsToStart(), FailsOnce(), remembers])
+    agent.start()
+    try:
+        assert agent.start_failed == {"fails_to_start"}
+        agent.collect()
+        assert agent.up == {"fails_to_start": False, "fails_once": False, "remembers": True}
+        assert agent.errors["fails_once"] == "collect failed: start over"
+        agent.collect()
+        assert agent.up["fails_once"] and "fails_once" not in agent.errors
+        assert (FailsToStart.collects, FailsOnce.collects) == (0, 2)
+        assert "start failed: collect this and it breaks" in agent.landing()
+        agent.save_state()  # only the source that keeps baselines, under the collect lock
+        assert remembers.saved_under == [agent._lock]
+    finally:
+        agent.close()
