@@ -1,8 +1,11 @@
 """Syscalls per cgroup, counted exactly in the kernel; dangerous ones also as evidence.
 
-Hooks: raw tracepoint sys_enter (classic raw_syscalls:sys_enter as fallback)
-counts; sched_switch and cgroup_attach_task keep the per-CPU cgroup id cache
-honest (see bpf/syscalls.c). Program bpf/syscalls.c.
+Hooks: tp_btf/sys_enter counts where the i386 check is on and the kernel
+loads it (it reads pt_regs without a helper, see bpf/syscalls.c), else the
+raw tracepoint sys_enter (classic raw_syscalls:sys_enter as the last
+fallback); `hook=` in `orb8 diagnose`, `orb8 check` and the start-up log
+says which, and why not tp_btf. sched_switch and cgroup_attach_task keep
+the per-CPU cgroup id cache honest. Program bpf/syscalls.c.
 
 Metrics: orb8_syscalls_total{namespace,pod,container,cgroup,syscall};
 orb8_dangerous_syscalls_total{...,syscall} (attempts, exact, orb8 itself and
@@ -21,7 +24,9 @@ cgroup="<overflow>", and their evidence names the cgroup.
 
 Overhead: no helper call and three inlined array lookups per syscall on the
 hot path, plus one array store per context switch (see bpf/syscalls.c and
-benchmarks/RESULTS.md). A collect
+benchmarks/RESULTS.md); the i386 check adds one helper call on calls that
+need it (all of them on the raw tracepoint; with tp_btf only those whose
+registers or number call for it: docs/metrics.md, "ABIs"). A collect
 reads the slot hash and the used prefix of the per-CPU counts array with
 batch operations: a handful of syscalls, whatever the number of series.
 
