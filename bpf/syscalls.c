@@ -61,12 +61,13 @@
 // native table (the loader reports that, see orb8_syscall_abi_detected).
 //
 // Reading that flag takes a helper call (bpf_get_current_task_btf), which
-// this kernel does not inline: on the VMs we measured it costs about a
-// fifth of the whole probe. So where the kernel lets us, the counter runs as
-// a BTF-typed raw tracepoint (tp_btf/sys_enter, syscalls_enter_btf), whose
-// pt_regs argument is read with plain loads, and the helper is called only
-// when the answer can matter (see syscall_abi_native). The loader falls
-// back to the raw tracepoint, which checks the flag on every syscall.
+// this kernel does not inline: 4-26 ns on the VMs we measured, as much as
+// the rest of the probe or more (benchmarks/RESULTS.md). So where the kernel
+// lets us, the counter runs as a BTF-typed raw tracepoint (tp_btf/sys_enter,
+// syscalls_enter_btf), whose pt_regs argument is read with plain loads, and
+// the helper is called only when the answer can matter (see count_syscall).
+// The loader falls back to the raw tracepoint, which reads the flag on every
+// syscall.
 
 #include "orb8.h"
 #include "syscalls.h"
