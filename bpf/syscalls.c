@@ -422,7 +422,7 @@ static __always_inline int count_syscall(long id, bool native_regs)
     // The compat flag is skipped only when the registers look like a 64-bit
     // `syscall` AND this CPU already counted this cgroup's native call of
     // this number AND that number is not ABI-sensitive. Registers can be
-    // forged (`int $0x80` with rcx and r11 set by the caller, or a tracer
+    // forged (`int $0x80` with rcx set by the caller, or a tracer
     // editing them), so a forged i386 call is then counted under the native
     // name of its number: only for numbers whose i386 name is not a
     // dangerous one, so no dangerous call can hide this way. x32 keys are
@@ -495,19 +495,19 @@ int syscalls_attach_tp(void *ctx)
 // ctx[0] is a BTF-typed struct pt_regs *, so its fields are plain loads;
 // offsets from the running kernel's BTF, like ABI_STATUS_OFFSET.
 //
-// A 64-bit `syscall` instruction saves RIP in RCX and RFLAGS in R11, and
-// entry_SYSCALL_64 stores both in pt_regs next to ip and flags with
-// cs = __USER_CS: so cx == ip, r11 == flags, cs == 0x33. The i386 entries
-// do not (cs is __USER32_CS for 32-bit code, or rcx/r11 hold what the caller
-// left there); where they look alike anyway, count_syscall's rule holds.
-// Kernels whose entry leaves other values here only lose the shortcut.
+// A 64-bit `syscall` instruction saves the return address in RCX, and
+// entry_SYSCALL_64 stores it in pt_regs both as ip and as cx: cx == ip. The
+// i386 entries leave the caller's second argument in cx (ebp for a 32-bit
+// `syscall`), which is not the return address unless the caller makes it
+// so: then count_syscall's rule holds. Comparing more fields (r11 == flags,
+// cs == __USER_CS) would not stop a forger either and costs a guarded load
+// each (BTF pointer loads carry an address check), so only cx and ip are
+// read. Kernels whose entry leaves other values here only lose the shortcut.
 int syscalls_enter_btf(unsigned long long *ctx)
 {
     char *regs = (char *)ctx[0];
     bool native_regs =
-        *(volatile u64 *)(regs + REGS_CX_OFFSET) == *(volatile u64 *)(regs + REGS_IP_OFFSET) &&
-        *(volatile u64 *)(regs + REGS_R11_OFFSET) == *(volatile u64 *)(regs + REGS_FLAGS_OFFSET) &&
-        *(volatile u16 *)(regs + REGS_CS_OFFSET) == USER64_CS;
+        *(volatile u64 *)(regs + REGS_CX_OFFSET) == *(volatile u64 *)(regs + REGS_IP_OFFSET);
     return count_syscall((long)ctx[1], native_regs);
 }
 
@@ -521,10 +521,7 @@ int syscalls_enter_raw_regs(struct bpf_raw_tracepoint_args *ctx)
     bool native_regs = false;
     if (bpf_probe_read_kernel(copy, sizeof(copy), (char *)ctx->args[0] + REGS_READ_START) == 0)
         native_regs = copy[(REGS_CX_OFFSET - REGS_READ_START) / 8] ==
-                          copy[(REGS_IP_OFFSET - REGS_READ_START) / 8] &&
-                      copy[(REGS_R11_OFFSET - REGS_READ_START) / 8] ==
-                          copy[(REGS_FLAGS_OFFSET - REGS_READ_START) / 8] &&
-                      (u16)copy[(REGS_CS_OFFSET - REGS_READ_START) / 8] == USER64_CS;
+                      copy[(REGS_IP_OFFSET - REGS_READ_START) / 8];
     return count_syscall((long)ctx->args[1], native_regs);
 }
 #endif

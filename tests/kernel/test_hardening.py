@@ -271,10 +271,10 @@ def test_forged_syscall_registers_cannot_hide_a_dangerous_i386_call(
     cgroups, start_exporter, cgroup2_root, workload
 ):
     """The tp_btf hook (issue 20) skips the compat flag when pt_regs look like
-    a 64-bit `syscall` (rcx == rip, r11 == rflags, cs == __USER_CS). An
-    `int $0x80` caller can set rcx and r11 that way; priming the probe's
-    per-CPU cache with a native call of the same number first is the best
-    case for it. Numbers whose i386 name is dangerous are checked anyway."""
+    a 64-bit `syscall`'s (rcx == rip). An `int $0x80` caller can set rcx (and
+    r11) that way; priming the probe's per-CPU cache with a native call of
+    the same number first is the best case for it. Numbers whose i386 name
+    is dangerous are checked anyway."""
     exporter = start_exporter(
         "--evidence-log-per-minute", "1000", "--dangerous-evidence-burst", "1000"
     )

@@ -118,9 +118,8 @@ def abi_status_offset(
 
 
 # The pt_regs fields tp_btf/sys_enter compares (bpf/syscalls.c, syscalls_enter_btf)
-# and their possible sizes: cs is a u16 in a union since FRED (6.9), an
-# unsigned long before; the probe compares its low 16 bits (little endian).
-REGS_FIELDS = {"cx": (8,), "ip": (8,), "r11": (8,), "flags": (8,), "cs": (2, 8)}
+# and their possible sizes.
+REGS_FIELDS = {"cx": (8,), "ip": (8,)}
 SYS_ENTER_BTF = "btf_trace_sys_enter"
 
 

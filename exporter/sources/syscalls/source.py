@@ -116,9 +116,6 @@ KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
 FLAG_KNOWN, FLAG_DANGEROUS, FLAG_ABI_SENSITIVE = 1, 2, 4
 I386 = 1  # ABI index of the i386 table (bpf/syscalls.c)
 TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
-# __USER_CS: the 64-bit user code segment selector (GDT entry 6, RPL 3), the
-# same on every x86_64 kernel (user space sees it in %cs and in ptrace).
-USER64_CS = 0x33
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
 PEAK_WINDOW = 60.0  # seconds orb8_ring_buffer_utilization looks back
@@ -343,7 +340,6 @@ class SyscallSource:
             log.warning("syscalls probe: %s; the i386 check runs on every syscall", detail)
             return None
         defines.update(layout.defines())
-        defines["USER64_CS"] = USER64_CS
         return layout
 
     def _attach_tp_btf(self, bpf: Any, btf_id: int) -> bool:
