@@ -59,7 +59,7 @@ from exporter.identity import CgroupTree, Resolver, find_cgroup2_mount  # noqa: 
 from exporter.kernel import attach, headers  # noqa: E402
 from exporter.sources.syscalls import native_syscall_numbers  # noqa: E402
 from exporter.sources.syscalls.names import regs_layout  # noqa: E402
-from exporter.sources.syscalls.source import USER64_CS, SyscallSource  # noqa: E402
+from exporter.sources.syscalls.source import SyscallSource  # noqa: E402
 
 MODES = (
     "none",
@@ -122,7 +122,6 @@ def probe_read_defines() -> dict[str, int]:
     first = min(layout.offsets.values())
     return {
         **layout.defines(),
-        "USER64_CS": USER64_CS,
         "REGS_READ_START": first,
         "REGS_READ_LEN": (max(layout.offsets.values()) + 8 - first + 7) // 8 * 8,
     }
@@ -131,7 +130,7 @@ def probe_read_defines() -> dict[str, int]:
 class Programs:
     """Each mode's programs, loaded once; switch() attaches one mode at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, copies: int) -> None:
         layout, detail = regs_layout()
         if layout is None:
             raise SystemExit(f"no pt_regs layout: {detail}")
@@ -143,23 +142,34 @@ class Programs:
         )
         self.naive = BPF(text=NAIVE)
         self.naive.load_func(b"naive_enter", BPF.RAW_TRACEPOINT)
-        # The exact objects `orb8 run` uses, started (attached) then detached.
-        self.sources: dict[str, SyscallSource] = {
-            "orb8": _source(),
-            "orb8_helper": _source(hook="raw_tracepoint"),
-            "orb8_probe_read": _source(hook="raw_tracepoint"),
-            "orb8_native": _source(abi_detection=False),
-        }
-        self.sources["orb8_probe_read"].extra_defines = probe_read_defines()
-        for mode, source in self.sources.items():
-            source.start()
-            if mode == "orb8" and source.hook != "tp_btf":
-                raise SystemExit(f"orb8 did not choose tp_btf: {source.summary()}")
-            self._detach_source(source)
-        self.sources["orb8_probe_read"]._bpf.load_func(
-            b"syscalls_enter_raw_regs", BPF.RAW_TRACEPOINT
-        )
+        # The exact objects `orb8 run` uses, started (attached) then detached;
+        # `copies` loads of each, used in turn: where the JIT puts a program
+        # moves its cost by a few ns (alignment), as much as the differences
+        # between variants, so each figure is an average over placements.
+        self.copies: list[dict[str, SyscallSource]] = []
+        for _ in range(copies):
+            sources = {
+                "orb8": _source(),
+                "orb8_helper": _source(hook="raw_tracepoint"),
+                "orb8_probe_read": _source(hook="raw_tracepoint"),
+                "orb8_native": _source(abi_detection=False),
+            }
+            sources["orb8_probe_read"].extra_defines = probe_read_defines()
+            for mode, source in sources.items():
+                source.start()
+                if mode == "orb8" and source.hook != "tp_btf":
+                    raise SystemExit(f"orb8 did not choose tp_btf: {source.summary()}")
+                self._detach_source(source)
+            sources["orb8_probe_read"]._bpf.load_func(
+                b"syscalls_enter_raw_regs", BPF.RAW_TRACEPOINT
+            )
+            self.copies.append(sources)
+        self.sources = self.copies[0]
         self.attached = "none"
+
+    def use_copy(self, index: int) -> None:
+        self.switch("none")
+        self.sources = self.copies[index % len(self.copies)]
 
     @staticmethod
     def _detach_source(source: SyscallSource) -> None:
@@ -219,8 +229,9 @@ class Programs:
         self.floor.cleanup()
         self.floor_btf_bpf.cleanup()
         self.naive.cleanup()
-        for source in self.sources.values():
-            source.close()
+        for sources in self.copies:
+            for source in sources.values():
+                source.close()
 
 
 class Loop:
@@ -283,6 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=100, help="passes over all modes")
     parser.add_argument("--calls", type=int, default=200_000, help="calls per burst")
+    parser.add_argument("--copies", type=int, default=3, help="loads of each orb8 variant")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument(
         "--clock",
@@ -295,12 +307,13 @@ def main() -> None:
 
     cpu = (os.cpu_count() or 1) - 1
     loop = Loop(cpu)
-    programs = Programs()
+    programs = Programs(args.copies)
     samples = {name: {m: [] for m in MODES} for name in SYSCALLS}
     rng = random.Random(1)
     load_before = load_average()
     try:
         for cycle in range(args.cycles):
+            programs.use_copy(cycle)
             order = list(MODES)
             rng.shuffle(order)
             for mode in order:
@@ -353,7 +366,8 @@ def main() -> None:
 
 Machine: {cpu_model}, {os.cpu_count()} vCPUs, kernel {platform.release()}; load average
 {load_before} at the start, {load_after} at the end. Loop pinned to CPU {cpu};
-{args.cycles} shuffled cycles over the modes, {args.calls:,} calls per burst and syscall,
+{args.cycles} shuffled cycles over the modes ({args.copies} loads of each orb8 variant, used
+in turn), {args.calls:,} calls per burst and syscall,
 timed by the loop's {"own CPU time" if args.clock == "cpu" else "wall clock"};
 medians of {args.cycles} bursts per mode. Ratio = (mode - none) / (floor - none), 90%
 bootstrap interval.
