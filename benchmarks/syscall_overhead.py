@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ctypes as ct
 import datetime
+import json
 import os
 import platform
 import random
@@ -269,10 +270,16 @@ def ratio(medians: dict[str, float], mode: str) -> float:
 
 
 def bootstrap(samples: dict[str, list[float]], mode: str, n: int = 2000) -> tuple[float, float]:
+    """90% interval of the ratio, resampling whole cycles: a cycle's bursts of
+    every mode stay together, so a shift of the whole VM during the run
+    (they happen) moves numerator and denominator alike, as it does in the
+    medians themselves."""
     rng = random.Random(8)
+    cycles = len(samples["none"])
     values = []
     for _ in range(n):
-        medians = {m: statistics.median(rng.choices(v, k=len(v))) for m, v in samples.items()}
+        picked = [rng.randrange(cycles) for _ in range(cycles)]
+        medians = {m: statistics.median(v[i] for i in picked) for m, v in samples.items()}
         if medians["floor"] > medians["none"]:
             values.append(ratio(medians, mode))
     values.sort()
@@ -296,6 +303,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200_000, help="calls per burst")
     parser.add_argument("--copies", type=int, default=3, help="loads of each orb8 variant")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--samples", type=Path, help="also write every burst's figure (JSON)")
     parser.add_argument(
         "--clock",
         choices=("cpu", "wall"),
@@ -334,6 +342,8 @@ def main() -> None:
         programs.close()
         loop.close()
     load_after = load_average()
+    if args.samples:
+        args.samples.write_text(json.dumps(samples))
 
     cpu_model = next(
         (
