@@ -265,3 +265,42 @@ def test_raw_tracepoint_with_the_i386_check_counts_exactly(cgroups, cgroup2_root
         assert (values["getppid"], values["getpgid"]) == (4321, 17)
     finally:
         source.close()
+
+
+def test_a_refused_tp_btf_program_falls_back_to_the_raw_tracepoint(cgroups, cgroup2_root, workload):
+    """Aimed at sched_switch's BTF type, whose first argument is a bool, the
+    verifier refuses the program's pt_regs loads: the source says why and
+    counts with the raw tracepoint, exactly; forced, the same is an error."""
+    from exporter import kernel
+    from exporter.identity import CgroupTree, Resolver
+    from exporter.sources.syscalls import ia32_emulation
+    from exporter.sources.syscalls.source import SyscallSource
+
+    if not ia32_emulation()[0]:
+        # No i386 check to spare: tp_btf is never tried (see the test above).
+        return
+    wrong = "btf_trace_sched_switch"
+    forced = SyscallSource(
+        Resolver(CgroupTree(cgroup2_root)), 1024, 60, hook="tp_btf", tp_btf_target=wrong
+    )
+    with pytest.raises(kernel.ProbeError, match="tp_btf/sys_enter"):
+        forced.start()
+    source = SyscallSource(Resolver(CgroupTree(cgroup2_root)), 1024, 60, tp_btf_target=wrong)
+    source.start()
+    try:
+        assert source.hook == "raw_tracepoint"
+        assert source.summary().startswith("hook=raw_tracepoint (tp_btf refused: ")
+        cgroup = cgroups.make()
+        run_workload(workload, cgroup, f"{GETPPID}:1234")
+        families = {f.name: f for f in source.collect()}
+        label = rel(cgroup, cgroup2_root)
+        values = {
+            labels[4]: value
+            for labels, value in families["orb8_syscalls_total"].samples
+            if labels[3] == label
+        }
+        assert values["getppid"] == 1234
+        programs = {p for (p,), _ in families["orb8_bpf_program_runs_total"].samples}
+        assert "syscalls_enter_raw" in programs and "syscalls_enter_btf" not in programs
+    finally:
+        source.close()

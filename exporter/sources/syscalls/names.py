@@ -135,9 +135,10 @@ class RegsLayout:
 
 
 def regs_layout(
-    btf_path: Path = VMLINUX, machine: str | None = None
+    btf_path: Path = VMLINUX, machine: str | None = None, target: str = SYS_ENTER_BTF
 ) -> tuple[RegsLayout | None, str]:
-    """The pt_regs offsets and the sys_enter BTF id, or (None, why not)."""
+    """The pt_regs offsets and the BTF id of `target` (the sys_enter typedef;
+    tests name another to see the kernel refuse the program), or (None, why not)."""
     if _arch(machine) != "x86_64":
         return None, f"no pt_regs shortcut on {_arch(machine)}"
     try:
@@ -148,6 +149,6 @@ def regs_layout(
             if found not in sizes:
                 return None, f"pt_regs.{field} is {found} bytes"
             offsets[field] = offset
-        return RegsLayout(offsets, btf.find_typedef(SYS_ENTER_BTF)), "pt_regs from kernel BTF"
+        return RegsLayout(offsets, btf.find_typedef(target)), "pt_regs from kernel BTF"
     except BtfError as e:
         return None, f"no usable kernel BTF for tp_btf/sys_enter: {e}"

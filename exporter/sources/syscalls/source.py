@@ -92,6 +92,7 @@ from exporter.sources.syscalls.maps import EXCLUDED_CAPACITY, NR_TABLE
 from exporter.sources.syscalls.names import (
     ABI_SHIFT,
     ABIS,
+    SYS_ENTER_BTF,
     RegsLayout,
     _arch,
     abi_status_offset,
@@ -177,11 +178,14 @@ class SyscallSource:
         deleted_pod_grace: float | None = None,
         security: SecurityOptions | None = None,
         abi_detection: bool = True,
+        tp_btf_target: str = SYS_ENTER_BTF,
     ) -> None:
         """hook: "auto" feature-probes the kernel; "tp_btf", "raw_tracepoint"
         or "tracepoint" forces a variant (tests exercise the fallbacks this
         way; a forced "tp_btf" that cannot load is an error, not a fallback).
-        abi_detection=False leaves the compat flag unread (benchmarks)."""
+        abi_detection=False leaves the compat flag unread (benchmarks).
+        tp_btf_target: the BTF typedef the tp_btf program attaches to (tests
+        name another tracepoint's to exercise the kernel's refusal)."""
         self.resolver = resolver
         self.requested_hook = hook
         self.bpf_dir = bpf_dir
@@ -212,6 +216,7 @@ class SyscallSource:
         self.hook_detail = ""  # why tp_btf is not the hook, where it is not
         # -D options of measured-only program variants (benchmarks/).
         self.extra_defines: dict[str, Any] = {}
+        self.tp_btf_target = tp_btf_target
         self._enter_btf: attach.BtfTracepoint | None = None
         self._bpf: Any = None
         # The kernel maps (BpfMaps once started); tests hand in an
@@ -332,7 +337,7 @@ class SyscallSource:
             raise kernel.ProbeError(f"hook tp_btf requested, but {why}")
         if why:
             return None
-        layout, detail = regs_layout()
+        layout, detail = regs_layout(target=self.tp_btf_target)
         if layout is None:
             if forced:
                 raise kernel.ProbeError(f"hook tp_btf requested, but {detail}")
