@@ -254,7 +254,8 @@ class BtfTracepoint:
                 return _sys_bpf(BPF_PROG_LOAD, attr)
             except OSError:
                 pass
-            tail = log_buf.value.decode(errors="replace").strip().splitlines()[-3:]
+            lines = log_buf.value.decode(errors="replace").strip().splitlines()
+            tail = [line for line in lines if not line.startswith("processed ")][-2:]
             raise OSError(first.errno, f"{first.strerror}: {' / '.join(tail)}") from None
 
     def attach(self) -> None:
