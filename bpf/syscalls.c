@@ -397,10 +397,22 @@ static __always_inline bool syscall_is_compat(void)
 #endif
 }
 
-// native_regs: the caller saw pt_regs as only a 64-bit `syscall` instruction
-// leaves them (see syscalls_enter_btf); always false from the raw and classic
-// tracepoints, which then read the compat flag on every call, as before.
-static __always_inline int count_syscall(long id, bool native_regs)
+// Whether pt_regs are as a 64-bit `syscall` instruction leaves them (see
+// syscalls_enter_btf): btf_regs, a BTF-typed pointer (tp_btf), is read only
+// when the answer is needed; else native_regs, worked out by the caller.
+// Both NULL/false from the raw and classic tracepoints, which then read the
+// compat flag on every call, as before.
+static __always_inline bool regs_look_native(char *btf_regs, bool native_regs)
+{
+#ifdef REGS_CX_OFFSET
+    if (btf_regs)
+        return *(volatile u64 *)(btf_regs + REGS_CX_OFFSET) ==
+               *(volatile u64 *)(btf_regs + REGS_IP_OFFSET);
+#endif
+    return native_regs;
+}
+
+static __always_inline int count_syscall(long id, char *btf_regs, bool native_regs)
 {
     u32 nr = syscall_number_key(id);
     u32 zero = 0;
@@ -427,9 +439,10 @@ static __always_inline int count_syscall(long id, bool native_regs)
     // name of its number: only for numbers whose i386 name is not a
     // dangerous one, so no dangerous call can hide this way. x32 keys are
     // named by their bit, as before.
+    // The registers are read last: not at all for sensitive numbers.
     if ((nr >> ABI_SHIFT) != ABI_X32 &&
-        !(native_regs && way->cgroup_id == cgroup_id && way->nr == nr &&
-          !(way->slot & SENSITIVE_BIT)) &&
+        !(way->cgroup_id == cgroup_id && way->nr == nr && !(way->slot & SENSITIVE_BIT) &&
+          regs_look_native(btf_regs, native_regs)) &&
         syscall_is_compat())
         nr |= ABI_I386 << ABI_SHIFT;
     // Same index: the ABI bits are above CACHE_WAYS.
@@ -505,10 +518,7 @@ int syscalls_attach_tp(void *ctx)
 // read. Kernels whose entry leaves other values here only lose the shortcut.
 int syscalls_enter_btf(unsigned long long *ctx)
 {
-    char *regs = (char *)ctx[0];
-    bool native_regs =
-        *(volatile u64 *)(regs + REGS_CX_OFFSET) == *(volatile u64 *)(regs + REGS_IP_OFFSET);
-    return count_syscall((long)ctx[1], native_regs);
+    return count_syscall((long)ctx[1], (char *)ctx[0], false);
 }
 
 #ifdef REGS_READ_START
@@ -522,7 +532,7 @@ int syscalls_enter_raw_regs(struct bpf_raw_tracepoint_args *ctx)
     if (bpf_probe_read_kernel(copy, sizeof(copy), (char *)ctx->args[0] + REGS_READ_START) == 0)
         native_regs = copy[(REGS_CX_OFFSET - REGS_READ_START) / 8] ==
                       copy[(REGS_IP_OFFSET - REGS_READ_START) / 8];
-    return count_syscall((long)ctx->args[1], native_regs);
+    return count_syscall((long)ctx->args[1], NULL, native_regs);
 }
 #endif
 #endif
@@ -531,11 +541,11 @@ int syscalls_enter_raw_regs(struct bpf_raw_tracepoint_args *ctx)
 // where tp_btf cannot load, and the only hook where no i386 check is needed.
 int syscalls_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-    return count_syscall((long)ctx->args[1], false);
+    return count_syscall((long)ctx->args[1], NULL, false);
 }
 
 // Fallback for kernels without raw tracepoint support.
 int syscalls_enter_tp(struct sys_enter_args *args)
 {
-    return count_syscall(args->id, false);
+    return count_syscall(args->id, NULL, false);
 }
