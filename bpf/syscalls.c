@@ -61,7 +61,7 @@
 // native table (the loader reports that, see orb8_syscall_abi_detected).
 //
 // Reading that flag takes a helper call (bpf_get_current_task_btf), which
-// this kernel does not inline: 4-26 ns on the VMs we measured, as much as
+// this kernel does not inline: 6-26 ns on the VMs we measured, as much as
 // the rest of the probe or more (benchmarks/RESULTS.md). So where the kernel
 // lets us, the counter runs as a BTF-typed raw tracepoint (tp_btf/sys_enter,
 // syscalls_enter_btf), whose pt_regs argument is read with plain loads, and
