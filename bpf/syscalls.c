@@ -5,8 +5,8 @@
 // hash lookup per event costs about as much as the tracepoint itself, and
 // even bpf_get_current_cgroup_id() costs a third of it. So the hot path
 // makes no hash lookup, and no helper call except the one that tells an
-// i386 syscall from a native one (syscall_key; skipped on kernels that
-// cannot run i386 syscalls):
+// i386 syscall from a native one (syscall_is_compat; skipped on kernels that
+// cannot run i386 syscalls, and for most calls where tp_btf loads):
 //
 //  - The current task's cgroup id is cached per CPU. sched_switch
 //    invalidates it (a different task runs), and cgroup_attach_task bumps a
@@ -59,6 +59,15 @@
 // took from the running kernel's BTF (never from the headers); without BTF
 // ABI_STATUS_OFFSET is not defined and compat calls are counted under the
 // native table (the loader reports that, see orb8_syscall_abi_detected).
+//
+// Reading that flag takes a helper call (bpf_get_current_task_btf), which
+// this kernel does not inline: 6-26 ns on the VMs we measured, as much as
+// the rest of the probe or more (benchmarks/RESULTS.md). So where the kernel
+// lets us, the counter runs as a BTF-typed raw tracepoint (tp_btf/sys_enter,
+// syscalls_enter_btf), whose pt_regs argument is read with plain loads, and
+// the helper is called only when the answer can matter (see count_syscall).
+// The loader falls back to the raw tracepoint, which reads the flag on every
+// syscall.
 
 #include "orb8.h"
 #include "syscalls.h"
@@ -86,9 +95,16 @@
 #define KEY_UNKNOWN 0xffffffffu
 // syscall_flags bits, per (ABI, number), filled by user space; a dangerous
 // entry also holds its name's native number from bit NATIVE_SHIFT.
+// FLAG_ABI_SENSITIVE (native entries only, known or not): the i386 call of
+// this number is dangerous under another name than the native one, so a
+// call of it is never named without reading the compat flag.
 #define FLAG_KNOWN 1
 #define FLAG_DANGEROUS 2
+#define FLAG_ABI_SENSITIVE 4
 #define NATIVE_SHIFT 16
+// In a cache entry's slot, next to DANGER_BIT: FLAG_ABI_SENSITIVE of its key.
+#define SENSITIVE_BIT 0x40000000u
+#define SLOT_MASK (~(DANGER_BIT | SENSITIVE_BIT))
 
 #ifndef DANGEROUS_CAPACITY
 #define DANGEROUS_CAPACITY 4096
@@ -306,6 +322,7 @@ static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u3
 {
     u32 flags = key_flags(key);
     bool dangerous = flags & FLAG_DANGEROUS;
+    bool sensitive = flags & FLAG_ABI_SENSITIVE;
     // Numbers that name no syscall share one slot per cgroup: an attacker
     // trying 40,000 numbers takes one slot, not 40,000.
     struct syscall_pair pair = {
@@ -343,7 +360,7 @@ static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u3
 
     way->cgroup_id = cgroup_id;
     way->nr = key;
-    way->slot = slot | (dangerous ? DANGER_BIT : 0);
+    way->slot = slot | (dangerous ? DANGER_BIT : 0) | (sensitive ? SENSITIVE_BIT : 0);
 
     u64 *count = syscall_counts.lookup(&slot);
     if (count)
@@ -353,35 +370,51 @@ static __always_inline int count_slow(struct cache_entry *way, u64 cgroup_id, u3
     return 0;
 }
 
-// The key a syscall is counted under: its number in the table of the ABI it
-// entered through. Cheap on the common path: one compare, plus on x86_64 one
-// load of the current task's thread_info.status.
-static __always_inline u32 syscall_key(long id)
+// The key a syscall is counted under, before its ABI is known: its number
+// (native or x32 table), or NR_INVALID.
+static __always_inline u32 syscall_number_key(long id)
 {
-    u32 key;
-    if ((unsigned long)id < NR_TABLE) {
-        key = (u32)id;
-    } else if ((id & X32_SYSCALL_BIT) && (unsigned long)(id & ~X32_SYSCALL_BIT) < NR_TABLE) {
-        // x32: a 64-bit syscall with the x32 bit set. Kernels without x32
-        // support refuse it (ENOSYS); it is named by the x32 table anyway.
+    if ((unsigned long)id < NR_TABLE)
+        return (u32)id;
+    // x32: a 64-bit syscall with the x32 bit set. Kernels without x32
+    // support refuse it (ENOSYS); it is named by the x32 table anyway.
+    if ((id & X32_SYSCALL_BIT) && (unsigned long)(id & ~X32_SYSCALL_BIT) < NR_TABLE)
         return (ABI_X32 << ABI_SHIFT) | (u32)(id & ~X32_SYSCALL_BIT);
-    } else {
-        key = NR_INVALID;
-    }
-#ifdef ABI_STATUS_OFFSET
-    // TS_COMPAT: set by the kernel's i386 entry paths (int $0x80, sysenter,
-    // 32-bit syscall) for the duration of the call, whatever the process.
-    void *task = (void *)bpf_get_current_task_btf();
-    u32 status = *(volatile u32 *)((char *)task + ABI_STATUS_OFFSET);
-    if (status & ABI_COMPAT_FLAG)
-        key |= ABI_I386 << ABI_SHIFT;
-#endif
-    return key;
+    return NR_INVALID;
 }
 
-static __always_inline int count_syscall(long id)
+// Whether this syscall entered through an i386 entry point. TS_COMPAT: set
+// by the kernel's i386 entry paths (int $0x80, sysenter, 32-bit syscall) for
+// the duration of the call, whatever the process.
+static __always_inline bool syscall_is_compat(void)
 {
-    u32 nr = syscall_key(id);
+#ifdef ABI_STATUS_OFFSET
+    void *task = (void *)bpf_get_current_task_btf();
+    u32 status = *(volatile u32 *)((char *)task + ABI_STATUS_OFFSET);
+    return status & ABI_COMPAT_FLAG;
+#else
+    return false;
+#endif
+}
+
+// Whether pt_regs are as a 64-bit `syscall` instruction leaves them (see
+// syscalls_enter_btf): btf_regs, a BTF-typed pointer (tp_btf), is read only
+// when the answer is needed; else native_regs, worked out by the caller.
+// Both NULL/false from the raw and classic tracepoints, which then read the
+// compat flag on every call, as before.
+static __always_inline bool regs_look_native(char *btf_regs, bool native_regs)
+{
+#ifdef REGS_CX_OFFSET
+    if (btf_regs)
+        return *(volatile u64 *)(btf_regs + REGS_CX_OFFSET) ==
+               *(volatile u64 *)(btf_regs + REGS_IP_OFFSET);
+#endif
+    return native_regs;
+}
+
+static __always_inline int count_syscall(long id, char *btf_regs, bool native_regs)
+{
+    u32 nr = syscall_number_key(id);
     u32 zero = 0;
     struct cpu_cache *cache = syscall_cache.lookup(&zero);
     u64 *epoch = syscall_epoch.lookup(&zero);
@@ -397,12 +430,28 @@ static __always_inline int count_syscall(long id)
         cache->cgroup_id = cgroup_id;
     }
     struct cache_entry *way = &cache->way[nr & (CACHE_WAYS - 1)];
+#ifdef ABI_STATUS_OFFSET
+    // The compat flag is skipped only when the registers look like a 64-bit
+    // `syscall` AND this CPU already counted this cgroup's native call of
+    // this number AND that number is not ABI-sensitive. Registers can be
+    // forged (`int $0x80` with rcx set by the caller, or a tracer
+    // editing them), so a forged i386 call is then counted under the native
+    // name of its number: only for numbers whose i386 name is not a
+    // dangerous one, so no dangerous call can hide this way. x32 keys are
+    // named by their bit, as before.
+    // The registers are read last: not at all for sensitive numbers.
+    if ((nr >> ABI_SHIFT) != ABI_X32 &&
+        !(way->cgroup_id == cgroup_id && way->nr == nr && !(way->slot & SENSITIVE_BIT) &&
+          regs_look_native(btf_regs, native_regs)) &&
+        syscall_is_compat())
+        nr |= ABI_I386 << ABI_SHIFT;
+    // Same index: the ABI bits are above CACHE_WAYS.
+#endif
     if (way->cgroup_id == cgroup_id && way->nr == nr) {
         u32 slot = way->slot;
-        if (slot & DANGER_BIT) {
-            slot &= ~DANGER_BIT;
+        if (slot & DANGER_BIT)
             count_dangerous(cgroup_id, nr);
-        }
+        slot &= SLOT_MASK;
         u64 *count = syscall_counts.lookup(&slot);
         if (count) {
             (*count)++;
@@ -453,14 +502,50 @@ int syscalls_attach_tp(void *ctx)
     return bump_epoch();
 }
 
-// Preferred: raw tracepoint, TP_PROTO(struct pt_regs *regs, long id).
+#ifdef REGS_CX_OFFSET
+// Preferred where the i386 check is on: tp_btf/sys_enter, a BPF_PROG_TYPE_TRACING
+// program (loaded by exporter/kernel/attach.py: BCC has no loader for it).
+// ctx[0] is a BTF-typed struct pt_regs *, so its fields are plain loads;
+// offsets from the running kernel's BTF, like ABI_STATUS_OFFSET.
+//
+// A 64-bit `syscall` instruction saves the return address in RCX, and
+// entry_SYSCALL_64 stores it in pt_regs both as ip and as cx: cx == ip. The
+// i386 entries leave the caller's second argument in cx (ebp for a 32-bit
+// `syscall`), which is not the return address unless the caller makes it
+// so: then count_syscall's rule holds. Comparing more fields (r11 == flags,
+// cs == __USER_CS) would not stop a forger either and costs a guarded load
+// each (BTF pointer loads carry an address check), so only cx and ip are
+// read. Kernels whose entry leaves other values here only lose the shortcut.
+int syscalls_enter_btf(unsigned long long *ctx)
+{
+    return count_syscall((long)ctx[1], (char *)ctx[0], false);
+}
+
+#ifdef REGS_READ_START
+// Measured, never attached by orb8 (benchmarks/syscall_overhead.py): the same
+// shortcut from a plain raw tracepoint, whose pt_regs pointer can only be
+// read through a helper (one bpf_probe_read_kernel of the span of the fields).
+int syscalls_enter_raw_regs(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 copy[REGS_READ_LEN / 8];
+    bool native_regs = false;
+    if (bpf_probe_read_kernel(copy, sizeof(copy), (char *)ctx->args[0] + REGS_READ_START) == 0)
+        native_regs = copy[(REGS_CX_OFFSET - REGS_READ_START) / 8] ==
+                      copy[(REGS_IP_OFFSET - REGS_READ_START) / 8];
+    return count_syscall((long)ctx->args[1], NULL, native_regs);
+}
+#endif
+#endif
+
+// Raw tracepoint, TP_PROTO(struct pt_regs *regs, long id): the fallback
+// where tp_btf cannot load, and the only hook where no i386 check is needed.
 int syscalls_enter_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-    return count_syscall((long)ctx->args[1]);
+    return count_syscall((long)ctx->args[1], NULL, false);
 }
 
 // Fallback for kernels without raw tracepoint support.
 int syscalls_enter_tp(struct sys_enter_args *args)
 {
-    return count_syscall(args->id);
+    return count_syscall(args->id, NULL, false);
 }

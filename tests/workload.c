@@ -6,7 +6,15 @@
 //   NR:COUNT[:ARG0]          syscall(NR, ARG0, 0, 0, 0) COUNT times
 //   range:START:COUNT        syscall(START + i) for i in 0..COUNT-1
 //   uid:UID                  drop to UID (setresgid/setresuid; not counted)
-//   int80:NR:COUNT[:ARG0]    the i386 syscall NR through `int $0x80` (x86_64)
+//   int80:NR:COUNT[:ARG0[:NATIVE]]
+//                            the i386 syscall NR through `int $0x80` (x86_64);
+//                            with NATIVE, each call follows a native
+//                            syscall(NATIVE, 0, 0, 0, 0) (e.g. the same number:
+//                            how an attacker would prime a probe's cache)
+//   int80forged:NR:COUNT:ARG0[:NATIVE]
+//                            the same with rcx and r11 set as a 64-bit
+//                            `syscall` leaves them (rcx = the return address,
+//                            r11 = rflags)
 //   loop:NR[:ARG0]           syscall(NR, ARG0, 0, 0, 0) until SIGTERM, then
 //                            print the number of calls made and exit
 //
@@ -72,9 +80,38 @@ int main(int argc, char **argv)
             }
             continue;
         }
-        if (sscanf(argv[i], "int80:%ld:%ld:%ld", &nr, &count, &arg0) >= 2) {
+        long native = -1;
+        if (sscanf(argv[i], "int80forged:%ld:%ld:%ld:%ld", &nr, &count, &arg0, &native) >= 3) {
 #if defined(__x86_64__)
             for (long n = 0; n < count; n++) {
+                if (native >= 0)
+                    syscall(native, 0, 0, 0, 0);
+                long ret = nr;
+                // lea/pushfq/pop leave the flags as they are, so r11 holds
+                // exactly the rflags `int` saves; the stack pointer steps
+                // over the red zone first.
+                __asm__ volatile("lea -128(%%rsp), %%rsp\n\t"
+                                 "pushfq\n\t"
+                                 "pop %%r11\n\t"
+                                 "lea 128(%%rsp), %%rsp\n\t"
+                                 "lea 1f(%%rip), %%rcx\n\t"
+                                 "int $0x80\n"
+                                 "1:"
+                                 : "+a"(ret)
+                                 : "b"(arg0), "d"(0), "S"(0), "D"(0)
+                                 : "rcx", "r11", "memory");
+            }
+            continue;
+#else
+            fprintf(stderr, "int80forged needs x86_64\n");
+            return 2;
+#endif
+        }
+        if (sscanf(argv[i], "int80:%ld:%ld:%ld:%ld", &nr, &count, &arg0, &native) >= 2) {
+#if defined(__x86_64__)
+            for (long n = 0; n < count; n++) {
+                if (native >= 0)
+                    syscall(native, 0, 0, 0, 0);
                 long ret = nr;
                 __asm__ volatile("int $0x80"
                                  : "+a"(ret)

@@ -9,6 +9,7 @@ import ctypes as ct
 import errno
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,84 @@ def attach_tracepoint(bpf: Any, tracepoint: str, fn_name: str, raw: bool) -> Non
         bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
     else:
         bpf.attach_tracepoint(tp=tracepoint.encode(), fn_name=fn_name.encode())
+
+
+BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 5, 17
+BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP = 26, 23
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
+# union bpf_attr, BPF_PROG_LOAD: offsets of the fields set here (UAPI, stable).
+_LOAD_ATTR_SIZE = 128
+_LOG_BYTES = 1 << 20
+
+
+def _sys_bpf(cmd: int, attr: Any) -> int:
+    import platform
+
+    libc = ct.CDLL(None, use_errno=True)
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
+    fd = int(libc.syscall(SYS_BPF.get(machine, 321), cmd, attr, ct.sizeof(attr)))
+    if fd < 0:
+        raise OSError(ct.get_errno(), os.strerror(ct.get_errno()))
+    return fd
+
+
+class BtfTracepoint:
+    """One BPF_PROG_TYPE_TRACING program attached as tp_btf/<tracepoint>.
+
+    BCC compiles it with the rest of the probe (its maps are already in the
+    bytecode) but cannot load it: libbcc looks a TRACING program's target up
+    as a kernel function named like the program, and a BTF-typed tracepoint
+    is the typedef btf_trace_<name>. So orb8 loads the bytecode itself with
+    that typedef's BTF id and attaches it with BPF_RAW_TRACEPOINT_OPEN; the
+    kernel detaches it when the link's file descriptor closes. The program
+    joins the BCC object's own (bpf.funcs), which closes it in cleanup() and
+    lists it for the per-program counters (exporter/kernel/stats.py)."""
+
+    def __init__(self, bpf: Any, fn_name: str, btf_id: int) -> None:
+        lib = libbcc()
+        name = fn_name.encode()
+        start = lib.bpf_function_start(bpf.module, name)
+        size = lib.bpf_function_size(bpf.module, name)
+        if not start or not size:
+            raise ProbeError(f"no program {fn_name} in the compiled probe")
+        self.name = fn_name
+        self.prog_fd = self._load(bpf, name, start, size, btf_id)
+        bpf.funcs[name] = import_bcc().BPF.Function(bpf, name, self.prog_fd)
+        self.link_fd: int | None = None
+
+    @staticmethod
+    def _load(bpf: Any, name: bytes, insns: int, size: int, btf_id: int) -> int:
+        license_ = ct.create_string_buffer(libbcc().bpf_module_license(bpf.module) or b"GPL")
+        attr = ct.create_string_buffer(_LOAD_ATTR_SIZE)
+        # prog_type, insn_cnt, insns, license (bpf_attr's first fields)
+        struct.pack_into(
+            "<IIQQ", attr, 0, BPF_PROG_TYPE_TRACING, size // 8, insns, ct.addressof(license_)
+        )
+        struct.pack_into("<16s", attr, 48, name[:15])  # prog_name
+        struct.pack_into("<I", attr, 68, BPF_TRACE_RAW_TP)  # expected_attach_type
+        struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
+        try:
+            return _sys_bpf(BPF_PROG_LOAD, attr)
+        except OSError as first:
+            # Again with the verifier's log, to say why.
+            log_buf = ct.create_string_buffer(_LOG_BYTES)
+            struct.pack_into("<IIQ", attr, 24, 1, _LOG_BYTES, ct.addressof(log_buf))
+            try:
+                return _sys_bpf(BPF_PROG_LOAD, attr)
+            except OSError:
+                pass
+            lines = log_buf.value.decode(errors="replace").strip().splitlines()
+            tail = [line for line in lines if not line.startswith("processed ")][-2:]
+            raise OSError(first.errno, f"{first.strerror}: {' / '.join(tail)}") from None
+
+    def attach(self) -> None:
+        if self.link_fd is not None:
+            return
+        attr = ct.create_string_buffer(16)
+        struct.pack_into("<QI", attr, 0, 0, self.prog_fd)  # name NULL: the program's target
+        self.link_fd = _sys_bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+
+    def detach(self) -> None:
+        if self.link_fd is not None:
+            os.close(self.link_fd)
+            self.link_fd = None

@@ -85,7 +85,14 @@ class Btf:
         raise BtfError(f"struct {name} not found in BTF")
 
     def member(self, struct_id: int, member: str) -> tuple[int, int]:
-        """(byte offset, type id) of a member of a struct or union."""
+        """(byte offset, type id) of a member of a struct or union, also one
+        inside an anonymous struct or union member (pt_regs.cs since FRED)."""
+        found = self._member(struct_id, member, 0)
+        if found is None:
+            raise BtfError(f"struct {self._header(struct_id)[0]} has no member {member}")
+        return found
+
+    def _member(self, struct_id: int, member: str, depth: int) -> tuple[int, int] | None:
         name, kind, vlen, kind_flag, _ = self._header(struct_id)
         if kind not in (_KIND_STRUCT, _KIND_UNION):
             raise BtfError(f"type {struct_id} ({name}) is not a struct")
@@ -93,11 +100,32 @@ class Btf:
         for i in range(vlen):
             name_off, type_id, offset = struct.unpack_from("<III", self._data, position + 12 * i)
             bits = offset & 0xFFFFFF if kind_flag else offset
+            if name_off == 0 and depth < 8:
+                inner_id = self._resolve_typedefs(type_id)
+                if self._header(inner_id)[1] in (_KIND_STRUCT, _KIND_UNION):
+                    inner = self._member(inner_id, member, depth + 1)
+                    if inner is not None:
+                        return bits // 8 + inner[0], inner[1]
+                continue
             if self._name(name_off) == member:
                 if bits % 8:
                     raise BtfError(f"{name}.{member} is a bitfield")
                 return bits // 8, type_id
-        raise BtfError(f"struct {name} has no member {member}")
+        return None
+
+    def find_typedef(self, name: str) -> int:
+        """Type id of a typedef, e.g. btf_trace_sys_enter: the id a tp_btf
+        program names as the tracepoint it attaches to."""
+        encoded = name.encode()
+        for type_id in range(1, len(self._positions)):
+            position = self._positions[type_id]
+            name_off, info = struct.unpack_from("<II", self._data, position)
+            if (info >> 24) & 0x1F != _KIND_TYPEDEF:
+                continue
+            start = self._strings_at + name_off
+            if self._data[start : start + len(encoded) + 1] == encoded + b"\0":
+                return type_id
+        raise BtfError(f"typedef {name} not found in BTF")
 
     def size(self, type_id: int) -> int:
         """Size in bytes of an int/struct type, through typedefs and qualifiers."""

@@ -105,7 +105,7 @@ def test_landing_page_lists_probes_and_openmetrics_is_served(start_exporter):
     exporter = start_exporter()
     base = exporter.url.removesuffix("/metrics")
     page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
-    assert "syscalls" in page and "hook=raw_tracepoint" in page and "up" in page
+    assert "syscalls" in page and re.search(r"hook=(tp_btf|raw_tracepoint)", page) and "up" in page
     request = urllib.request.Request(
         exporter.url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
     )
@@ -148,7 +148,7 @@ def test_diagnose_reports_a_missing_headers_directory(tmp_path):
 def test_check_loads_every_probe_and_detaches():
     result = run_cli("check")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^OK\s+syscalls: hook=raw_tracepoint", result.stdout, re.M)
+    assert re.search(r"^OK\s+syscalls: hook=(tp_btf|raw_tracepoint)", result.stdout, re.M)
 
 
 def test_check_fails_when_a_probe_cannot_compile(tmp_path):

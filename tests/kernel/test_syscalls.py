@@ -216,3 +216,91 @@ def test_classic_tracepoint_variant_counts_exactly(cgroups, cgroup2_root, worklo
         assert values == [4321]
     finally:
         source.close()
+
+
+def test_tp_btf_hook_is_chosen_and_counts_exactly(start_exporter, cgroups, cgroup2_root, workload):
+    """Where the i386 check is on, the counter runs as tp_btf/sys_enter
+    (issue 20): getpid takes the shortcut without the compat-flag helper,
+    getppid (i386 110 is iopl, a dangerous name) never does. Both exact."""
+    from exporter.sources.syscalls import ia32_emulation
+
+    exporter = start_exporter()
+    cgroup = cgroups.make()
+    getpid = str(native_syscall_numbers()["getpid"])
+    run_workload(workload, cgroup, f"{getpid}:{N_GETPPID}", f"{GETPPID}:{N_GETPGID}")
+    samples = exporter.scrape()
+    label = rel(cgroup, cgroup2_root)
+    assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getpid") == N_GETPPID
+    assert series(samples, "orb8_syscalls_total", cgroup=label, syscall="getppid") == N_GETPGID
+    possible, why = ia32_emulation()
+    if not possible:
+        # No i386 check to spare: the plain raw tracepoint, as before.
+        assert "hook=raw_tracepoint slots" in exporter.output(), why
+        return
+    assert "hook=tp_btf slots" in exporter.output()
+    runs = "orb8_bpf_program_runs_total"
+    assert (runs, (("program", "syscalls_enter_btf"),)) in samples
+    assert (runs, (("program", "syscalls_enter_raw"),)) not in samples
+
+
+def test_raw_tracepoint_with_the_i386_check_counts_exactly(cgroups, cgroup2_root, workload):
+    """The fallback where tp_btf cannot load: the raw tracepoint reads the
+    compat flag on every call, and counts as exactly."""
+    from exporter.identity import CgroupTree, Resolver
+    from exporter.sources.syscalls.source import SyscallSource
+
+    source = SyscallSource(Resolver(CgroupTree(cgroup2_root)), 1024, 60, hook="raw_tracepoint")
+    source.start()
+    try:
+        assert source.hook == "raw_tracepoint"
+        cgroup = cgroups.make()
+        run_workload(workload, cgroup, f"{GETPPID}:4321", f"{GETPGID}:17:0")
+        families = {f.name: f for f in source.collect()}
+        label = rel(cgroup, cgroup2_root)
+        values = {
+            labels[4]: value
+            for labels, value in families["orb8_syscalls_total"].samples
+            if labels[3] == label
+        }
+        assert (values["getppid"], values["getpgid"]) == (4321, 17)
+    finally:
+        source.close()
+
+
+def test_a_refused_tp_btf_program_falls_back_to_the_raw_tracepoint(cgroups, cgroup2_root, workload):
+    """Aimed at sched_switch's BTF type, whose first argument is a bool, the
+    verifier refuses the program's pt_regs loads: the source says why and
+    counts with the raw tracepoint, exactly; forced, the same is an error."""
+    from exporter import kernel
+    from exporter.identity import CgroupTree, Resolver
+    from exporter.sources.syscalls import ia32_emulation
+    from exporter.sources.syscalls.source import SyscallSource
+
+    if not ia32_emulation()[0]:
+        # No i386 check to spare: tp_btf is never tried (see the test above).
+        return
+    wrong = "btf_trace_sched_switch"
+    forced = SyscallSource(
+        Resolver(CgroupTree(cgroup2_root)), 1024, 60, hook="tp_btf", tp_btf_target=wrong
+    )
+    with pytest.raises(kernel.ProbeError, match="tp_btf/sys_enter"):
+        forced.start()
+    source = SyscallSource(Resolver(CgroupTree(cgroup2_root)), 1024, 60, tp_btf_target=wrong)
+    source.start()
+    try:
+        assert source.hook == "raw_tracepoint"
+        assert source.summary().startswith("hook=raw_tracepoint (tp_btf refused: ")
+        cgroup = cgroups.make()
+        run_workload(workload, cgroup, f"{GETPPID}:1234")
+        families = {f.name: f for f in source.collect()}
+        label = rel(cgroup, cgroup2_root)
+        values = {
+            labels[4]: value
+            for labels, value in families["orb8_syscalls_total"].samples
+            if labels[3] == label
+        }
+        assert values["getppid"] == 1234
+        programs = {p for (p,), _ in families["orb8_bpf_program_runs_total"].samples}
+        assert "syscalls_enter_raw" in programs and "syscalls_enter_btf" not in programs
+    finally:
+        source.close()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import platform
 import struct
+import subprocess
 
 import pytest
 
 from exporter.kernel.btf import Btf, BtfError
 from exporter.sources.syscalls import abi_status_offset
+from exporter.sources.syscalls.names import regs_layout
 from tests.helpers import bpftool_structs
 
 
@@ -66,3 +68,41 @@ def test_struct_sizes_match_bpftool():
     assert {name: btf.struct_size(name) for name in names} == {
         name: size for name, (size, _) in bpftool_structs(names).items()
     }
+
+
+def test_pt_regs_layout_for_tp_btf_matches_bpftool():
+    """The fields the tp_btf hook compares and the sys_enter typedef id, as
+    bpftool reads them."""
+    layout, detail = regs_layout()
+    if platform.machine() not in ("x86_64", "amd64"):
+        assert layout is None and "no pt_regs shortcut" in detail
+        return
+    assert layout is not None, detail
+    members = bpftool_structs({"pt_regs"})["pt_regs"][1]
+    for field in ("cx", "ip"):
+        assert members[field] == layout.offsets[field] * 8, field
+    text = subprocess.check_output(
+        ["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"], text=True
+    )
+    typedef = [line for line in text.splitlines() if " TYPEDEF 'btf_trace_sys_enter' " in line]
+    assert [layout.sys_enter_btf_id] == [int(line.split("]")[0].strip("[")) for line in typedef]
+
+
+def test_members_inside_anonymous_unions_are_found():
+    """struct s {u32 a; union {u32 b; u32 c;};}: c at byte 4."""
+    strings = b"\0u32\0s\0a\0b\0c\0"
+
+    def off(name: bytes) -> int:
+        return strings.index(name + b"\0")
+
+    types = struct.pack("<III", off(b"u32"), 1 << 24, 4) + struct.pack("<I", 32)  # 1: u32
+    types += struct.pack("<III", 0, (5 << 24) | 2, 4)  # 2: anonymous union
+    types += struct.pack("<III", off(b"b"), 1, 0) + struct.pack("<III", off(b"c"), 1, 0)
+    types += struct.pack("<III", off(b"s"), (4 << 24) | 2, 8)  # 3: struct s
+    types += struct.pack("<III", off(b"a"), 1, 0) + struct.pack("<III", 0, 2, 32)
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    btf = Btf(header + types + strings)
+    assert btf.offset_of("s.c") == (4, 4)
+    assert btf.offset_of("s.a") == (0, 4)
+    with pytest.raises(BtfError, match="has no member d"):
+        btf.offset_of("s.d")

@@ -110,3 +110,34 @@ def test_whether_the_kernel_can_run_i386_syscalls(config, cmdline, possible):
     from exporter.sources.syscalls import ia32_emulation
 
     assert ia32_emulation(config, cmdline)[0] is possible
+
+
+def test_abi_sensitive_numbers_are_those_whose_i386_name_is_another_dangerous_call():
+    """syscall_flags' FLAG_ABI_SENSITIVE (bpf/syscalls.c): the tp_btf hook
+    never names these without the compat flag."""
+    from exporter.sources.syscalls.names import abi_tables
+    from exporter.sources.syscalls.settings import DEFAULT_DANGEROUS_SYSCALLS
+    from exporter.sources.syscalls.source import (
+        FLAG_ABI_SENSITIVE,
+        FLAG_DANGEROUS,
+        FLAG_KNOWN,
+        NATIVE_SHIFT,
+        syscall_flags,
+    )
+
+    tables = abi_tables("x86_64")
+    native = {name: nr for nr, name in tables[0].items()}
+    flags = syscall_flags(tables, set(DEFAULT_DANGEROUS_SYSCALLS), native)
+    sensitive = {nr for nr in range(1024) if flags.get(nr, 0) & FLAG_ABI_SENSITIVE}
+    # i386 110 iopl, 26 ptrace, 21 mount, 346 setns (no x86_64 346), 101 ioperm
+    # (x86_64 101 is ptrace: dangerous in both, under other names).
+    assert {110, 26, 21, 346, 101} <= sensitive
+    # i386 20 getpid, 39 mkdir: harmless; 425 io_uring_setup: the same name in both.
+    assert not {20, 39, 425, 0, 1, 202} & sensitive
+    assert flags[346] == FLAG_ABI_SENSITIVE  # not a native syscall: still unknown
+    assert flags[110] == FLAG_KNOWN | FLAG_ABI_SENSITIVE  # getppid: not dangerous itself
+    i386_ptrace = 1 * 1024 + 26
+    assert flags[i386_ptrace] == FLAG_KNOWN | FLAG_DANGEROUS | native["ptrace"] << NATIVE_SHIFT
+    # Without the i386 table (other architectures) nothing is sensitive.
+    arm = syscall_flags({0: tables[0]}, set(DEFAULT_DANGEROUS_SYSCALLS), native)
+    assert not any(value & FLAG_ABI_SENSITIVE for value in arm.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.kernel.btf import VMLINUX, Btf, BtfError
@@ -114,3 +115,40 @@ def abi_status_offset(
     if size != 4:
         return None, f"i386 syscalls cannot be told apart (thread_info.status is {size} bytes)"
     return offset, f"i386 calls detected via thread_info.status at offset {offset} (kernel BTF)"
+
+
+# The pt_regs fields tp_btf/sys_enter compares (bpf/syscalls.c, syscalls_enter_btf)
+# and their possible sizes.
+REGS_FIELDS = {"cx": (8,), "ip": (8,)}
+SYS_ENTER_BTF = "btf_trace_sys_enter"
+
+
+@dataclass(frozen=True)
+class RegsLayout:
+    """What the tp_btf hook needs from the running kernel's BTF."""
+
+    offsets: dict[str, int]  # pt_regs field -> byte offset
+    sys_enter_btf_id: int  # the btf_trace_sys_enter typedef
+
+    def defines(self) -> dict[str, int]:
+        return {f"REGS_{field.upper()}_OFFSET": offset for field, offset in self.offsets.items()}
+
+
+def regs_layout(
+    btf_path: Path = VMLINUX, machine: str | None = None, target: str = SYS_ENTER_BTF
+) -> tuple[RegsLayout | None, str]:
+    """The pt_regs offsets and the BTF id of `target` (the sys_enter typedef;
+    tests name another to see the kernel refuse the program), or (None, why not)."""
+    if _arch(machine) != "x86_64":
+        return None, f"no pt_regs shortcut on {_arch(machine)}"
+    try:
+        btf = Btf.from_file(btf_path)
+        offsets = {}
+        for field, sizes in REGS_FIELDS.items():
+            offset, found = btf.offset_of(f"pt_regs.{field}")
+            if found not in sizes:
+                return None, f"pt_regs.{field} is {found} bytes"
+            offsets[field] = offset
+        return RegsLayout(offsets, btf.find_typedef(target)), "pt_regs from kernel BTF"
+    except BtfError as e:
+        return None, f"no usable kernel BTF for tp_btf/sys_enter: {e}"

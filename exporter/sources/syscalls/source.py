@@ -1,8 +1,11 @@
 """Syscalls per cgroup, counted exactly in the kernel; dangerous ones also as evidence.
 
-Hooks: raw tracepoint sys_enter (classic raw_syscalls:sys_enter as fallback)
-counts; sched_switch and cgroup_attach_task keep the per-CPU cgroup id cache
-honest (see bpf/syscalls.c). Program bpf/syscalls.c.
+Hooks: tp_btf/sys_enter counts where the i386 check is on and the kernel
+loads it (it reads pt_regs without a helper, see bpf/syscalls.c), else the
+raw tracepoint sys_enter (classic raw_syscalls:sys_enter as the last
+fallback); `hook=` in `orb8 diagnose`, `orb8 check` and the start-up log
+says which, and why not tp_btf. sched_switch and cgroup_attach_task keep
+the per-CPU cgroup id cache honest. Program bpf/syscalls.c.
 
 Metrics: orb8_syscalls_total{namespace,pod,container,cgroup,syscall};
 orb8_dangerous_syscalls_total{...,syscall} (attempts, exact, orb8 itself and
@@ -21,7 +24,9 @@ cgroup="<overflow>", and their evidence names the cgroup.
 
 Overhead: no helper call and three inlined array lookups per syscall on the
 hot path, plus one array store per context switch (see bpf/syscalls.c and
-benchmarks/RESULTS.md). A collect
+benchmarks/RESULTS.md); the i386 check adds one helper call on calls that
+need it (all of them on the raw tracepoint; with tp_btf only those whose
+registers or number call for it: docs/metrics.md, "ABIs"). A collect
 reads the slot hash and the used prefix of the per-CPU counts array with
 batch operations: a handful of syscalls, whatever the number of series.
 
@@ -87,11 +92,14 @@ from exporter.sources.syscalls.maps import EXCLUDED_CAPACITY, NR_TABLE
 from exporter.sources.syscalls.names import (
     ABI_SHIFT,
     ABIS,
+    SYS_ENTER_BTF,
+    RegsLayout,
     _arch,
     abi_status_offset,
     abi_tables,
     ia32_emulation,
     native_syscall_numbers,
+    regs_layout,
     syscall_namer,
 )
 from exporter.sources.syscalls.settings import DEFAULT_DANGEROUS_SYSCALLS
@@ -106,7 +114,8 @@ BUCKETS_MAP = "dangerous_buckets"
 OVERFLOW = Identity(cgroup="<overflow>")
 NATIVE_SHIFT = 16  # syscall_flags: a dangerous key's native number (bpf/syscalls.c)
 KEY_UNKNOWN = 0xFFFFFFFF  # numbers no table names, one key per cgroup
-FLAG_KNOWN, FLAG_DANGEROUS = 1, 2
+FLAG_KNOWN, FLAG_DANGEROUS, FLAG_ABI_SENSITIVE = 1, 2, 4
+I386 = 1  # ABI index of the i386 table (bpf/syscalls.c)
 TS_COMPAT = 0x0002  # arch/x86/include/asm/thread_info.h, unchanged since 2.6
 # ringbuf_stats indices (enum ringbuf_stat in bpf/syscalls.c)
 RB_WRITTEN, RB_DROPPED, RB_SAMPLED, RB_PEAK = 0, 1, 2, 3
@@ -169,10 +178,14 @@ class SyscallSource:
         deleted_pod_grace: float | None = None,
         security: SecurityOptions | None = None,
         abi_detection: bool = True,
+        tp_btf_target: str = SYS_ENTER_BTF,
     ) -> None:
-        """hook: "auto" feature-probes the kernel; "raw_tracepoint" or
-        "tracepoint" forces a variant (tests exercise the fallback this way).
-        abi_detection=False leaves the compat flag unread (benchmarks)."""
+        """hook: "auto" feature-probes the kernel; "tp_btf", "raw_tracepoint"
+        or "tracepoint" forces a variant (tests exercise the fallbacks this
+        way; a forced "tp_btf" that cannot load is an error, not a fallback).
+        abi_detection=False leaves the compat flag unread (benchmarks).
+        tp_btf_target: the BTF typedef the tp_btf program attaches to (tests
+        name another tracepoint's to exercise the kernel's refusal)."""
         self.resolver = resolver
         self.requested_hook = hook
         self.bpf_dir = bpf_dir
@@ -200,6 +213,11 @@ class SyscallSource:
             forget_after=self.security.baseline_forget_after,
         )
         self.hook = ""
+        self.hook_detail = ""  # why tp_btf is not the hook, where it is not
+        # -D options of measured-only program variants (benchmarks/).
+        self.extra_defines: dict[str, Any] = {}
+        self.tp_btf_target = tp_btf_target
+        self._enter_btf: attach.BtfTracepoint | None = None
         self._bpf: Any = None
         # The kernel maps (BpfMaps once started); tests hand in an
         # in-memory stand-in through use_maps().
@@ -234,7 +252,9 @@ class SyscallSource:
 
     def summary(self) -> str:
         return (
-            f"hook={self.hook or 'none'} slots={self.capacity} "
+            f"hook={self.hook or 'none'}"
+            + (f" ({self.hook_detail})" if self.hook_detail else "")
+            + f" slots={self.capacity} "
             f"dangerous={len(self.dangerous_numbers)} "
             f"dangerous_slots={self.security.dangerous_slots} "
             f"evidence={self.security.evidence_rate:g}/s burst {self.security.evidence_burst} "
@@ -243,9 +263,14 @@ class SyscallSource:
         )
 
     def start(self) -> None:
+        if self.requested_hook not in ("auto", "tp_btf", "raw_tracepoint", "tracepoint"):
+            raise ValueError(f"unknown syscalls hook {self.requested_hook!r}")
         self.hook = (
-            attach.choose_sys_enter_hook() if self.requested_hook == "auto" else self.requested_hook
+            attach.choose_sys_enter_hook()
+            if self.requested_hook in ("auto", "tp_btf")
+            else self.requested_hook
         )
+        self.hook_detail = ""
         defines = {
             "SLOT_CAPACITY": self.capacity,
             "DANGEROUS_CAPACITY": self.security.dangerous_slots,
@@ -269,16 +294,22 @@ class SyscallSource:
             else:
                 defines["ABI_STATUS_OFFSET"] = self.abi_offset
                 defines["ABI_COMPAT_FLAG"] = TS_COMPAT
+        layout = self._plan_tp_btf(defines)
+        defines.update(self.extra_defines)
         bpf = compiler.compile_probe("syscalls", defines, self.headers, self.bpf_dir)
         try:
             self._configure(bpf)
             # Cache invalidation hooks first, then the counter itself.
             raw = self.hook == "raw_tracepoint"
-            for tracepoint, fn_name in HOOKS[raw]:
+            *invalidation, (enter_tracepoint, enter_fn) = HOOKS[raw]
+            for tracepoint, fn_name in invalidation:
                 attach.attach_tracepoint(bpf, tracepoint, fn_name, raw)
+            if layout is None or not self._attach_tp_btf(bpf, layout.sys_enter_btf_id):
+                attach.attach_tracepoint(bpf, enter_tracepoint, enter_fn, raw)
             self._read_event = record_reader(bpf, "dangerous_events", "evidence record")
             open_ring_buffer(bpf, "dangerous_events", self._on_event)
         except Exception as e:
+            self._close_tp_btf()
             bpf.cleanup()
             raise kernel.ProbeError(f"attaching syscalls probe ({self.hook}) failed: {e}") from e
         self._bpf = bpf
@@ -289,6 +320,60 @@ class SyscallSource:
         )
         self._evidence_thread.start()
         log.info("syscalls probe attached: %s", self.summary())
+
+    def _plan_tp_btf(self, defines: dict[str, Any]) -> RegsLayout | None:
+        """Whether to count with tp_btf/sys_enter (bpf/syscalls.c,
+        syscalls_enter_btf): only where it saves something, i.e. where the
+        i386 check is compiled in, and raw tracepoints exist."""
+        forced = self.requested_hook == "tp_btf"
+        why = ""
+        if self.requested_hook not in ("auto", "tp_btf"):
+            return None
+        if self.hook != "raw_tracepoint":
+            why = "no raw tracepoints"
+        elif "ABI_STATUS_OFFSET" not in defines:
+            why = "no i386 check to spare"
+        if why and forced:
+            raise kernel.ProbeError(f"hook tp_btf requested, but {why}")
+        if why:
+            return None
+        layout, detail = regs_layout(target=self.tp_btf_target)
+        if layout is None:
+            if forced:
+                raise kernel.ProbeError(f"hook tp_btf requested, but {detail}")
+            self.hook_detail = f"tp_btf unusable: {detail}"
+            log.warning("syscalls probe: %s; the i386 check runs on every syscall", detail)
+            return None
+        defines.update(layout.defines())
+        return layout
+
+    def _attach_tp_btf(self, bpf: Any, btf_id: int) -> bool:
+        """Load and attach syscalls_enter_btf; False (logged) if this kernel
+        refuses it and the raw tracepoint is to be used instead."""
+        try:
+            self._enter_btf = attach.BtfTracepoint(bpf, "syscalls_enter_btf", btf_id)
+            self._enter_btf.attach()
+        except OSError as e:
+            self._close_tp_btf()
+            unused = bpf.funcs.pop(b"syscalls_enter_btf", None)  # loaded, refused at attach
+            if unused is not None:
+                os.close(unused.fd)
+            if self.requested_hook == "tp_btf":
+                raise kernel.ProbeError(f"tp_btf/sys_enter: {e}") from e
+            self.hook_detail = f"tp_btf refused: {e}"
+            log.warning(
+                "syscalls probe: tp_btf/sys_enter could not load (%s); the raw tracepoint "
+                "checks the i386 flag on every syscall",
+                e,
+            )
+            return False
+        self.hook = "tp_btf"
+        return True
+
+    def _close_tp_btf(self) -> None:
+        if self._enter_btf is not None:
+            self._enter_btf.detach()  # the program itself is closed with the BCC object
+            self._enter_btf = None
 
     def _configure(self, bpf: Any) -> None:
         """Fill the maps the programs read before they are attached."""
@@ -301,16 +386,9 @@ class SyscallSource:
         maps.put("syscall_epoch", 0, 1)
         dangerous = set(self.security.dangerous)
         native = native_syscall_numbers()
-        for abi, table in abi_tables().items():
-            for nr, name in table.items():
-                if nr >= NR_TABLE:
-                    raise kernel.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
-                value = FLAG_KNOWN
-                if name in dangerous:
-                    # Counted under its native number, whatever the ABI: one
-                    # dangerous_counts entry per (cgroup, name).
-                    value |= FLAG_DANGEROUS | native[name] << NATIVE_SHIFT
-                maps.put("syscall_flags", abi * NR_TABLE + nr, value)
+        flags = syscall_flags(abi_tables(), dangerous, native)
+        for index, value in sorted(flags.items()):
+            maps.put("syscall_flags", index, value)
         if self.security.exclude_self:
             maps.put("dangerous_config", 0, os.getpid())
             directory = own_cgroup(self.resolver.tree.root)
@@ -392,6 +470,7 @@ class SyscallSource:
             self._log_evidence(event, self.resolver.resolve(event.cgroup_id, seen_at).identity)
         self._maps = None
         if self._bpf is not None:
+            self._close_tp_btf()
             self._bpf.cleanup()
             self._bpf = None
         self.baselines.save()
@@ -799,6 +878,33 @@ def _is_empty(root: Path, path: str | None, cgroup_id: int) -> bool:
     except (OSError, ValueError):
         return False
     return "populated 0" in events.splitlines()
+
+
+def syscall_flags(
+    tables: dict[int, dict[int, str]], dangerous: set[str], native: dict[str, int]
+) -> dict[int, int]:
+    """syscall_flags entries (bpf/syscalls.c), index = ABI * NR_TABLE + number.
+
+    FLAG_ABI_SENSITIVE marks the native numbers whose i386 call is a
+    dangerous syscall of another name: the tp_btf hook never counts those
+    without reading the compat flag (a caller can forge the registers that
+    let it skip the read), so a forged i386 call can only be misnamed as a
+    native call of the same number when its i386 name is not dangerous."""
+    flags: dict[int, int] = {}
+    for abi, table in tables.items():
+        for nr, name in table.items():
+            if nr >= NR_TABLE:
+                raise kernel.ProbeError(f"syscall {name} ({nr}) is beyond the kernel table")
+            value = FLAG_KNOWN
+            if name in dangerous:
+                # Counted under its native number, whatever the ABI: one
+                # dangerous_counts entry per (cgroup, name).
+                value |= FLAG_DANGEROUS | native[name] << NATIVE_SHIFT
+            flags[abi * NR_TABLE + nr] = value
+    for nr, name in tables.get(I386, {}).items():
+        if name in dangerous and tables[0].get(nr) != name:
+            flags[nr] = flags.get(nr, 0) | FLAG_ABI_SENSITIVE
+    return flags
 
 
 def _foreign_processes(pids: list[int], proc: Path = Path("/proc")) -> list[int]:
