@@ -48,10 +48,15 @@ IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
-    """A CoreV1Api factory from --kubeconfig or the in-cluster service account, or None."""
-    from kubernetes import client, config
+    """A CoreV1Api factory from --kubeconfig or the in-cluster service account, or None.
 
+    The kubernetes client is imported only when one of those is there: it
+    brings requests, oauthlib, pydantic and jsonschema along, ~15 MiB of
+    RssAnon that a plain-host run never uses (benchmarks/RESULTS.md, issue 20).
+    """
     if settings.kubeconfig is not None:
+        from kubernetes import client, config
+
         path = str(settings.kubeconfig)
 
         def from_kubeconfig() -> Any:
@@ -59,6 +64,7 @@ def kubernetes_api_factory(settings: Settings) -> Callable[[], Any] | None:
 
         return from_kubeconfig
     if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
+        from kubernetes import client, config
 
         def in_cluster() -> Any:
             configuration = client.Configuration()
