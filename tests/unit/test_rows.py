@@ -447,3 +447,99 @@ def test_concurrent_renders_and_collects_each_write_their_own_snapshot():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# --- orb8_dangerous_syscalls_total from kernel rows ----------------------------------
+
+
+def dangerous_reference(identities, rows, carried, overflow, present, shown):
+    """The former per-row collect: sum per (identity, key), then per name, hidden left out."""
+    name = syscall_namer()
+    series: dict[tuple[Identity, int], int] = defaultdict(int)
+    for key, (value,) in carried.items(present):
+        series[key] += value
+    for cgroup_id, key, count in rows:
+        series[(identities[cgroup_id], key)] += count
+    series.update(overflow)
+    named: dict[tuple[str, ...], float] = defaultdict(int)
+    for (identity, key), value in series.items():
+        if shown(identity):
+            named[(*identity, name(key))] += value
+    return {labels: float(value) for labels, value in named.items()}
+
+
+def test_dangerous_rows_match_the_former_collect_through_relabels_carries_and_overflow():
+    """Random dangerous_counts reads over 30 collects: identities relabelled,
+    cgroups retired (counts carried), an overflow row, an i386 key named as
+    its native call, allowlisted identities hidden; the rows' samples equal
+    the former per-row collect's and each render is prometheus_client's."""
+    from exporter.sources.syscalls.counts import NamedCounts
+
+    rng = random.Random(11)
+    counts, _ = counts_source(Clock(), {})
+    dangerous = NamedCounts(
+        "orb8_dangerous_syscalls_total", "Dangerous.", LABELS, counts.names, counts.name_of_key
+    )
+    overflow_identity = Identity(cgroup="<overflow>")
+    hidden = Identity("kube-system", "allowed-0", "agent", "")
+    who = [
+        Identity(cgroup="/system.slice/a.service"),
+        Identity("ns", "web-1", 'q"uote\\', ""),
+        Identity("", "", "", "/\ud800odd"),
+        hidden,
+        UNRESOLVED,
+    ]
+
+    def shown(identity: Identity) -> bool:
+        return identity != hidden
+
+    keys = [NR["ptrace"], NR["unshare"], (1 << 16) | 26, KEY_UNKNOWN]
+    renderer, carried = Renderer(), CarriedCounts()
+    entries: dict[tuple[int, int], int] = {}
+    identities: dict[int, Identity] = {}
+    for step in range(30):
+        for cgroup_id in range(1, 7):
+            identities.setdefault(cgroup_id, rng.choice(who))
+        if rng.random() < 0.3:
+            identities[rng.randrange(1, 7)] = rng.choice(who)
+        for _ in range(rng.randrange(0, 6)):
+            key = (rng.randrange(1, 7), rng.choice(keys))
+            entries[key] = entries.get(key, 0) + rng.choice([1, 3, 2**53 + 1])
+        if rng.random() < 0.2:
+            gone = rng.randrange(1, 7)
+            for key in [k for k in entries if k[0] == gone]:
+                carried.add((identities[gone], key[1]), entries.pop(key))
+        overflow = {(overflow_identity, NR["ptrace"]): step} if step % 3 else {}
+        now = {c: identities[c] for c, _ in entries}
+        present = set(now.values())
+        cgroup_ids, nrs, values = rows_of(entries)
+        extra = [*((k, v) for k, (v,) in carried.items(present)), *overflow.items()]
+        family = dangerous.update(now, cgroup_ids, nrs, values, extra, present, shown)
+        want = dangerous_reference(
+            now, [(c, k, v) for (c, k), v in entries.items()], carried, overflow, present, shown
+        )
+        assert dict(family.samples) == {
+            tuple(map(_safe, labels)): value for labels, value in want.items()
+        }, step
+        for form in (TEXT, OPENMETRICS):
+            assert rendered(renderer, [family], form) == expected([plain(family)], form), step
+    assert any(labels[3] == "<overflow>" for labels, _ in family.samples)
+
+
+def test_the_syscalls_source_exports_dangerous_calls_as_rows(tmp_path):
+    from tests.bpf_maps import InMemoryMaps
+    from tests.unit.test_source_seams import Clock as SeamClock
+    from tests.unit.test_source_seams import cgroup, syscalls_source, value
+
+    maps = InMemoryMaps()
+    source = syscalls_source(tmp_path, SeamClock(), maps)
+    service = cgroup(tmp_path, 'odd"name\\.service')
+    maps.set("dangerous_counts", [2, 0], cgroup_id=service, nr=NR["ptrace"])
+    maps.set("dangerous_overflow", [5, 2], index=NR["ptrace"])
+    families = source.collect()
+    (family,) = [f for f in families if f.name == "orb8_dangerous_syscalls_total"]
+    assert isinstance(family, RowFamily)
+    assert value(families, family.name, cgroup='/odd"name\\.service', syscall="ptrace") == 2
+    assert value(families, family.name, cgroup="<overflow>", syscall="ptrace") == 5
+    for form in (TEXT, OPENMETRICS):
+        assert rendered(Renderer(), [family], form) == expected([plain(family)], form)
