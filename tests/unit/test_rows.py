@@ -543,3 +543,84 @@ def test_the_syscalls_source_exports_dangerous_calls_as_rows(tmp_path):
     assert value(families, family.name, cgroup="<overflow>", syscall="ptrace") == 5
     for form in (TEXT, OPENMETRICS):
         assert rendered(Renderer(), [family], form) == expected([plain(family)], form)
+
+
+# --- orb8_flow_*_total and orb8_active_flows from the flow ledger -------------------
+
+
+def flow_reference(series, active) -> list[MetricFamily]:
+    """The former per-row flow families, from the ledger's sums."""
+    from exporter.model import IDENTITY_LABELS
+    from exporter.sources.network.source import DIRECTIONS, PEER_LABELS, PROTOCOLS, _name
+
+    labels = (*IDENTITY_LABELS, "direction", "protocol", *PEER_LABELS)
+    flow_bytes = MetricFamily("orb8_flow_bytes_total", "counter", "", labels)
+    flow_packets = MetricFamily("orb8_flow_packets_total", "counter", "", labels)
+    for (identity, (direction, protocol, peer)), (nbytes, npackets) in series.items():
+        values = (
+            *identity,
+            _name(DIRECTIONS, direction),
+            _name(PROTOCOLS, protocol),
+            peer.namespace,
+            peer.pod,
+            peer.peer_class,
+        )
+        flow_bytes.add(values, nbytes)
+        flow_packets.add(values, npackets)
+    active_flows = MetricFamily("orb8_active_flows", "gauge", "", IDENTITY_LABELS)
+    for identity, count in active.items():
+        active_flows.add(identity, count)
+    return [flow_bytes, flow_packets, active_flows]
+
+
+def test_flow_rows_match_the_former_families_through_peers_evictions_and_relabels(tmp_path):
+    """A random flow map over 30 collects (peers come and go, entries are
+    evicted, cgroups relabelled, odd names): the flow families are rows
+    whose samples equal the former per-row families' and whose renders are
+    prometheus_client's, the renumbering of the interners included."""
+    from tests.bpf_maps import InMemoryMaps
+    from tests.unit.test_network_flows import World
+    from tests.unit.test_source_seams import Clock as SeamClock
+    from tests.unit.test_source_seams import network_source
+
+    rng = random.Random(8)
+    source = network_source(tmp_path, SeamClock(), InMemoryMaps())
+    source._flow_rows.SLACK = 0
+    world = World(peer_limit=2)
+    world.pods = {f"198.18.0.{i}": ("ns", f"peer-{i}") for i in range(1, 5)}
+    who = [
+        Identity("shop", "web", "app", ""),
+        Identity("shop", "db", 'q"uote\\', ""),
+        Identity(cgroup="/system.slice/\ud800odd.service"),
+        UNRESOLVED,
+    ]
+    renderer = Renderer()
+    for step in range(30):
+        world.identities = {c: world.identities.get(c) or rng.choice(who) for c in range(1, 5)}
+        if rng.random() < 0.3:
+            world.identities[rng.randrange(1, 5)] = rng.choice(who)
+        for _ in range(rng.randrange(1, 6)):
+            address = rng.choice([*world.pods, "203.0.113.9", "127.0.0.1"])
+            world.kernel.add(rng.randrange(1, 5), address, rng.randrange(1, 10**6))
+        if rng.random() < 0.3 and world.kernel.entries:  # the LRU evicts one
+            del world.kernel.entries[rng.choice(sorted(world.kernel.entries))]
+        if step % 7 == 6:  # a peer pod goes, another comes
+            world.pods.pop(rng.choice(sorted(world.pods)), None)
+            world.pods[f"198.18.1.{step}"] = ("ns", f"new-{step}")
+        world.collect()
+        source._ledger = world.ledger
+        renumbered = step % 5 == 4
+        if renumbered:  # as when many identities or peers are gone: new numbers
+            source._flow_rows.prune(0, 0)
+            assert len(source._flow_rows.keys) == 0
+        families = source._flow_families(world.identities)
+        assert all(isinstance(f, RowFamily) for f in families)
+        reference = flow_reference(*world.ledger.series(world.identities))
+        for family, want in zip(families, reference, strict=True):
+            assert family.name == want.name
+            assert sorted(family.samples) == sorted(want.samples), (step, family.name)
+        for form in (TEXT, OPENMETRICS):
+            assert rendered(renderer, families, form) == expected(
+                [plain(f) for f in families], form
+            ), step
+    assert len(source._flow_rows.keys) > 0
