@@ -15,10 +15,11 @@ one; when series have gone it is rebuilt from those just written, so deleted
 pods' prefixes go with their series. It costs memory: ~25 MiB of RssAnon at
 52,000 series (benchmarks/RESULTS.md), the price of the 10x.
 
-A RowFamily (exporter/rows.py: the syscall and network traffic families)
-skips that cache: its layout keeps each row's prefix and formatted value
-between collects, so a scrape formats only the values that changed and
-re-joins only the chunks of CHUNK_ROWS rows that hold them (row_chunks).
+A RowFamily (exporter/rows.py: the syscall, dangerous, network traffic
+and flow families) skips that cache: its layout keeps its text between
+collects in chunks of CHUNK_ROWS rows, deflated only, so a scrape formats
+only the values that changed and rewrites only the chunks that hold them
+(row_chunks); unchanged chunks go into a gzip body as they are.
 
 Byte identity with prometheus_client (classic text 0.0.4 and OpenMetrics
 1.0) is tested in tests/unit/test_exposition.py on a fixture of the odd
@@ -42,6 +43,7 @@ import numpy as np
 from prometheus_client import exposition, openmetrics
 
 from exporter.model import MetricFamily
+from exporter.outputs.gzipped import Deflated, Piece, plain
 from exporter.rows import RowFamily
 
 TEXT = "text"
@@ -182,14 +184,13 @@ class Renderer:
         The OpenMetrics "# EOF" is not written: the caller appends the rest
         of the registry (process_*) and that encoder ends the body.
         """
-        return b"".join(self.pieces(families, form)).decode()
+        return plain(self.pieces(families, form)).decode()
 
-    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[bytes]:
-        """render()'s text, UTF-8, in pieces; a RowFamily's unchanged chunks are
-        the same bytes objects from one scrape to the next (gzip keeps their
-        compressed form by them)."""
+    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[Piece]:
+        """render()'s text, UTF-8, in pieces (gzipped.plain joins them); a
+        RowFamily's are its deflated chunks (gzip splices them as they are)."""
         with self._lock:  # text and OpenMetrics scrapes at once: one cache, one writer
-            out: list[bytes] = []
+            out: list[Piece] = []
             seen: set[tuple[str, tuple[str, ...]]] = set()
             text: list[str] = []  # headers and plain families, encoded together
             for family in families:
@@ -242,66 +243,104 @@ CHUNK_ROWS = 512
 
 
 def render_rows(family: RowFamily) -> str:
-    """The sample lines of a RowFamily, as _samples() writes them for its samples.
+    """The sample lines of a RowFamily, as _samples() writes them for its samples."""
+    return plain(row_chunks(family)).decode()
 
-    Kept in the layout's columns, per family name: each row's prefix, the
-    bits of the value last formatted and its text, and the joined text of
-    each chunk of CHUNK_ROWS rows. A scrape formats the values that changed
-    (compared bit for bit: -0.0 and NaN payloads keep their own text) and
-    re-joins their chunks; a new layout carries prefixes and texts over from
-    the previous one by row.
+
+def row_chunks(family: RowFamily) -> list[Deflated]:
+    """A RowFamily's sample lines in chunks of CHUNK_ROWS rows, kept deflated.
+
+    Kept in the layout's columns, per family name: the bits of each row's
+    value as last written (compared bit for bit: -0.0 and NaN payloads keep
+    their own text) and the chunks, deflated only (exporter/outputs/gzipped.py:
+    the text of 53,000 rows held as Python strings was ~17 MiB). A scrape
+    formats the values that changed and rewrites their chunks: inflated,
+    the changed rows' values replaced after their prefix (the line up to
+    its last space: a label value's spaces come before, a value has none),
+    deflated again. A new layout takes the lines of the rows it keeps from
+    the previous layout's chunks, and builds prefixes for new rows only.
     """
-    return b"".join(row_chunks(family)).decode()
-
-
-def row_chunks(family: RowFamily) -> list[bytes]:
     layout = family.layout
     n = len(layout)
     if n == 0:
         return []
-    bits = np.ascontiguousarray(family.values, dtype=np.float64).view(np.int64)
+    values = np.ascontiguousarray(family.values, dtype=np.float64)
+    bits = values.view(np.int64)
+    key_bits, key_chunks = ("bits", family.name), ("chunks", family.name)
     columns = layout.columns
-    key_prefix, key_text, key_bits, key_chunks = (
-        (kind, family.name) for kind in ("prefix", "text", "bits", "chunks")
-    )
     with layout.lock:
-        prefixes = columns.get(key_prefix)
-        if prefixes is None:
-            prefixes = layout.carried(key_prefix, None)
-            if prefixes is None:
-                prefixes, missing = np.full(n, None, dtype=object), np.arange(n)
-            else:
-                missing = np.flatnonzero(layout.fresh())
-            if len(missing):
-                build = _prefix_builder(family)
-                prefixes[missing] = [build(values) for values in layout.labels[missing].tolist()]
-            columns[key_prefix] = prefixes
-        texts = columns.get(key_text)
-        if texts is None:
-            texts = layout.carried(key_text, None)
-            shown = layout.carried(key_bits, 0)
-            if texts is None or shown is None:
-                texts, shown = np.full(n, None, dtype=object), np.zeros(n, dtype=np.int64)
-                stale = np.ones(n, dtype=bool)
-            else:
-                stale = layout.fresh() | (shown != bits)
-            columns[key_text], columns[key_bits] = texts, shown
-            chunks: list[bytes | None] = [None] * ((n + CHUNK_ROWS - 1) // CHUNK_ROWS)
-            columns[key_chunks] = chunks
-        else:
-            shown, chunks = columns[key_bits], columns[key_chunks]
-            stale = shown != bits
-        changed = np.flatnonzero(stale)
+        shown = columns.get(key_bits)
+        if shown is None:
+            shown, chunks = _first_chunks(family, values, bits)
+            columns[key_bits], columns[key_chunks] = shown, chunks
+            return chunks.tolist()
+        chunks = columns[key_chunks]
+        changed = np.flatnonzero(shown != bits)
         if len(changed):
-            texts[changed] = go_lines(family.values[changed])
+            # One encode for all the new values: the newlines split them apart again.
+            texts = "".join(go_lines(values[changed])).encode().split(b"\n")
             shown[changed] = bits[changed]
-            for chunk in np.unique(changed // CHUNK_ROWS).tolist():
-                chunks[chunk] = None
-        for chunk, text in enumerate(chunks):
-            if text is None:
-                rows = slice(chunk * CHUNK_ROWS, (chunk + 1) * CHUNK_ROWS)
-                chunks[chunk] = "".join((prefixes[rows] + texts[rows]).tolist()).encode()
-        return list(chunks)  # type: ignore[arg-type]
+            which = changed // CHUNK_ROWS
+            bounds = (np.flatnonzero(np.diff(which)) + 1).tolist()
+            for start, stop in zip([0, *bounds], [*bounds, len(changed)], strict=True):
+                chunk = int(which[start])
+                lines = chunks[chunk].text().split(b"\n")  # and b"" after the last newline
+                rows = (changed[start:stop] - chunk * CHUNK_ROWS).tolist()
+                if len(rows) == len(lines) - 1:
+                    lines[:-1] = [
+                        line[: line.rindex(b" ") + 1] + text
+                        for line, text in zip(lines[:-1], texts[start:stop], strict=True)
+                    ]
+                else:
+                    for row, text in zip(rows, texts[start:stop], strict=True):
+                        line = lines[row]
+                        lines[row] = line[: line.rindex(b" ") + 1] + text
+                chunks[chunk] = Deflated(b"\n".join(lines))
+        return chunks.tolist()
+
+
+def _first_chunks(
+    family: RowFamily, values: np.ndarray, bits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bits shown, deflated chunks) of a layout's first render."""
+    layout = family.layout
+    n = len(layout)
+    lines = np.empty(n, dtype=object)
+    shown = np.zeros(n, dtype=np.int64)
+    kept = np.zeros(n, dtype=bool)
+    previous = layout.previous((("bits", family.name), ("chunks", family.name)))
+    if previous is not None:
+        (old_bits, old_chunks), take = previous
+        old_lines = np.empty(len(old_bits), dtype=object)
+        old_lines[:] = [
+            line for chunk in old_chunks.tolist() for line in chunk.text().split(b"\n")[:-1]
+        ]
+        kept = take >= 0
+        lines[kept] = old_lines[take[kept]]
+        shown[kept] = old_bits[take[kept]]
+    stale = ~kept | (shown != bits)
+    rows = np.flatnonzero(stale)
+    if len(rows):
+        texts = "".join(go_lines(values[rows])).encode().split(b"\n")
+        fresh = ~kept[rows]
+        build = _prefix_builder(family)
+        prefixes: list[bytes] = [b""] * len(rows)
+        for i, label_values in zip(
+            np.flatnonzero(fresh).tolist(), layout.labels[rows[fresh]].tolist(), strict=True
+        ):
+            prefixes[i] = build(label_values).encode()
+        for i, line in zip(
+            np.flatnonzero(~fresh).tolist(), lines[rows[~fresh]].tolist(), strict=True
+        ):
+            prefixes[i] = line[: line.rindex(b" ") + 1]
+        lines[rows] = [prefix + text for prefix, text in zip(prefixes, texts, strict=False)]
+    shown[:] = bits
+    chunks = np.empty((n + CHUNK_ROWS - 1) // CHUNK_ROWS, dtype=object)
+    chunks[:] = [
+        Deflated(b"\n".join(lines[start : start + CHUNK_ROWS].tolist()) + b"\n")
+        for start in range(0, n, CHUNK_ROWS)
+    ]
+    return shown, chunks
 
 
 def _prefix_builder(family: MetricFamily):
