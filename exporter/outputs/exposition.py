@@ -257,8 +257,11 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
     formats the values that changed and rewrites their chunks: inflated,
     the changed rows' values replaced after their prefix (the line up to
     its last space: a label value's spaces come before, a value has none),
-    deflated again. A new layout takes the lines of the rows it keeps from
-    the previous layout's chunks, and builds prefixes for new rows only.
+    deflated again. A chunk whose every value changed is rewritten from its
+    prefixes, kept deflated too (made the first time that happens, for the
+    life of the layout), joined with the new values: no row is cut. A new
+    layout takes the lines of the rows it keeps from the previous layout's
+    chunks, and builds prefixes for new rows only.
     """
     layout = family.layout
     n = len(layout)
@@ -267,6 +270,7 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
     values = np.ascontiguousarray(family.values, dtype=np.float64)
     bits = values.view(np.int64)
     key_bits, key_chunks = ("bits", family.name), ("chunks", family.name)
+    key_prefixes = ("prefixes", family.name)
     columns = layout.columns
     with layout.lock:
         shown = columns.get(key_bits)
@@ -275,6 +279,9 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
             columns[key_bits], columns[key_chunks] = shown, chunks
             return chunks.tolist()
         chunks = columns[key_chunks]
+        skeletons = columns.get(key_prefixes)
+        if skeletons is None:  # a list: not carried to the next layout (rows move)
+            skeletons = columns[key_prefixes] = [None] * len(chunks)
         changed = np.flatnonzero(shown != bits)
         if len(changed):
             # One encode for all the new values: the newlines split them apart again.
@@ -284,17 +291,25 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
             bounds = (np.flatnonzero(np.diff(which)) + 1).tolist()
             for start, stop in zip([0, *bounds], [*bounds, len(changed)], strict=True):
                 chunk = int(which[start])
+                if stop - start == min(CHUNK_ROWS, n - chunk * CHUNK_ROWS):  # every row
+                    skeleton = skeletons[chunk]
+                    if skeleton is None:
+                        lines = chunks[chunk].text().split(b"\n")[:-1]
+                        prefixes = [line[: line.rindex(b" ") + 1] for line in lines]
+                        skeletons[chunk] = Deflated(b"\n".join(prefixes))
+                    else:
+                        prefixes = skeleton.text().split(b"\n")
+                    new = map(bytes.__add__, prefixes, texts[start:stop])
+                    chunks[chunk] = Deflated(b"\n".join(new) + b"\n")
+                    continue
                 lines = chunks[chunk].text().split(b"\n")  # and b"" after the last newline
-                rows = (changed[start:stop] - chunk * CHUNK_ROWS).tolist()
-                if len(rows) == len(lines) - 1:
-                    lines[:-1] = [
-                        line[: line.rindex(b" ") + 1] + text
-                        for line, text in zip(lines[:-1], texts[start:stop], strict=True)
-                    ]
-                else:
-                    for row, text in zip(rows, texts[start:stop], strict=True):
-                        line = lines[row]
-                        lines[row] = line[: line.rindex(b" ") + 1] + text
+                for row, text in zip(
+                    (changed[start:stop] - chunk * CHUNK_ROWS).tolist(),
+                    texts[start:stop],
+                    strict=True,
+                ):
+                    line = lines[row]
+                    lines[row] = line[: line.rindex(b" ") + 1] + text
                 chunks[chunk] = Deflated(b"\n".join(lines))
         return chunks.tolist()
 

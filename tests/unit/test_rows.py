@@ -655,3 +655,23 @@ def test_a_rendered_layout_keeps_a_few_bytes_per_row():
     finally:
         tracemalloc.stop()
     assert kept / len(series) < 40
+
+
+@pytest.mark.parametrize("form", [TEXT, OPENMETRICS])
+def test_every_value_moving_scrape_after_scrape_renders_as_prometheus_client(form):
+    """Chunks whose every row changed are rewritten from their kept prefixes
+    (made the first time): every counter moves in most scrapes, a few in
+    others, odd labels and special values included."""
+    table, renderer = RowTable(), Renderer()
+    series = {
+        (ODD_LABELS[i % len(ODD_LABELS)], f"p{i}", "app", "", "read"): float(i)
+        for i in range(2 * CHUNK_ROWS + 37)
+    }
+    for step in range(6):
+        if step == 3:  # only a few move
+            for labels in sorted(series)[::97]:
+                series[labels] += 1
+        else:
+            series = {labels: v * 3 + VALUES[step % len(VALUES)] for labels, v in series.items()}
+        family = row_family(table, series)
+        assert rendered(renderer, [family], form) == expected([plain(family)], form), step
