@@ -145,6 +145,15 @@ class RowTable:
         with old.lock:  # only arrays carry over (per row, or the renderer's chunks)
             columns = {k: v for k, v in old.columns.items() if isinstance(v, np.ndarray)}
             seed = (columns, take, old.lock)
+        if not columns and old.seed is not None:
+            # The previous layout was never rendered nor pushed (a collect for
+            # housekeeping, or for prometheus_client's encoder): seed from what
+            # it was seeded with, its rows mapped through, or a scrape after
+            # it would build every row's text again.
+            older_columns, older_take, older_lock = old.seed
+            through = np.full(len(codes), -1, dtype=np.intp)
+            through[found] = older_take[take[found]]
+            seed = (older_columns, through, older_lock)
         self.layout = Layout(codes, labels, seed)
         return self.layout
 

@@ -675,3 +675,41 @@ def test_every_value_moving_scrape_after_scrape_renders_as_prometheus_client(for
             series = {labels: v * 3 + VALUES[step % len(VALUES)] for labels, v in series.items()}
         family = row_family(table, series)
         assert rendered(renderer, [family], form) == expected([plain(family)], form), step
+
+
+@pytest.mark.parametrize("with_libz", [True, False])
+def test_a_deflated_piece_chains_the_crc_of_the_whole_text(with_libz):
+    """With zlib's crc32_combine, and without it (the CRC of zeros stands in)."""
+    import zlib
+
+    from exporter.outputs.gzipped import _COMBINE, Deflated
+
+    assert _COMBINE is not None  # this machine's Python loads libz
+    rng = random.Random(4)
+    crc, text = 0, b""
+    for size in (0, 1, 100, 65536, 65537, 300_000):
+        piece = bytes(rng.randrange(256) for _ in range(size))
+        deflated = Deflated(piece)
+        assert deflated.text() == piece
+        crc = deflated.chain(crc, _COMBINE if with_libz else None)
+        text += piece
+        assert crc == zlib.crc32(text)
+
+
+def test_a_layout_after_one_never_rendered_still_takes_the_rendered_text():
+    """Collects that nobody renders (housekeeping, OTLP off, prometheus_client's
+    encoder) make layouts in between: the next render still takes its kept
+    rows' text from the last rendered layout, not from the labels again."""
+    table, renderer = RowTable(), Renderer()
+    series = {("ns", f"p{i}", "app", "", "read"): float(i) for i in range(3 * CHUNK_ROWS)}
+    first = row_family(table, series)
+    rendered(renderer, [first], TEXT)
+    series[("ns", "new", "app", "", "read")] = 1.0
+    between = row_family(table, series)  # not rendered
+    del series[("ns", "p7", "app", "", "read")]
+    series[("ns", "p9", "app", "", "read")] = 99.0
+    last = row_family(table, series)
+    assert between.layout is not first.layout and last.layout is not between.layout
+    assert last.layout.previous((("bits", last.name), ("chunks", last.name))) is not None
+    assert rendered(renderer, [last], TEXT) == expected([plain(last)], TEXT)
+    assert rendered(renderer, [between], TEXT) == expected([plain(between)], TEXT)
