@@ -22,12 +22,10 @@ CRC of the zeros trick below); a plain scrape inflates them (`plain`).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 CACHE_MIN = 4096  # bytes: smaller pieces are compressed with their neighbours
 # Level of the row chunks kept deflated: BestSpeed, as /metrics' own gzip
@@ -41,22 +39,6 @@ FINAL = b"\x03\x00"  # an empty final fixed-Huffman block
 def _deflate(data: bytes, level: int) -> bytes:
     compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
-
-
-def _libz_crc32_combine() -> Callable[[int, int, int], int] | None:
-    """zlib's crc32_combine (O(log n)), from the libz Python's zlib module
-    loaded; None where it cannot be had (then the zeros below stand in)."""
-    try:
-        libz = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
-        combine = libz.crc32_combine64
-    except (OSError, AttributeError):
-        return None
-    combine.argtypes = [ctypes.c_ulong, ctypes.c_ulong, ctypes.c_int64]
-    combine.restype = ctypes.c_ulong
-    return combine
-
-
-_COMBINE = _libz_crc32_combine()
 
 
 def _crc_of_zeros(size: int, crc: int = 0) -> int:
@@ -73,26 +55,26 @@ class Deflated:
     (it splices into any gzip member), the CRC-32 and length of its text.
 
     `chain` extends a body's CRC by this piece from those numbers, without
-    the text: zlib's crc32_combine (Python's module does not expose it; the
-    libz it loaded does), or where that is missing, as CRC-32 is affine over
-    GF(2), crc(A + B) = crc(A + zeros(len B)) ^ crc(B) ^ crc(zeros(len B)),
-    whose zeros cost what the text would."""
+    the text: CRC-32 is affine over GF(2), so crc(A + B) =
+    crc(A + zeros(len B)) ^ crc(B) ^ crc(zeros(len B)). zlib's crc32_combine
+    does it in O(log n), but Python's module does not expose it (and ctypes
+    stays in exporter/kernel/); the zeros cost what the text would, as much
+    as the CRC of the whole text did."""
 
-    __slots__ = ("crc", "data", "size")
+    __slots__ = ("crc", "data", "size", "zeros_crc")
 
     def __init__(self, text: bytes, level: int = CHUNK_LEVEL) -> None:
         self.data = _deflate(text, level)
         self.crc = zlib.crc32(text)
         self.size = len(text)
+        self.zeros_crc = _crc_of_zeros(self.size)
 
     def text(self) -> bytes:
         return zlib.decompressobj(-zlib.MAX_WBITS).decompress(self.data)
 
-    def chain(self, crc: int, combine: Callable[[int, int, int], int] | None = _COMBINE) -> int:
+    def chain(self, crc: int) -> int:
         """The CRC of (text before, whose CRC is `crc`) + this piece's text."""
-        if combine is not None:
-            return int(combine(crc, self.crc, self.size))
-        return _crc_of_zeros(self.size, crc) ^ self.crc ^ _crc_of_zeros(self.size)
+        return _crc_of_zeros(self.size, crc) ^ self.crc ^ self.zeros_crc
 
 
 Piece = bytes | Deflated
