@@ -237,9 +237,30 @@ class Renderer:
         return sum(len(cache) for cache in self._prefixes.values())
 
 
-# Rows per chunk of a RowFamily's text: a scrape re-joins only the chunks
-# with a changed value (and gzip.py compresses only those again).
+# Rows per chunk of a RowFamily's text, on average: a scrape rewrites only
+# the chunks with a changed value (and gzip.py splices the others as they
+# are). A row starts a chunk when its code hashes to 0 modulo CHUNK_ROWS
+# (at least CHUNK_MIN rows after the last start, at most CHUNK_MAX rows in
+# a chunk): the boundaries follow the rows, not their positions, so rows
+# that come or go change the chunks around them, not every chunk after.
 CHUNK_ROWS = 512
+CHUNK_MIN, CHUNK_MAX = 64, 2048
+_HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2**64 / golden ratio
+
+
+def chunk_starts(codes: np.ndarray) -> np.ndarray:
+    """The first row of each chunk of a layout with these sorted codes."""
+    n = len(codes)
+    hashed = (codes.astype(np.uint64) * _HASH) >> np.uint64(40)
+    starts = [0]
+    for row in np.flatnonzero(hashed % np.uint64(CHUNK_ROWS) == 0).tolist():
+        while row - starts[-1] > CHUNK_MAX:
+            starts.append(starts[-1] + CHUNK_MAX)
+        if row - starts[-1] >= CHUNK_MIN:
+            starts.append(row)
+    while n - starts[-1] > CHUNK_MAX:
+        starts.append(starts[-1] + CHUNK_MAX)
+    return np.array(starts, dtype=np.int64)
 
 
 def render_rows(family: RowFamily) -> str:
@@ -248,20 +269,21 @@ def render_rows(family: RowFamily) -> str:
 
 
 def row_chunks(family: RowFamily) -> list[Deflated]:
-    """A RowFamily's sample lines in chunks of CHUNK_ROWS rows, kept deflated.
+    """A RowFamily's sample lines in chunks (chunk_starts), kept deflated.
 
     Kept in the layout's columns, per family name: the bits of each row's
     value as last written (compared bit for bit: -0.0 and NaN payloads keep
-    their own text) and the chunks, deflated only (exporter/outputs/gzipped.py:
-    the text of 53,000 rows held as Python strings was ~17 MiB). A scrape
-    formats the values that changed and rewrites their chunks: inflated,
-    the changed rows' values replaced after their prefix (the line up to
-    its last space: a label value's spaces come before, a value has none),
-    deflated again. A chunk whose every value changed is rewritten from its
-    prefixes, kept deflated too (made the first time that happens, for the
-    life of the layout), joined with the new values: no row is cut. A new
-    layout takes the lines of the rows it keeps from the previous layout's
-    chunks, and builds prefixes for new rows only.
+    their own text), the chunks' first rows, and the chunks, deflated only
+    (exporter/outputs/gzipped.py: the text of 53,000 rows held as Python
+    strings was ~17 MiB). A scrape formats the values that changed and
+    rewrites their chunks: inflated, the changed rows' values replaced
+    after their prefix (the line up to its last space: a label value's
+    spaces come before, a value has none), deflated again. A chunk whose
+    every value changed is rewritten from its prefixes, kept deflated too
+    (made the first time that happens, for the life of the layout), joined
+    with the new values: no row is cut. A new layout keeps the previous
+    layout's chunks whose rows it kept, all and only them, and builds the
+    others from the lines of the rows it keeps and prefixes for new rows.
     """
     layout = family.layout
     n = len(layout)
@@ -269,16 +291,17 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
         return []
     values = np.ascontiguousarray(family.values, dtype=np.float64)
     bits = values.view(np.int64)
-    key_bits, key_chunks = ("bits", family.name), ("chunks", family.name)
+    key_bits, key_chunks, key_starts = (
+        (kind, family.name) for kind in ("bits", "chunks", "starts")
+    )
     key_prefixes = ("prefixes", family.name)
     columns = layout.columns
     with layout.lock:
         shown = columns.get(key_bits)
         if shown is None:
-            shown, chunks = _first_chunks(family, values, bits)
-            columns[key_bits], columns[key_chunks] = shown, chunks
-            return chunks.tolist()
-        chunks = columns[key_chunks]
+            shown, chunks, starts = _first_chunks(family, values, bits)
+            columns[key_bits], columns[key_chunks], columns[key_starts] = shown, chunks, starts
+        chunks, starts = columns[key_chunks], columns[key_starts]
         skeletons = columns.get(key_prefixes)
         if skeletons is None:  # a list: not carried to the next layout (rows move)
             skeletons = columns[key_prefixes] = [None] * len(chunks)
@@ -287,11 +310,13 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
             # One encode for all the new values: the newlines split them apart again.
             texts = "".join(go_lines(values[changed])).encode().split(b"\n")
             shown[changed] = bits[changed]
-            which = changed // CHUNK_ROWS
+            which = np.searchsorted(starts, changed, side="right") - 1
             bounds = (np.flatnonzero(np.diff(which)) + 1).tolist()
+            ends = [*starts[1:].tolist(), n]
             for start, stop in zip([0, *bounds], [*bounds, len(changed)], strict=True):
                 chunk = int(which[start])
-                if stop - start == min(CHUNK_ROWS, n - chunk * CHUNK_ROWS):  # every row
+                first = int(starts[chunk])
+                if stop - start == ends[chunk] - first:  # every row
                     skeleton = skeletons[chunk]
                     if skeleton is None:
                         lines = chunks[chunk].text().split(b"\n")[:-1]
@@ -304,9 +329,7 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
                     continue
                 lines = chunks[chunk].text().split(b"\n")  # and b"" after the last newline
                 for row, text in zip(
-                    (changed[start:stop] - chunk * CHUNK_ROWS).tolist(),
-                    texts[start:stop],
-                    strict=True,
+                    (changed[start:stop] - first).tolist(), texts[start:stop], strict=True
                 ):
                     line = lines[row]
                     lines[row] = line[: line.rindex(b" ") + 1] + text
@@ -316,46 +339,66 @@ def row_chunks(family: RowFamily) -> list[Deflated]:
 
 def _first_chunks(
     family: RowFamily, values: np.ndarray, bits: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(bits shown, deflated chunks) of a layout's first render."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bits shown, deflated chunks, their first rows) of a layout's first
+    render: the previous layout's chunks where this one kept exactly their
+    rows (their bits as shown there: row_chunks then writes what changed),
+    new chunks for the rest, their values as now."""
     layout = family.layout
     n = len(layout)
-    lines = np.empty(n, dtype=object)
-    shown = np.zeros(n, dtype=np.int64)
-    kept = np.zeros(n, dtype=bool)
-    previous = layout.previous((("bits", family.name), ("chunks", family.name)))
+    starts = chunk_starts(layout.codes)
+    ends = np.append(starts[1:], n)
+    shown = bits.copy()
+    chunks = np.empty(len(starts), dtype=object)
+    reused = np.zeros(len(starts), dtype=bool)
+    take = np.full(n, -1, dtype=np.intp)
+    old_bits = old_starts = np.zeros(0, dtype=np.int64)
+    old_chunks = np.empty(0, dtype=object)
+    previous = layout.previous(tuple((kind, family.name) for kind in ("bits", "chunks", "starts")))
     if previous is not None:
-        (old_bits, old_chunks), take = previous
-        old_lines = np.empty(len(old_bits), dtype=object)
-        old_lines[:] = [
-            line for chunk in old_chunks.tolist() for line in chunk.text().split(b"\n")[:-1]
-        ]
-        kept = take >= 0
-        lines[kept] = old_lines[take[kept]]
-        shown[kept] = old_bits[take[kept]]
-    stale = ~kept | (shown != bits)
-    rows = np.flatnonzero(stale)
-    if len(rows):
-        texts = "".join(go_lines(values[rows])).encode().split(b"\n")
-        fresh = ~kept[rows]
-        build = _prefix_builder(family)
-        prefixes: list[bytes] = [b""] * len(rows)
-        for i, label_values in zip(
-            np.flatnonzero(fresh).tolist(), layout.labels[rows[fresh]].tolist(), strict=True
+        (old_bits, old_chunks, old_starts), take = previous
+        old_ends = np.append(old_starts[1:], len(old_bits))
+        # A new chunk is an old one if its first row was an old chunk's first
+        # row and its last row that chunk's last (codes are sorted in both:
+        # the rows between are the same).
+        head, tail = take[starts], take[ends - 1]
+        k = np.minimum(np.searchsorted(old_starts, head), len(old_starts) - 1)
+        reused = (
+            (head >= 0)
+            & (old_starts[k] == head)
+            & (old_ends[k] - 1 == tail)
+            & (tail - head == ends - starts - 1)
+        )
+        for j in np.flatnonzero(reused).tolist():
+            chunks[j] = old_chunks[k[j]]
+            shown[starts[j] : ends[j]] = old_bits[head[j] : tail[j] + 1]
+    build = _prefix_builder(family)
+    old_lines: dict[int, list[bytes]] = {}  # old chunk -> its lines, inflated once
+    offsets = old_starts.tolist()
+    for j in np.flatnonzero(~reused).tolist():
+        rows = np.arange(starts[j], ends[j])
+        kept = take[rows]
+        fresh = kept < 0
+        # Rows whose line is written anew: new rows, and kept rows whose value changed.
+        write = fresh.copy()
+        write[~fresh] = old_bits[kept[~fresh]] != bits[rows[~fresh]]
+        texts = iter("".join(go_lines(values[rows[write]])).encode().split(b"\n"))
+        labels = iter(layout.labels[rows[fresh]].tolist())
+        old_chunk = np.searchsorted(old_starts, kept, side="right") - 1
+        lines: list[bytes] = []
+        for old_row, chunk, is_new, rewrite in zip(
+            kept.tolist(), old_chunk.tolist(), fresh.tolist(), write.tolist(), strict=True
         ):
-            prefixes[i] = build(label_values).encode()
-        for i, line in zip(
-            np.flatnonzero(~fresh).tolist(), lines[rows[~fresh]].tolist(), strict=True
-        ):
-            prefixes[i] = line[: line.rindex(b" ") + 1]
-        lines[rows] = [prefix + text for prefix, text in zip(prefixes, texts, strict=False)]
-    shown[:] = bits
-    chunks = np.empty((n + CHUNK_ROWS - 1) // CHUNK_ROWS, dtype=object)
-    chunks[:] = [
-        Deflated(b"\n".join(lines[start : start + CHUNK_ROWS].tolist()) + b"\n")
-        for start in range(0, n, CHUNK_ROWS)
-    ]
-    return shown, chunks
+            if is_new:
+                lines.append(build(next(labels)).encode() + next(texts))
+                continue
+            cached = old_lines.get(chunk)
+            if cached is None:
+                cached = old_lines[chunk] = old_chunks[chunk].text().split(b"\n")
+            line = cached[old_row - offsets[chunk]]
+            lines.append(line[: line.rindex(b" ") + 1] + next(texts) if rewrite else line)
+        chunks[j] = Deflated(b"\n".join(lines) + b"\n")
+    return shown, chunks, starts
 
 
 def _prefix_builder(family: MetricFamily):

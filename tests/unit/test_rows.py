@@ -710,3 +710,30 @@ def test_a_layout_after_one_never_rendered_still_takes_the_rendered_text():
     assert last.layout.previous((("bits", last.name), ("chunks", last.name))) is not None
     assert rendered(renderer, [last], TEXT) == expected([plain(last)], TEXT)
     assert rendered(renderer, [between], TEXT) == expected([plain(between)], TEXT)
+
+
+def test_rows_that_come_change_only_the_chunks_around_them():
+    """Chunk boundaries follow the rows' codes: a new cgroup's 50 rows in the
+    middle of 20,000 change the chunk(s) they land in; every other chunk is
+    the same deflated piece as before (gzip splices it as it is)."""
+
+    def family(codes: list[int]) -> RowFamily:
+        layout = table.update(
+            np.array(codes, dtype=np.int64),
+            lambda new: [
+                ("ns", f"p{c // 5000:05d}", "app", "", f"s{c % 5000}") for c in new.tolist()
+            ],
+        )
+        values = np.array(codes, dtype=np.float64)
+        return RowFamily("orb8_syscalls_total", "counter", "h", LABELS, layout, values)
+
+    table, renderer = RowTable(), Renderer()
+    codes = [100 * i for i in range(20_000)]
+    before = renderer.pieces([family(codes)], TEXT)
+    codes = sorted([*codes, *(100 * 10_000 + k for k in range(1, 51))])
+    second = family(codes)
+    after = renderer.pieces([second], TEXT)
+    assert rendered(renderer, [second], TEXT) == expected([plain(second)], TEXT)
+    kept = {id(piece) for piece in before}
+    new = [piece for piece in after[1:-1] if id(piece) not in kept]
+    assert 1 <= len(new) <= 2 < len(after) - 2
