@@ -310,8 +310,9 @@ class NamedCounts:
         if len(self.identities) > 2 * len(present) + SLACK:
             self.identities.clear()
             self.table.reset()  # codes change meaning: no row may survive
-        known = np.fromiter(identities, dtype=np.uint64, count=len(identities))
-        known.sort()
+        # The cgroups of this read only: `identities` holds every cgroup of
+        # the source's maps (1,000s), the dangerous map a few of them.
+        known = np.unique(cgroup_ids).astype(np.uint64)
         idents = np.array([self.identities(identities[c]) for c in known.tolist()], dtype=np.int64)
         extra = list(extra)
         extra_codes = np.array(
