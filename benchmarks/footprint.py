@@ -107,10 +107,29 @@ def gauge(body: bytes, name: str) -> dict[str, float]:
     return values
 
 
+LLVM_LIBRARIES = ("libLLVM", "libclang")  # what BCC compiles with, mapped from files
+
+
+def llvm_file_pages(pid: int | str) -> int:
+    """Bytes of RssFile in LLVM's and clang's libraries (resident file pages:
+    Rss minus the mapping's anonymous, copied-on-write pages), from smaps."""
+    total, llvm = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            llvm = len(fields) > 5 and any(name in fields[5] for name in LLVM_LIBRARIES)
+        elif llvm and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+        elif llvm and fields[0] == "Anonymous:":
+            total -= int(fields[1]) * 1024
+    return total
+
+
 def memory_line(pid: int | str) -> str:
     m = process_memory(pid)
     return (
-        f"RssAnon {m['RssAnon'] / MiB:.1f} MiB, RssFile {m['RssFile'] / MiB:.1f} MiB, "
+        f"RssAnon {m['RssAnon'] / MiB:.1f} MiB, RssFile {m['RssFile'] / MiB:.1f} MiB "
+        f"(of which LLVM/clang libraries {llvm_file_pages(pid) / MiB:.1f} MiB), "
         f"VmRSS {m['VmRSS'] / MiB:.1f} MiB"
     )
 

@@ -65,10 +65,15 @@ IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 def kubernetes_configuration(settings: Settings) -> Callable[[], Configuration] | None:
     """A client Configuration factory from --kubeconfig or the in-cluster service account,
-    or None. Called at start to fail fast on a bad kubeconfig, then by the pod watcher."""
-    from kubernetes import client, config
+    or None. Called at start to fail fast on a bad kubeconfig, then by the pod watcher.
 
+    The kubernetes client is imported only when one of those is there: it
+    brings requests, oauthlib, pydantic and jsonschema along, ~15 MiB of
+    RssAnon that a plain-host run never uses (benchmarks/RESULTS.md, issue 20).
+    """
     if settings.kubeconfig is not None:
+        from kubernetes import client, config
+
         path = str(settings.kubeconfig)
 
         def from_kubeconfig() -> Configuration:
@@ -78,6 +83,7 @@ def kubernetes_configuration(settings: Settings) -> Callable[[], Configuration] 
 
         return from_kubeconfig
     if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.exists():
+        from kubernetes import client, config
 
         def in_cluster() -> Configuration:
             configuration = client.Configuration()

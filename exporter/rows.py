@@ -75,6 +75,18 @@ class Layout:
             return np.ones(len(self.codes), dtype=bool)
         return self.seed[1] < 0
 
+    def previous(self, names: tuple[Any, ...]) -> tuple[list[Any], np.ndarray] | None:
+        """Columns `names` of the previous layout as they are (not reindexed),
+        copied together under its lock, and for each row here its index
+        there (-1: new row); None when the previous layout lacks any of them."""
+        if self.seed is None:
+            return None
+        old_columns, take, old_lock = self.seed
+        with old_lock:  # the previous layout's columns may be being filled right now
+            old = [old_columns.get(name) for name in names]
+            copies = [column.copy() for column in old if isinstance(column, np.ndarray)]
+        return (copies, take) if len(copies) == len(names) else None
+
     def carried(self, name: Any, fill: Any) -> np.ndarray | None:
         """Column `name` of the previous layout, reindexed to these rows (new
         rows get `fill`); None when the previous layout had no such column."""
@@ -130,9 +142,18 @@ class RowTable:
             labels[~found] = made
         # Seed from the previous layout's columns, not from the layout: no
         # chain of old layouts stays reachable.
-        with old.lock:  # only per-row arrays carry over: not joined chunks or buffers
+        with old.lock:  # only arrays carry over (per row, or the renderer's chunks)
             columns = {k: v for k, v in old.columns.items() if isinstance(v, np.ndarray)}
             seed = (columns, take, old.lock)
+        if not columns and old.seed is not None:
+            # The previous layout was never rendered nor pushed (a collect for
+            # housekeeping, or for prometheus_client's encoder): seed from what
+            # it was seeded with, its rows mapped through, or a scrape after
+            # it would build every row's text again.
+            older_columns, older_take, older_lock = old.seed
+            through = np.full(len(codes), -1, dtype=np.intp)
+            through[found] = older_take[take[found]]
+            seed = (older_columns, through, older_lock)
         self.layout = Layout(codes, labels, seed)
         return self.layout
 

@@ -58,7 +58,11 @@ def kernel_has_symbol(names: tuple[str, ...], kallsyms: Path = Path("/proc/kalls
     BCC's support_raw_tracepoint() looks the symbol's address up, and without
     CAP_SYSLOG (the DaemonSet does not grant it) every address reads as 0, so
     it answers False and orb8 fell back to the slower classic tracepoint in a
-    least-privilege container. Names stay visible, so match those.
+    least-privilege container. Names stay visible, so match those. It also
+    loads BCC's kernel symbol cache (every kallsyms line as a C++ string),
+    which BCC keeps for the life of the process: 25 MiB of RssAnon that
+    orb8 never used again (benchmarks/RESULTS.md, issue 20). Streaming the
+    file here keeps nothing.
     """
     wanted = {name.encode() for name in names}
     try:
@@ -72,9 +76,7 @@ def kernel_has_symbol(names: tuple[str, ...], kallsyms: Path = Path("/proc/kalls
 def choose_sys_enter_hook() -> str:
     """Pick how to hook syscall entry on this kernel: 'raw_tracepoint' or 'tracepoint'."""
     bcc = import_bcc()
-    if bcc.BPF.support_raw_tracepoint() or kernel_has_symbol(
-        ("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint")
-    ):
+    if kernel_has_symbol(("bpf_find_raw_tracepoint", "bpf_get_raw_tracepoint")):
         return "raw_tracepoint"
     if not bcc.BPF.tracepoint_exists("raw_syscalls", "sys_enter"):
         raise ProbeError(

@@ -15,10 +15,11 @@ one; when series have gone it is rebuilt from those just written, so deleted
 pods' prefixes go with their series. It costs memory: ~25 MiB of RssAnon at
 52,000 series (benchmarks/RESULTS.md), the price of the 10x.
 
-A RowFamily (exporter/rows.py: the syscall and network traffic families)
-skips that cache: its layout keeps each row's prefix and formatted value
-between collects, so a scrape formats only the values that changed and
-re-joins only the chunks of CHUNK_ROWS rows that hold them (row_chunks).
+A RowFamily (exporter/rows.py: the syscall, dangerous, network traffic
+and flow families) skips that cache: its layout keeps its text between
+collects in chunks of CHUNK_ROWS rows, deflated only, so a scrape formats
+only the values that changed and rewrites only the chunks that hold them
+(row_chunks); unchanged chunks go into a gzip body as they are.
 
 Byte identity with prometheus_client (classic text 0.0.4 and OpenMetrics
 1.0) is tested in tests/unit/test_exposition.py on a fixture of the odd
@@ -42,6 +43,7 @@ import numpy as np
 from prometheus_client import exposition, openmetrics
 
 from exporter.model import MetricFamily
+from exporter.outputs.gzipped import Deflated, Piece, plain
 from exporter.rows import RowFamily
 
 TEXT = "text"
@@ -182,14 +184,13 @@ class Renderer:
         The OpenMetrics "# EOF" is not written: the caller appends the rest
         of the registry (process_*) and that encoder ends the body.
         """
-        return b"".join(self.pieces(families, form)).decode()
+        return plain(self.pieces(families, form)).decode()
 
-    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[bytes]:
-        """render()'s text, UTF-8, in pieces; a RowFamily's unchanged chunks are
-        the same bytes objects from one scrape to the next (gzip keeps their
-        compressed form by them)."""
+    def pieces(self, families: Iterable[MetricFamily], form: str = TEXT) -> list[Piece]:
+        """render()'s text, UTF-8, in pieces (gzipped.plain joins them); a
+        RowFamily's are its deflated chunks (gzip splices them as they are)."""
         with self._lock:  # text and OpenMetrics scrapes at once: one cache, one writer
-            out: list[bytes] = []
+            out: list[Piece] = []
             seen: set[tuple[str, tuple[str, ...]]] = set()
             text: list[str] = []  # headers and plain families, encoded together
             for family in families:
@@ -236,72 +237,168 @@ class Renderer:
         return sum(len(cache) for cache in self._prefixes.values())
 
 
-# Rows per chunk of a RowFamily's text: a scrape re-joins only the chunks
-# with a changed value (and gzip.py compresses only those again).
+# Rows per chunk of a RowFamily's text, on average: a scrape rewrites only
+# the chunks with a changed value (and gzip.py splices the others as they
+# are). A row starts a chunk when its code hashes to 0 modulo CHUNK_ROWS
+# (at least CHUNK_MIN rows after the last start, at most CHUNK_MAX rows in
+# a chunk): the boundaries follow the rows, not their positions, so rows
+# that come or go change the chunks around them, not every chunk after.
 CHUNK_ROWS = 512
+CHUNK_MIN, CHUNK_MAX = 64, 2048
+_HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 2**64 / golden ratio
+
+
+def chunk_starts(codes: np.ndarray) -> np.ndarray:
+    """The first row of each chunk of a layout with these sorted codes."""
+    n = len(codes)
+    hashed = (codes.astype(np.uint64) * _HASH) >> np.uint64(40)
+    starts = [0]
+    for row in np.flatnonzero(hashed % np.uint64(CHUNK_ROWS) == 0).tolist():
+        while row - starts[-1] > CHUNK_MAX:
+            starts.append(starts[-1] + CHUNK_MAX)
+        if row - starts[-1] >= CHUNK_MIN:
+            starts.append(row)
+    while n - starts[-1] > CHUNK_MAX:
+        starts.append(starts[-1] + CHUNK_MAX)
+    return np.array(starts, dtype=np.int64)
 
 
 def render_rows(family: RowFamily) -> str:
-    """The sample lines of a RowFamily, as _samples() writes them for its samples.
+    """The sample lines of a RowFamily, as _samples() writes them for its samples."""
+    return plain(row_chunks(family)).decode()
 
-    Kept in the layout's columns, per family name: each row's prefix, the
-    bits of the value last formatted and its text, and the joined text of
-    each chunk of CHUNK_ROWS rows. A scrape formats the values that changed
-    (compared bit for bit: -0.0 and NaN payloads keep their own text) and
-    re-joins their chunks; a new layout carries prefixes and texts over from
-    the previous one by row.
+
+def row_chunks(family: RowFamily) -> list[Deflated]:
+    """A RowFamily's sample lines in chunks (chunk_starts), kept deflated.
+
+    Kept in the layout's columns, per family name: the bits of each row's
+    value as last written (compared bit for bit: -0.0 and NaN payloads keep
+    their own text), the chunks' first rows, and the chunks, deflated only
+    (exporter/outputs/gzipped.py: the text of 53,000 rows held as Python
+    strings was ~17 MiB). A scrape formats the values that changed and
+    rewrites their chunks: inflated, the changed rows' values replaced
+    after their prefix (the line up to its last space: a label value's
+    spaces come before, a value has none), deflated again. A chunk whose
+    every value changed is rewritten from its prefixes, kept deflated too
+    (made the first time that happens, for the life of the layout), joined
+    with the new values: no row is cut. A new layout keeps the previous
+    layout's chunks whose rows it kept, all and only them, and builds the
+    others from the lines of the rows it keeps and prefixes for new rows.
     """
-    return b"".join(row_chunks(family)).decode()
-
-
-def row_chunks(family: RowFamily) -> list[bytes]:
     layout = family.layout
     n = len(layout)
     if n == 0:
         return []
-    bits = np.ascontiguousarray(family.values, dtype=np.float64).view(np.int64)
-    columns = layout.columns
-    key_prefix, key_text, key_bits, key_chunks = (
-        (kind, family.name) for kind in ("prefix", "text", "bits", "chunks")
+    values = np.ascontiguousarray(family.values, dtype=np.float64)
+    bits = values.view(np.int64)
+    key_bits, key_chunks, key_starts = (
+        (kind, family.name) for kind in ("bits", "chunks", "starts")
     )
+    key_prefixes = ("prefixes", family.name)
+    columns = layout.columns
     with layout.lock:
-        prefixes = columns.get(key_prefix)
-        if prefixes is None:
-            prefixes = layout.carried(key_prefix, None)
-            if prefixes is None:
-                prefixes, missing = np.full(n, None, dtype=object), np.arange(n)
-            else:
-                missing = np.flatnonzero(layout.fresh())
-            if len(missing):
-                build = _prefix_builder(family)
-                prefixes[missing] = [build(values) for values in layout.labels[missing].tolist()]
-            columns[key_prefix] = prefixes
-        texts = columns.get(key_text)
-        if texts is None:
-            texts = layout.carried(key_text, None)
-            shown = layout.carried(key_bits, 0)
-            if texts is None or shown is None:
-                texts, shown = np.full(n, None, dtype=object), np.zeros(n, dtype=np.int64)
-                stale = np.ones(n, dtype=bool)
-            else:
-                stale = layout.fresh() | (shown != bits)
-            columns[key_text], columns[key_bits] = texts, shown
-            chunks: list[bytes | None] = [None] * ((n + CHUNK_ROWS - 1) // CHUNK_ROWS)
-            columns[key_chunks] = chunks
-        else:
-            shown, chunks = columns[key_bits], columns[key_chunks]
-            stale = shown != bits
-        changed = np.flatnonzero(stale)
+        shown = columns.get(key_bits)
+        if shown is None:
+            shown, chunks, starts = _first_chunks(family, values, bits)
+            columns[key_bits], columns[key_chunks], columns[key_starts] = shown, chunks, starts
+        chunks, starts = columns[key_chunks], columns[key_starts]
+        skeletons = columns.get(key_prefixes)
+        if skeletons is None:  # a list: not carried to the next layout (rows move)
+            skeletons = columns[key_prefixes] = [None] * len(chunks)
+        changed = np.flatnonzero(shown != bits)
         if len(changed):
-            texts[changed] = go_lines(family.values[changed])
+            # One encode for all the new values: the newlines split them apart again.
+            texts = "".join(go_lines(values[changed])).encode().split(b"\n")
             shown[changed] = bits[changed]
-            for chunk in np.unique(changed // CHUNK_ROWS).tolist():
-                chunks[chunk] = None
-        for chunk, text in enumerate(chunks):
-            if text is None:
-                rows = slice(chunk * CHUNK_ROWS, (chunk + 1) * CHUNK_ROWS)
-                chunks[chunk] = "".join((prefixes[rows] + texts[rows]).tolist()).encode()
-        return list(chunks)  # type: ignore[arg-type]
+            which = np.searchsorted(starts, changed, side="right") - 1
+            bounds = (np.flatnonzero(np.diff(which)) + 1).tolist()
+            ends = [*starts[1:].tolist(), n]
+            for start, stop in zip([0, *bounds], [*bounds, len(changed)], strict=True):
+                chunk = int(which[start])
+                first = int(starts[chunk])
+                if stop - start == ends[chunk] - first:  # every row
+                    skeleton = skeletons[chunk]
+                    if skeleton is None:
+                        lines = chunks[chunk].text().split(b"\n")[:-1]
+                        prefixes = [line[: line.rindex(b" ") + 1] for line in lines]
+                        skeletons[chunk] = Deflated(b"\n".join(prefixes))
+                    else:
+                        prefixes = skeleton.text().split(b"\n")
+                    new = map(bytes.__add__, prefixes, texts[start:stop])
+                    chunks[chunk] = Deflated(b"\n".join(new) + b"\n")
+                    continue
+                lines = chunks[chunk].text().split(b"\n")  # and b"" after the last newline
+                for row, text in zip(
+                    (changed[start:stop] - first).tolist(), texts[start:stop], strict=True
+                ):
+                    line = lines[row]
+                    lines[row] = line[: line.rindex(b" ") + 1] + text
+                chunks[chunk] = Deflated(b"\n".join(lines))
+        return chunks.tolist()
+
+
+def _first_chunks(
+    family: RowFamily, values: np.ndarray, bits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bits shown, deflated chunks, their first rows) of a layout's first
+    render: the previous layout's chunks where this one kept exactly their
+    rows (their bits as shown there: row_chunks then writes what changed),
+    new chunks for the rest, their values as now."""
+    layout = family.layout
+    n = len(layout)
+    starts = chunk_starts(layout.codes)
+    ends = np.append(starts[1:], n)
+    shown = bits.copy()
+    chunks = np.empty(len(starts), dtype=object)
+    reused = np.zeros(len(starts), dtype=bool)
+    take = np.full(n, -1, dtype=np.intp)
+    old_bits = old_starts = np.zeros(0, dtype=np.int64)
+    old_chunks = np.empty(0, dtype=object)
+    previous = layout.previous(tuple((kind, family.name) for kind in ("bits", "chunks", "starts")))
+    if previous is not None:
+        (old_bits, old_chunks, old_starts), take = previous
+        old_ends = np.append(old_starts[1:], len(old_bits))
+        # A new chunk is an old one if its first row was an old chunk's first
+        # row and its last row that chunk's last (codes are sorted in both:
+        # the rows between are the same).
+        head, tail = take[starts], take[ends - 1]
+        k = np.minimum(np.searchsorted(old_starts, head), len(old_starts) - 1)
+        reused = (
+            (head >= 0)
+            & (old_starts[k] == head)
+            & (old_ends[k] - 1 == tail)
+            & (tail - head == ends - starts - 1)
+        )
+        for j in np.flatnonzero(reused).tolist():
+            chunks[j] = old_chunks[k[j]]
+            shown[starts[j] : ends[j]] = old_bits[head[j] : tail[j] + 1]
+    build = _prefix_builder(family)
+    old_lines: dict[int, list[bytes]] = {}  # old chunk -> its lines, inflated once
+    offsets = old_starts.tolist()
+    for j in np.flatnonzero(~reused).tolist():
+        rows = np.arange(starts[j], ends[j])
+        kept = take[rows]
+        fresh = kept < 0
+        # Rows whose line is written anew: new rows, and kept rows whose value changed.
+        write = fresh.copy()
+        write[~fresh] = old_bits[kept[~fresh]] != bits[rows[~fresh]]
+        texts = iter("".join(go_lines(values[rows[write]])).encode().split(b"\n"))
+        labels = iter(layout.labels[rows[fresh]].tolist())
+        old_chunk = np.searchsorted(old_starts, kept, side="right") - 1
+        lines: list[bytes] = []
+        for old_row, chunk, is_new, rewrite in zip(
+            kept.tolist(), old_chunk.tolist(), fresh.tolist(), write.tolist(), strict=True
+        ):
+            if is_new:
+                lines.append(build(next(labels)).encode() + next(texts))
+                continue
+            cached = old_lines.get(chunk)
+            if cached is None:
+                cached = old_lines[chunk] = old_chunks[chunk].text().split(b"\n")
+            line = cached[old_row - offsets[chunk]]
+            lines.append(line[: line.rindex(b" ") + 1] + next(texts) if rewrite else line)
+        chunks[j] = Deflated(b"\n".join(lines) + b"\n")
+    return shown, chunks, starts
 
 
 def _prefix_builder(family: MetricFamily):

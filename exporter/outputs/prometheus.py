@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import (
 from exporter.listen import Listen
 from exporter.model import MetricFamily
 from exporter.outputs.exposition import Renderer, exposition_form, go_floats, supports
-from exporter.outputs.gzipped import GzipCache
+from exporter.outputs.gzipped import GzipCache, plain
 from exporter.outputs.health import HEALTH_PATHS
 from exporter.outputs.http import BoundedHTTPServer, Request, Response, Route
 from exporter.outputs.webconfig import AuthResult, WebConfig
@@ -253,7 +253,7 @@ class PrometheusServer:
                 tail = encoder(self.process_registry)
                 if compress:
                     return self.gzip.compress(pieces, tail)
-                return b"".join(pieces) + tail
+                return plain(pieces) + tail
             whole = build_registry(lambda: families, process=False)
             whole.register(self._process)
             body = encoder(whole)

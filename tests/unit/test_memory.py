@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import subprocess
+import sys
 
 import pytest
 
 from exporter.memory import malloc_trim, parse_status, process_memory
+from tests.helpers import ROOT
 
 STATUS = """Name:\tpython
 VmPeak:\t  500000 kB
@@ -88,10 +92,6 @@ def test_tuned_malloc_gives_a_scrapes_temporaries_back():
     one 8 MiB body the next scrape's 1 MiB temporaries come from the heap and
     stay resident once freed; with the threshold fixed (tune_malloc) they are
     mmapped and unmapped. An operator's own MALLOC_* variables are left alone."""
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
 
     def run(mode: str) -> tuple[str, int]:
         out = subprocess.run(
@@ -108,3 +108,28 @@ def test_tuned_malloc_gives_a_scrapes_temporaries_back():
     assert tuned == "['MALLOC_ARENA_MAX', 'MALLOC_MMAP_THRESHOLD_']" and untuned == "[]"
     assert kept_untuned >= 20  # the glibc default keeps them
     assert kept_tuned <= 2
+
+
+PLAIN_HOST = """
+import sys
+from exporter.agent import build_identity
+from exporter.registry import load_settings
+resolver, watcher = build_identity(load_settings({"cgroup_root": sys.argv[1]}))
+print(watcher is None, "kubernetes" in sys.modules)
+"""
+
+
+def test_plain_host_mode_does_not_import_the_kubernetes_client(tmp_path):
+    """The client brings requests, oauthlib, pydantic and jsonschema: ~15 MiB
+    of RssAnon a run without a kubeconfig or a service account never uses."""
+    (tmp_path / "cgroup.controllers").write_text("")  # a cgroup v2 tree to label by
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_HOST, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split() == ["True", "False"]

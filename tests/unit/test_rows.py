@@ -298,6 +298,7 @@ def test_gzip_of_pieces_is_one_member_of_the_whole_body_scrape_after_scrape():
     import zlib
 
     from exporter.outputs.gzipped import GzipCache
+    from exporter.outputs.gzipped import plain as joined
 
     rng = random.Random(5)
     table, renderer, cache = RowTable(), Renderer(), GzipCache(1)
@@ -311,7 +312,7 @@ def test_gzip_of_pieces_is_one_member_of_the_whole_body_scrape_after_scrape():
         pieces = renderer.pieces([family], TEXT)
         tail = b"# process_* from prometheus_client\n"
         body = cache.compress(pieces, tail)
-        whole = b"".join(pieces) + tail
+        whole = joined(pieces) + tail
         assert gzip.decompress(body) == whole == expected([plain(family)], TEXT) + tail
         one = zlib.decompressobj(16 + zlib.MAX_WBITS)  # stops at the end of a member
         assert one.decompress(body) == whole and one.eof and one.unused_data == b""
@@ -447,3 +448,292 @@ def test_concurrent_renders_and_collects_each_write_their_own_snapshot():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# --- orb8_dangerous_syscalls_total from kernel rows ----------------------------------
+
+
+def dangerous_reference(identities, rows, carried, overflow, present, shown):
+    """The former per-row collect: sum per (identity, key), then per name, hidden left out."""
+    name = syscall_namer()
+    series: dict[tuple[Identity, int], int] = defaultdict(int)
+    for key, (value,) in carried.items(present):
+        series[key] += value
+    for cgroup_id, key, count in rows:
+        series[(identities[cgroup_id], key)] += count
+    series.update(overflow)
+    named: dict[tuple[str, ...], float] = defaultdict(int)
+    for (identity, key), value in series.items():
+        if shown(identity):
+            named[(*identity, name(key))] += value
+    return {labels: float(value) for labels, value in named.items()}
+
+
+def test_dangerous_rows_match_the_former_collect_through_relabels_carries_and_overflow():
+    """Random dangerous_counts reads over 30 collects: identities relabelled,
+    cgroups retired (counts carried), an overflow row, an i386 key named as
+    its native call, allowlisted identities hidden; the rows' samples equal
+    the former per-row collect's and each render is prometheus_client's."""
+    from exporter.sources.syscalls.counts import NamedCounts
+
+    rng = random.Random(11)
+    counts, _ = counts_source(Clock(), {})
+    dangerous = NamedCounts(
+        "orb8_dangerous_syscalls_total", "Dangerous.", LABELS, counts.names, counts.name_of_key
+    )
+    overflow_identity = Identity(cgroup="<overflow>")
+    hidden = Identity("kube-system", "allowed-0", "agent", "")
+    who = [
+        Identity(cgroup="/system.slice/a.service"),
+        Identity("ns", "web-1", 'q"uote\\', ""),
+        Identity("", "", "", "/\ud800odd"),
+        hidden,
+        UNRESOLVED,
+    ]
+
+    def shown(identity: Identity) -> bool:
+        return identity != hidden
+
+    keys = [NR["ptrace"], NR["unshare"], (1 << 16) | 26, KEY_UNKNOWN]
+    renderer, carried = Renderer(), CarriedCounts()
+    entries: dict[tuple[int, int], int] = {}
+    identities: dict[int, Identity] = {}
+    for step in range(30):
+        for cgroup_id in range(1, 7):
+            identities.setdefault(cgroup_id, rng.choice(who))
+        if rng.random() < 0.3:
+            identities[rng.randrange(1, 7)] = rng.choice(who)
+        for _ in range(rng.randrange(0, 6)):
+            key = (rng.randrange(1, 7), rng.choice(keys))
+            entries[key] = entries.get(key, 0) + rng.choice([1, 3, 2**53 + 1])
+        if rng.random() < 0.2:
+            gone = rng.randrange(1, 7)
+            for key in [k for k in entries if k[0] == gone]:
+                carried.add((identities[gone], key[1]), entries.pop(key))
+        overflow = {(overflow_identity, NR["ptrace"]): step} if step % 3 else {}
+        now = {c: identities[c] for c, _ in entries}
+        present = set(now.values())
+        cgroup_ids, nrs, values = rows_of(entries)
+        extra = [*((k, v) for k, (v,) in carried.items(present)), *overflow.items()]
+        family = dangerous.update(now, cgroup_ids, nrs, values, extra, present, shown)
+        want = dangerous_reference(
+            now, [(c, k, v) for (c, k), v in entries.items()], carried, overflow, present, shown
+        )
+        assert dict(family.samples) == {
+            tuple(map(_safe, labels)): value for labels, value in want.items()
+        }, step
+        for form in (TEXT, OPENMETRICS):
+            assert rendered(renderer, [family], form) == expected([plain(family)], form), step
+    assert any(labels[3] == "<overflow>" for labels, _ in family.samples)
+
+
+def test_the_syscalls_source_exports_dangerous_calls_as_rows(tmp_path):
+    from tests.bpf_maps import InMemoryMaps
+    from tests.unit.test_source_seams import Clock as SeamClock
+    from tests.unit.test_source_seams import cgroup, syscalls_source, value
+
+    maps = InMemoryMaps()
+    source = syscalls_source(tmp_path, SeamClock(), maps)
+    service = cgroup(tmp_path, 'odd"name\\.service')
+    maps.set("dangerous_counts", [2, 0], cgroup_id=service, nr=NR["ptrace"])
+    maps.set("dangerous_overflow", [5, 2], index=NR["ptrace"])
+    families = source.collect()
+    (family,) = [f for f in families if f.name == "orb8_dangerous_syscalls_total"]
+    assert isinstance(family, RowFamily)
+    assert value(families, family.name, cgroup='/odd"name\\.service', syscall="ptrace") == 2
+    assert value(families, family.name, cgroup="<overflow>", syscall="ptrace") == 5
+    for form in (TEXT, OPENMETRICS):
+        assert rendered(Renderer(), [family], form) == expected([plain(family)], form)
+
+
+# --- orb8_flow_*_total and orb8_active_flows from the flow ledger -------------------
+
+
+def flow_reference(series, active) -> list[MetricFamily]:
+    """The former per-row flow families, from the ledger's sums."""
+    from exporter.model import IDENTITY_LABELS
+    from exporter.sources.network.source import DIRECTIONS, PEER_LABELS, PROTOCOLS, _name
+
+    labels = (*IDENTITY_LABELS, "direction", "protocol", *PEER_LABELS)
+    flow_bytes = MetricFamily("orb8_flow_bytes_total", "counter", "", labels)
+    flow_packets = MetricFamily("orb8_flow_packets_total", "counter", "", labels)
+    for (identity, (direction, protocol, peer)), (nbytes, npackets) in series.items():
+        values = (
+            *identity,
+            _name(DIRECTIONS, direction),
+            _name(PROTOCOLS, protocol),
+            peer.namespace,
+            peer.pod,
+            peer.peer_class,
+        )
+        flow_bytes.add(values, nbytes)
+        flow_packets.add(values, npackets)
+    active_flows = MetricFamily("orb8_active_flows", "gauge", "", IDENTITY_LABELS)
+    for identity, count in active.items():
+        active_flows.add(identity, count)
+    return [flow_bytes, flow_packets, active_flows]
+
+
+def test_flow_rows_match_the_former_families_through_peers_evictions_and_relabels(tmp_path):
+    """A random flow map over 30 collects (peers come and go, entries are
+    evicted, cgroups relabelled, odd names): the flow families are rows
+    whose samples equal the former per-row families' and whose renders are
+    prometheus_client's, the renumbering of the interners included."""
+    from tests.bpf_maps import InMemoryMaps
+    from tests.unit.test_network_flows import World
+    from tests.unit.test_source_seams import Clock as SeamClock
+    from tests.unit.test_source_seams import network_source
+
+    rng = random.Random(8)
+    source = network_source(tmp_path, SeamClock(), InMemoryMaps())
+    source._flow_rows.SLACK = 0
+    world = World(peer_limit=2)
+    world.pods = {f"198.18.0.{i}": ("ns", f"peer-{i}") for i in range(1, 5)}
+    who = [
+        Identity("shop", "web", "app", ""),
+        Identity("shop", "db", 'q"uote\\', ""),
+        Identity(cgroup="/system.slice/\ud800odd.service"),
+        UNRESOLVED,
+    ]
+    renderer = Renderer()
+    for step in range(30):
+        world.identities = {c: world.identities.get(c) or rng.choice(who) for c in range(1, 5)}
+        if rng.random() < 0.3:
+            world.identities[rng.randrange(1, 5)] = rng.choice(who)
+        for _ in range(rng.randrange(1, 6)):
+            address = rng.choice([*world.pods, "203.0.113.9", "127.0.0.1"])
+            world.kernel.add(rng.randrange(1, 5), address, rng.randrange(1, 10**6))
+        if rng.random() < 0.3 and world.kernel.entries:  # the LRU evicts one
+            del world.kernel.entries[rng.choice(sorted(world.kernel.entries))]
+        if step % 7 == 6:  # a peer pod goes, another comes
+            world.pods.pop(rng.choice(sorted(world.pods)), None)
+            world.pods[f"198.18.1.{step}"] = ("ns", f"new-{step}")
+        world.collect()
+        source._ledger = world.ledger
+        renumbered = step % 5 == 4
+        if renumbered:  # as when many identities or peers are gone: new numbers
+            source._flow_rows.prune(0, 0)
+            assert len(source._flow_rows.keys) == 0
+        families = source._flow_families(world.identities)
+        assert all(isinstance(f, RowFamily) for f in families)
+        reference = flow_reference(*world.ledger.series(world.identities))
+        for family, want in zip(families, reference, strict=True):
+            assert family.name == want.name
+            assert sorted(family.samples) == sorted(want.samples), (step, family.name)
+        for form in (TEXT, OPENMETRICS):
+            assert rendered(renderer, families, form) == expected(
+                [plain(f) for f in families], form
+            ), step
+    assert len(source._flow_rows.keys) > 0
+
+
+def test_a_rendered_layout_keeps_a_few_bytes_per_row():
+    """What a render leaves in the layout for the next scrape is the bits of
+    each value and the deflated chunks: not each row's text (as str or
+    bytes, ~300 bytes a row at 1,000 containers x 50 syscalls: ~17 MiB)."""
+    import gc
+    import tracemalloc
+
+    table = RowTable()
+    series = {
+        ("", "", "", f"/kubepods.slice/pod-{i // 50:04d}.slice/cri-{i:064d}.scope", "read"): float(
+            i * 1009
+        )
+        for i in range(20_000)
+    }
+    family = row_family(table, series)
+    renderer = Renderer()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        body = rendered(renderer, [family], TEXT)
+        assert body == expected([plain(family)], TEXT)
+        del body
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept / len(series) < 40
+
+
+@pytest.mark.parametrize("form", [TEXT, OPENMETRICS])
+def test_every_value_moving_scrape_after_scrape_renders_as_prometheus_client(form):
+    """Chunks whose every row changed are rewritten from their kept prefixes
+    (made the first time): every counter moves in most scrapes, a few in
+    others, odd labels and special values included."""
+    table, renderer = RowTable(), Renderer()
+    series = {
+        (ODD_LABELS[i % len(ODD_LABELS)], f"p{i}", "app", "", "read"): float(i)
+        for i in range(2 * CHUNK_ROWS + 37)
+    }
+    for step in range(6):
+        if step == 3:  # only a few move
+            for labels in sorted(series)[::97]:
+                series[labels] += 1
+        else:
+            series = {labels: v * 3 + VALUES[step % len(VALUES)] for labels, v in series.items()}
+        family = row_family(table, series)
+        assert rendered(renderer, [family], form) == expected([plain(family)], form), step
+
+
+def test_a_deflated_piece_chains_the_crc_of_the_whole_text():
+    import zlib
+
+    from exporter.outputs.gzipped import Deflated
+
+    rng = random.Random(4)
+    crc, text = 0, b""
+    for size in (0, 1, 100, 65536, 65537, 300_000):
+        piece = bytes(rng.randrange(256) for _ in range(size))
+        deflated = Deflated(piece)
+        assert deflated.text() == piece
+        crc = deflated.chain(crc)
+        text += piece
+        assert crc == zlib.crc32(text)
+
+
+def test_a_layout_after_one_never_rendered_still_takes_the_rendered_text():
+    """Collects that nobody renders (housekeeping, OTLP off, prometheus_client's
+    encoder) make layouts in between: the next render still takes its kept
+    rows' text from the last rendered layout, not from the labels again."""
+    table, renderer = RowTable(), Renderer()
+    series = {("ns", f"p{i}", "app", "", "read"): float(i) for i in range(3 * CHUNK_ROWS)}
+    first = row_family(table, series)
+    rendered(renderer, [first], TEXT)
+    series[("ns", "new", "app", "", "read")] = 1.0
+    between = row_family(table, series)  # not rendered
+    del series[("ns", "p7", "app", "", "read")]
+    series[("ns", "p9", "app", "", "read")] = 99.0
+    last = row_family(table, series)
+    assert between.layout is not first.layout and last.layout is not between.layout
+    assert last.layout.previous((("bits", last.name), ("chunks", last.name))) is not None
+    assert rendered(renderer, [last], TEXT) == expected([plain(last)], TEXT)
+    assert rendered(renderer, [between], TEXT) == expected([plain(between)], TEXT)
+
+
+def test_rows_that_come_change_only_the_chunks_around_them():
+    """Chunk boundaries follow the rows' codes: a new cgroup's 50 rows in the
+    middle of 20,000 change the chunk(s) they land in; every other chunk is
+    the same deflated piece as before (gzip splices it as it is)."""
+
+    def family(codes: list[int]) -> RowFamily:
+        layout = table.update(
+            np.array(codes, dtype=np.int64),
+            lambda new: [
+                ("ns", f"p{c // 5000:05d}", "app", "", f"s{c % 5000}") for c in new.tolist()
+            ],
+        )
+        values = np.array(codes, dtype=np.float64)
+        return RowFamily("orb8_syscalls_total", "counter", "h", LABELS, layout, values)
+
+    table, renderer = RowTable(), Renderer()
+    codes = [100 * i for i in range(20_000)]
+    before = renderer.pieces([family(codes)], TEXT)
+    codes = sorted([*codes, *(100 * 10_000 + k for k in range(1, 51))])
+    second = family(codes)
+    after = renderer.pieces([second], TEXT)
+    assert rendered(renderer, [second], TEXT) == expected([plain(second)], TEXT)
+    kept = {id(piece) for piece in before}
+    new = [piece for piece in after[1:-1] if id(piece) not in kept]
+    assert 1 <= len(new) <= 2 < len(after) - 2

@@ -107,7 +107,7 @@ from exporter.kernel.attach import (
     load_program,
 )
 from exporter.kernel.maps import KernelMaps, loaded
-from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter, gauge
+from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter
 from exporter.rows import Interner, RowFamily, RowTable
 from exporter.selfmetrics import program_families
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
@@ -211,6 +211,7 @@ class NetworkSource:
         # (exporter/sources/lifecycle.py).
         self._traffic_carried = CarriedCounts()
         self._traffic_rows = _Rows()
+        self._flow_rows = _FlowRows()
         self._tcp_carried = CarriedCounts()
         self._ledger = FlowLedger(self.peer_limit, self.flow_idle_timeout)
         self._evictions = 0
@@ -545,36 +546,50 @@ class NetworkSource:
         return [opened, resets, retransmits]
 
     def _flow_families(self, identities: dict[int, Identity]) -> list[MetricFamily]:
+        """orb8_flow_{bytes,packets}_total and orb8_active_flows as rows
+        (exporter/rows.py) kept between collects: coded (identity index,
+        series index) from the ledger's sums, so a scrape renders only the
+        flow series that changed."""
         series, active = self._ledger.series(identities)
+        rows = self._flow_rows
+        rows.prune(len(active), len(series))
+        codes = np.fromiter(
+            (rows.identities(identity) << 32 | rows.keys(key) for identity, key in series),
+            dtype=np.int64,
+            count=len(series),
+        )
+        counts = np.array(list(series.values()), dtype=np.float64).reshape(-1, 2)
+        order = np.argsort(codes, kind="stable")
+        layout = rows.table.update(codes[order], rows.labels_of)
         labels = (*IDENTITY_LABELS, "direction", "protocol", *PEER_LABELS)
-        flow_bytes = counter(
+        flow_bytes = RowFamily(
             "orb8_flow_bytes_total",
+            "counter",
             "IP-layer bytes between the cgroup's sockets and a peer, by peer (best effort).",
             labels,
+            layout,
+            counts[order, 0],
         )
-        flow_packets = counter(
+        flow_packets = RowFamily(
             "orb8_flow_packets_total",
+            "counter",
             "IP packets between the cgroup's sockets and a peer, by peer (best effort).",
             labels,
+            layout,
+            counts[order, 1],
         )
-        for (identity, (direction, protocol, peer)), (nbytes, npackets) in series.items():
-            values = (
-                *identity,
-                _name(DIRECTIONS, direction),
-                _name(PROTOCOLS, protocol),
-                peer.namespace,
-                peer.pod,
-                peer.peer_class,
-            )
-            flow_bytes.add(values, nbytes)
-            flow_packets.add(values, npackets)
-        active_flows = gauge(
+        codes = np.fromiter(map(rows.identities, active), dtype=np.int64, count=len(active))
+        order = np.argsort(codes, kind="stable")
+        active_flows = RowFamily(
             "orb8_active_flows",
+            "gauge",
             "Flow entries (peer address, protocol, direction) of the cgroup with recent traffic.",
             IDENTITY_LABELS,
+            rows.active.update(
+                codes[order], lambda new: [rows.identities.values[c] for c in new.tolist()]
+            ),
+            np.array(list(active.values()), dtype=np.float64)[order],
         )
-        for identity, count in active.items():
-            active_flows.add(identity, count)
         return [flow_bytes, flow_packets, active_flows]
 
     def _map_families(
@@ -646,6 +661,51 @@ class _Rows:
     def __init__(self) -> None:
         self.identities: Interner[Identity] = Interner()
         self.table = RowTable()
+
+
+FlowKey = tuple[int, int, Peer]  # (direction, protocol, peer): FlowLedger's series key
+
+
+class _FlowRows:
+    """The flow families' rows: codes (identity index << 32 | series key index),
+    and orb8_active_flows' rows by identity index."""
+
+    SLACK = 1024
+
+    def __init__(self) -> None:
+        self.identities: Interner[Identity] = Interner()
+        self.keys: Interner[FlowKey] = Interner()
+        self.table = RowTable()
+        self.active = RowTable()
+
+    def prune(self, identities: int, series: int) -> None:
+        """Renumber when the interners hold many entries no longer in use
+        (identities of deleted pods, peer pods gone): no row made under the
+        old numbers survives."""
+        if len(self.identities) > 2 * identities + self.SLACK or len(self.keys) > (
+            2 * series + self.SLACK
+        ):
+            self.identities.clear()
+            self.keys.clear()
+            self.table.reset()
+            self.active.reset()
+
+    def labels_of(self, codes: np.ndarray) -> list[tuple[str, ...]]:
+        identities, keys = self.identities.values, self.keys.values
+        out = []
+        for code in codes.tolist():
+            direction, protocol, peer = keys[code & 0xFFFFFFFF]
+            out.append(
+                (
+                    *identities[code >> 32],
+                    _name(DIRECTIONS, direction),
+                    _name(PROTOCOLS, protocol),
+                    peer.namespace,
+                    peer.pod,
+                    peer.peer_class,
+                )
+            )
+        return out
 
 
 def _traffic_code(direction: np.ndarray, protocol: np.ndarray, family: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 
 from exporter.identity.kubelet import parse_kubelet_cgroup
 from exporter.model import UNRESOLVED, Identity
-from exporter.rows import Interner, RowFamily, RowTable
+from exporter.rows import Interner, RowFamily, RowTable, group_sum
 from exporter.sources.lifecycle import CarriedCounts
 from exporter.sources.syscalls.baseline import Baselines
 
@@ -271,3 +271,75 @@ def _workload(identity: Identity, owners: Mapping[tuple[str, str], str]) -> str 
     if parse_kubelet_cgroup(identity.cgroup) is not None:
         return None  # a pod's cgroup whose pod is not known yet
     return f"cgroup:{identity.cgroup}"
+
+
+class NamedCounts:
+    """(identity, syscall name) rows summed from a read's (cgroup id, key, count)
+    arrays plus counts held in user space: orb8_dangerous_syscalls_total on
+    the rows path (exporter/rows.py), named by SyscallCounts' lookup array.
+
+    Its own identity numbering (the dangerous map holds other cgroups than
+    the slot map), renumbered as SyscallCounts' is."""
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...],
+        names: list[str],
+        name_of_key: np.ndarray,
+    ) -> None:
+        self.name, self.help, self.labels = name, help, labels
+        self.names = names
+        self.name_of_key = name_of_key
+        self.identities: Interner[Identity] = Interner()
+        self.table = RowTable()
+
+    def update(
+        self,
+        identities: Mapping[int, Identity],
+        cgroup_ids: np.ndarray,
+        keys: np.ndarray,
+        counts: np.ndarray,
+        extra: Iterable[tuple[tuple[Identity, int], int]],
+        present: set[Identity],
+        shown: Callable[[Identity], bool],
+    ) -> RowFamily:
+        """extra: ((identity, kernel key), count) held in user space (carried
+        counts, overflow); shown(identity) False leaves its rows out."""
+        if len(self.identities) > 2 * len(present) + SLACK:
+            self.identities.clear()
+            self.table.reset()  # codes change meaning: no row may survive
+        # The cgroups of this read only: `identities` holds every cgroup of
+        # the source's maps (1,000s), the dangerous map a few of them.
+        known = np.unique(cgroup_ids).astype(np.uint64)
+        idents = np.array([self.identities(identities[c]) for c in known.tolist()], dtype=np.int64)
+        extra = list(extra)
+        extra_codes = np.array(
+            [self.identities(identity) * KEYS + _key_index(key) for (identity, key), _ in extra],
+            dtype=np.int64,
+        )
+        codes = np.concatenate(
+            [idents[np.searchsorted(known, cgroup_ids)] * KEYS + key_index(keys), extra_codes]
+        )
+        values = np.concatenate(
+            [counts.astype(np.uint64, copy=False), np.array([v for _, v in extra], np.uint64)]
+        )
+        named = len(self.names)
+        unique, sums = group_sum((codes // KEYS) * named + self.name_of_key[codes % KEYS], values)
+        owners = unique // named
+        hidden = [i for i in np.unique(owners).tolist() if not shown(self.identities.values[i])]
+        if hidden:
+            keep = ~np.isin(owners, hidden)
+            unique, sums = unique[keep], sums[keep]
+        layout = self.table.update(unique, self._labels_of)
+        return RowFamily(
+            self.name, "counter", self.help, self.labels, layout, sums.astype(np.float64)
+        )
+
+    def _labels_of(self, codes: np.ndarray) -> list[tuple[str, ...]]:
+        named = len(self.names)
+        return [
+            (*self.identities.values[code // named], self.names[code % named])
+            for code in codes.tolist()
+        ]

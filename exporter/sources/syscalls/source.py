@@ -80,7 +80,7 @@ from exporter.sources.mapstats import MapStats, map_families, memory_family
 from exporter.sources.syscalls.baseline import DEFAULT_CAPACITY as BASELINE_CAPACITY
 from exporter.sources.syscalls.baseline import DEFAULT_FORGET_AFTER as BASELINE_FORGET_AFTER
 from exporter.sources.syscalls.baseline import Baselines
-from exporter.sources.syscalls.counts import SyscallCounts
+from exporter.sources.syscalls.counts import NamedCounts, SyscallCounts
 from exporter.sources.syscalls.evidence import (
     MAX_RATE_KEYS,
     Allowlist,
@@ -248,6 +248,14 @@ class SyscallSource:
             self.baselines,
             self.resolver.owners,
             self._novel,
+        )
+        self._dangerous_counts = NamedCounts(
+            "orb8_dangerous_syscalls_total",
+            "Attempts of dangerous syscalls (successful or not), counted in the kernel; "
+            "orb8 itself and allowlisted workloads excluded.",
+            (*IDENTITY_LABELS, "syscall"),
+            self._counts.names,
+            self._counts.name_of_key,
         )
 
     def summary(self) -> str:
@@ -611,13 +619,21 @@ class SyscallSource:
         present = set(identities.values())
         self.baselines.prune()
         syscalls = self._counts.update(identities, cgroup_ids, nrs, counts, self._carried, present)
-        dangerous = _aggregate(
-            identities, d_cgroup_ids, d_nrs, d_counts, self._carried_dangerous, present
+        dangerous = self._dangerous_counts.update(
+            identities,
+            d_cgroup_ids,
+            d_nrs,
+            d_counts,
+            [
+                *((key, value) for key, (value,) in self._carried_dangerous.items(present)),
+                *overflow.items(),
+            ],
+            present,
+            self._shown,
         )
         suppressed = _aggregate(
             identities, d_cgroup_ids, d_nrs, d_suppressed, self._carried_suppressed, present
         )
-        dangerous.update(overflow)
         suppressed.update(overflow_suppressed)
 
         novel = {key: value for key, (value,) in self._novel.items(present)}
@@ -651,24 +667,19 @@ class SyscallSource:
         self._counts.forget(dropped)
         return families
 
+    def _shown(self, identity: Identity) -> bool:
+        """Whether an identity's dangerous calls are exported (not allowlisted, not orb8)."""
+        return not self.allowlist.allows(identity) and not self._is_own_workload(identity)
+
     def _families(
         self,
         syscalls: MetricFamily,
-        dangerous: Series,
+        dangerous_family: MetricFamily,
         novel_series: Series,
         entries: int,
         dangerous_entries: int,
     ) -> list[MetricFamily]:
         labels = (*IDENTITY_LABELS, "syscall")
-        dangerous_family = counter(
-            "orb8_dangerous_syscalls_total",
-            "Attempts of dangerous syscalls (successful or not), counted in the kernel; "
-            "orb8 itself and allowlisted workloads excluded.",
-            labels,
-        )
-        for (identity, name), value in self._by_name(dangerous).items():
-            if not self.allowlist.allows(identity) and not self._is_own_workload(identity):
-                dangerous_family.add((*identity, name), value)
         novel = counter(
             "orb8_syscall_novel_total",
             "Syscalls made outside the workload's learned baseline.",
