@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -366,3 +368,42 @@ def test_malformed_lines_on_the_wire_and_the_stream_goes_on(server: ApiServer) -
     assert json.loads(lines[3])["type"] == "ADDED"
     conn.close()
     assert server.wait_watches(0)
+
+
+# --- in its own process -------------------------------------------------------------------
+
+
+def test_own_process_serves_the_pods_its_input_adds_and_deletes(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.k8s_apiserver"],
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        url = proc.stdout.readline().strip()
+        web, db = make_pod("web"), make_pod("db", namespace="data")
+        for command in ({"add": web}, {"add": db}, {"delete": web["metadata"]["uid"]}):
+            proc.stdin.write(json.dumps(command) + "\n")
+        proc.stdin.flush()
+        core = CoreV1Api(
+            kubernetes.config.new_client_from_config(
+                config_file=str(write_kubeconfig(tmp_path / "kubeconfig", url))
+            )
+        )
+        deadline = time.monotonic() + 10
+        while (names := [p.metadata.name for p in core.list_pod_for_all_namespaces().items]) != [
+            "db"
+        ] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        core.api_client.close()
+        assert names == ["db"]
+        proc.stdin.close()
+        assert proc.stdout.readline().strip() == "1"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
