@@ -17,7 +17,8 @@ long-lived loop process, cycling through the modes many times. Fine
 interleaving cancels the slow drift of a shared VM, and the median of many
 bursts per mode discards the spikes. Reported: overhead ratio =
 (orb8 - none) / (floor - none) on those medians, with a bootstrap interval.
-Goal: <= 1.25. Results are appended to RESULTS.md.
+Goal: <= 1.25. Results are appended to RESULTS.md, or with --json FILE
+written there instead (medians and every mode's ratio; benchmarks/bench_scale.py).
 
 Usage (root): .venv/bin/python benchmarks/syscall_overhead.py [--cycles N]
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ctypes as ct
 import datetime
+import json
 import os
 import platform
 import random
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=150, help="passes over all modes")
     parser.add_argument("--calls", type=int, default=200_000, help="getppid calls per burst")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--json", type=Path, help="write the figures here instead of --results")
     args = parser.parse_args()
 
     cpu = (os.cpu_count() or 1) - 1
@@ -203,6 +206,22 @@ def main() -> None:
     medians = {m: statistics.median(v) for m, v in samples.items()}
     orb8, naive = ratio(medians, "orb8"), ratio(medians, "naive")
     low, high = bootstrap(samples, "orb8")
+    if args.json:
+        ratios = {m: ratio(medians, m) for m in MODES if m not in ("none", "floor")}
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cycles": args.cycles,
+                    "calls": args.calls,
+                    "ns_per_syscall": medians,
+                    "ratios": ratios,
+                    "orb8_interval": [low, high],
+                    "load_average": os.getloadavg(),
+                },
+                indent=1,
+            )
+        )
+        return
     verdict = "meets" if orb8 <= 1.25 else "misses"
     cpu_model = next(
         (
