@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,7 @@ ROOT = footprint.ROOT
 
 from exporter.identity.cgroupfs import find_cgroup2_mount  # noqa: E402
 from exporter.memory import process_memory  # noqa: E402
-from tests.helpers import free_port, remove_cgroup  # noqa: E402
+from tests.helpers import free_port, remove_cgroup, terminate  # noqa: E402
 from tests.k8s_apiserver import make_pod, write_kubeconfig  # noqa: E402
 
 MiB = 1 << 20
@@ -287,12 +286,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         stop.set()
         for thread in threads:
             thread.join(timeout=120)
-        orb8.send_signal(signal.SIGTERM)
-        try:
-            orb8.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            orb8.kill()
-            orb8.wait()
+        terminate(orb8)
         if churn is not None:
             churn.close()
         else:
