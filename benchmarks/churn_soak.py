@@ -23,6 +23,11 @@ per hour after the first --warmup (5) minutes (least-squares slope; goal
 orb8_table_entries / orb8_bpf_map_entries gauges at the start of the churn,
 after the warm-up and at the end.
 
+With --tracemalloc, orb8 runs under tracemalloc (slower, and more memory:
+for finding a leak, not for the figures): a snapshot is taken when the
+warm-up ends and another at the end, and the allocation sites that grew most
+between them are reported.
+
 Everything it creates (cgroups, processes, temp files) is removed at the end.
 
 Usage (root): .venv/bin/python benchmarks/churn_soak.py [--minutes 30] [--json FILE]
@@ -35,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +63,21 @@ from tests.helpers import free_port, remove_cgroup, terminate  # noqa: E402
 from tests.k8s_apiserver import make_pod, write_kubeconfig  # noqa: E402
 
 MiB = 1 << 20
+# `python -c` wrapper: orb8 under tracemalloc, a snapshot written to argv[1]/<n>.snap on
+# each SIGUSR1 (renamed into place when complete); the rest of argv is `orb8`'s.
+TRACED = """
+import os, runpy, signal, sys, tracemalloc
+tracemalloc.start(6)
+out, taken = sys.argv[1], [0]
+def snapshot(*_):
+    taken[0] += 1
+    path = os.path.join(out, str(taken[0]) + ".snap")
+    tracemalloc.take_snapshot().dump(path + ".tmp")
+    os.rename(path + ".tmp", path)
+signal.signal(signal.SIGUSR1, snapshot)
+sys.argv = ["orb8", *sys.argv[2:]]
+runpy.run_module("exporter.cli", run_name="__main__", alter_sys=True)
+"""
 NAMESPACE = "soak"
 NODE = "node-a"
 QOS_SLICE = ("kubepods.slice", "kubepods-besteffort.slice")
@@ -160,6 +181,30 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
     return statistics.linear_regression(t, v).slope * 3600
 
 
+def snapshot(orb8: subprocess.Popen, snaps: Path, n: int) -> Path:
+    """Ask the traced orb8 for its n-th snapshot; its path once written."""
+    orb8.send_signal(signal.SIGUSR1)
+    path = snaps / f"{n}.snap"
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        if time.monotonic() > deadline or orb8.poll() is not None:
+            raise SystemExit("no tracemalloc snapshot from orb8")
+        time.sleep(0.5)
+    return path
+
+
+def growth(first: Path, last: Path, top: int = 15) -> list[str]:
+    """The allocation sites that grew most from the first snapshot to the last."""
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(str(first)), tracemalloc.Snapshot.load(str(last))
+    lines = [str(stat) for stat in new.compare_to(old, "lineno")[:top]]
+    for stat in new.compare_to(old, "traceback")[:5]:
+        lines.append(f"{stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks:")
+        lines.extend("    " + line for line in stat.traceback.format())
+    return lines
+
+
 def plain(body: str, name: str) -> float | None:
     """The value of an unlabelled sample."""
     for line in body.splitlines():
@@ -186,9 +231,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     url = f"http://127.0.0.1:{port}/metrics"
     log_path = work / "orb8.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    snaps = work / "snapshots"
+    snaps.mkdir()
+    python = (sys.executable, "-c", TRACED, str(snaps)) if args.tracemalloc else None
     orb8 = subprocess.Popen(
         [
-            *(sys.executable, "-m", "exporter.cli", "run", "--listen", f"127.0.0.1:{port}"),
+            *(python or (sys.executable, "-m", "exporter.cli")),
+            *("run", "--listen", f"127.0.0.1:{port}"),
             *("--probes", "syscalls,network", "--kubeconfig", str(kubeconfig)),
             *("--node-name", NODE, *args.orb8_args),
         ],
@@ -198,6 +247,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         stderr=subprocess.STDOUT,
     )
     churn = None
+    taken: list[Path] = []
+    grown: list[str] = []
     scrapes: list[dict] = []
     failures: list[tuple[float, str]] = []
     samples: list[tuple[float, dict[str, int], float]] = []  # (t, memory, cpu seconds)
@@ -269,6 +320,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 churn.add(now)
                 next_add += 1 / args.rate
             churn.tick(now)
+            if args.tracemalloc and now >= warmup and not taken:
+                taken.append(snapshot(orb8, snaps, 1))
             if now >= next_report:
                 last = samples[-1][1] if samples else {}
                 print(
@@ -282,6 +335,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         for thread in threads:
             thread.join()
         samples.append((time.monotonic() - t0, process_memory(orb8.pid), 0.0))
+        if args.tracemalloc and taken:
+            grown = growth(taken[0], snapshot(orb8, snaps, 2))
     finally:
         stop.set()
         for thread in threads:
@@ -344,6 +399,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "gauges_start": at(0),
         "gauges_warm": at(warmup),
         "gauges_end": at(duration),
+        "tracemalloc_growth": grown,
         "load_average": os.getloadavg(),
         "machine": machine.describe(),
     }
@@ -373,6 +429,9 @@ def main() -> None:
     parser.add_argument("--scrape-every", type=float, default=15.0)
     parser.add_argument("--sample-every", type=float, default=30.0)
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="find what grows (not for the figures)"
+    )
     parser.add_argument("orb8_args", nargs="*", help="more `orb8 run` flags (after --)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -384,6 +443,9 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "memory_series"}, indent=1))
     print(summary(result))
+    if result["tracemalloc_growth"]:
+        print("grown most after the warm-up (tracemalloc):")
+        print("\n".join(result["tracemalloc_growth"]))
 
 
 if __name__ == "__main__":
