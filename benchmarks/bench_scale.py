@@ -161,8 +161,9 @@ def soak_rows(r: dict, command: str) -> list[str]:
     return [
         f"| churn soak: RssAnon growth after the first {r['warmup_minutes']:g} min of "
         f"{r['minutes']:g} min of pod churn ({r['pods_added']:,} pods added and deleted "
-        f"through the test API server, {r['rate']:g}/s, {r['lifetime_s']:g} s each), least-"
-        f"squares slope | < 1 MiB/h | **{growth:+.2f} MiB/h** ({verdict(growth < 1)}); VmRSS "
+        f"through the test API server, {r['rate']:g}/s, {r['lifetime_s']:g} s each, each "
+        f"pod's process making 10-30 syscalls and {r.get('traffic', 0)} UDP datagrams), "
+        f"least-squares slope | < 1 MiB/h | **{growth:+.2f} MiB/h** ({verdict(growth < 1)}); VmRSS "
         f"{r['vmrss_mib_per_hour']:+.2f}, RssFile {r['rss_file_mib_per_hour']:+.2f} MiB/h; "
         f"RssAnon {r['memory_start']['RssAnon']} -> {r['memory_warm']['RssAnon']} -> "
         f"{r['memory_end']['RssAnon']} MiB; scrapes every 15 s p50 {r['scrape_p50_ms']:.0f} ms, "

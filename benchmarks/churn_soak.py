@@ -9,8 +9,9 @@ and deleted continuously, as a kubelet would see them:
     cgroup made (systemd driver:
     kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice/
     cri-containerd-<id>.scope, under a unique top cgroup), and the test
-    workload (tests/workload.c) run in it making 10-30 distinct syscalls (so
-    the kernel maps gain that pod's entries);
+    workload (tests/workload.c) run in it making 10-30 distinct syscalls and
+    sending itself --traffic (5) UDP datagrams (so the syscall, traffic and
+    flow maps gain that pod's entries);
   - each tick, one live pod's workload runs again (its counters move);
   - after --lifetime s a pod's cgroup is removed and the pod deleted through
     the API server (the maps empty once the grace ends).
@@ -127,8 +128,11 @@ class ApiProcess:
 class Churn:
     """Pods added through the API server with their cgroups, exercised, removed."""
 
-    def __init__(self, api: ApiProcess, top: Path, workload: Path, lifetime: float) -> None:
+    def __init__(
+        self, api: ApiProcess, top: Path, workload: Path, lifetime: float, traffic: int
+    ) -> None:
         self.api, self.top, self.workload, self.lifetime = api, top, workload, lifetime
+        self.traffic = [f"udp:{traffic}"] if traffic else []
         self.live: deque[Pod] = deque()
         self.added = self.removed = 0
         self.rng = random.Random(20)
@@ -149,7 +153,7 @@ class Churn:
         scope.mkdir(parents=True)
         n = self.rng.randint(10, 30)
         specs = [f"{nr}:{self.rng.randint(1, 50)}" for nr in self.rng.sample(SYSCALLS, n)]
-        pod = Pod(uid, slice_dir, scope, specs, now + self.lifetime)
+        pod = Pod(uid, slice_dir, scope, specs + self.traffic, now + self.lifetime)
         self.live.append(pod)
         self.added += 1
         self.run(pod)
@@ -265,7 +269,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             except OSError:
                 pass
             time.sleep(0.2)
-        churn = Churn(api, top, workload, args.lifetime)
+        churn = Churn(api, top, workload, args.lifetime, args.traffic)
         t0 = time.monotonic()
 
         def scraper() -> None:
@@ -375,6 +379,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "warmup_minutes": round(warmup / 60, 2),
         "rate": args.rate,
         "lifetime_s": args.lifetime,
+        "traffic": args.traffic,
         "pods_added": churn.added if churn else 0,
         "pods_removed": churn.removed if churn else 0,
         "api_pods_left": held,
@@ -425,6 +430,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="minutes left out of the fit")
     parser.add_argument("--rate", type=float, default=2.0, help="pods added per second")
     parser.add_argument("--lifetime", type=float, default=60.0, help="seconds a pod lives")
+    parser.add_argument("--traffic", type=int, default=5, help="UDP datagrams per run")
     parser.add_argument("--tick", type=float, default=0.25, help="seconds between exercises")
     parser.add_argument("--scrape-every", type=float, default=15.0)
     parser.add_argument("--sample-every", type=float, default=30.0)
