@@ -287,6 +287,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                         "seconds": seconds,
                         **{name: footprint.gauge(body, name) for name in GAUGES},
                         "pods_tracked": plain(text, "orb8_k8s_pods_tracked"),
+                        # All of them, other tenants' too: orb8 counts every cgroup on the host.
+                        "series": sum(1 for ln in text.splitlines() if ln and ln[0] != "#"),
                         "soak_pods_seen": len(
                             {
                                 line.split('pod="')[1].split('"')[0]
@@ -368,6 +370,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "maps": labelled(s["orb8_bpf_map_entries"], "map"),
             "pods_tracked": s["pods_tracked"],
             "soak_pods_seen": s["soak_pods_seen"],
+            "series": s["series"],
         }
 
     def memory(t: float) -> dict:
