@@ -156,6 +156,8 @@ def hook_rows(r: dict, command: str) -> list[str]:
 
 
 def soak_rows(r: dict, command: str) -> list[str]:
+    slopes = ("rss_anon_mib_per_hour", "vmrss_mib_per_hour", "rss_file_mib_per_hour")
+    r = {**r, **{k: float("nan") for k in slopes if r[k] is None}}  # too short for a slope
     growth = r["rss_anon_mib_per_hour"]
     start, end = r["gauges_start"], r["gauges_end"]
     return [

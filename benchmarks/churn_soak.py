@@ -398,6 +398,23 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             (round(t), *(round(m[f] / MiB, 2) for f in fields)) for t, m, _ in samples
         ],
         "scrapes": len(latencies),
+        # (t, seconds, series, baselines, identity, syscall_slots): what the host added
+        "scrape_series": [
+            (
+                round(s["t"]),
+                round(s["seconds"], 3),
+                s["series"],
+                *(
+                    s[name].get(f'{{{label}="{key}"}}')
+                    for name, label, key in (
+                        ("orb8_table_entries", "table", "baselines"),
+                        ("orb8_table_entries", "table", "identity"),
+                        ("orb8_bpf_map_entries", "map", "syscall_slots"),
+                    )
+                ),
+            )
+            for s in scrapes
+        ],
         "scrape_failures": failures,
         "scrape_p50_ms": round(statistics.median(latencies) * 1000, 1),
         "scrape_max_ms": round(max(latencies) * 1000, 1),
@@ -450,7 +467,8 @@ def main() -> None:
         result = run(args, Path(work))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "memory_series"}, indent=1))
+    long = ("memory_series", "scrape_series", "tracemalloc_growth")
+    print(json.dumps({k: v for k, v in result.items() if k not in long}, indent=1))
     print(summary(result))
     if result["tracemalloc_growth"]:
         print("grown most after the warm-up (tracemalloc):")
