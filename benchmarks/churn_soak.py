@@ -24,10 +24,10 @@ per hour after the first --warmup (5) minutes (least-squares slope; goal
 orb8_table_entries / orb8_bpf_map_entries gauges at the start of the churn,
 after the warm-up and at the end.
 
-With --tracemalloc, orb8 runs under tracemalloc (slower, and more memory:
-for finding a leak, not for the figures): a snapshot is taken when the
-warm-up ends and another at the end, and the allocation sites that grew most
-between them are reported.
+With --tracemalloc, orb8 is traced by tracemalloc from the end of the
+warm-up (slower, and more memory: for finding a leak, not for the figures);
+the allocation sites of what was allocated after the warm-up and is still
+alive at the end are reported, largest first.
 
 Everything it creates (cgroups, processes, temp files) is removed at the end.
 
@@ -64,14 +64,16 @@ from tests.helpers import free_port, remove_cgroup, terminate  # noqa: E402
 from tests.k8s_apiserver import make_pod, write_kubeconfig  # noqa: E402
 
 MiB = 1 << 20
-# `python -c` wrapper: orb8 under tracemalloc, a snapshot written to argv[1]/<n>.snap on
-# each SIGUSR1 (renamed into place when complete); the rest of argv is `orb8`'s.
+# `python -c` wrapper: orb8, traced by tracemalloc from the first SIGUSR1 on (tracing the
+# start-up too made BCC's compile slower than any start-up limit), a snapshot written to
+# argv[1]/<n>.snap on each SIGUSR1 (renamed into place when complete): the second holds
+# what was allocated after the first and is still alive. The rest of argv is `orb8`'s.
 TRACED = """
 import os, runpy, signal, sys, tracemalloc
-tracemalloc.start(6)
 out, taken = sys.argv[1], [0]
 def snapshot(*_):
     taken[0] += 1
+    tracemalloc.start(6)
     path = os.path.join(out, str(taken[0]) + ".snap")
     tracemalloc.take_snapshot().dump(path + ".tmp")
     os.rename(path + ".tmp", path)
