@@ -167,6 +167,7 @@ def soak_rows(r: dict, command: str) -> list[str]:
         f"pod's process making 10-30 syscalls and {r.get('traffic', 0)} UDP datagrams), "
         f"least-squares slope | < 1 MiB/h | **{growth:+.2f} MiB/h** ({verdict(growth < 1)}); VmRSS "
         f"{r['vmrss_mib_per_hour']:+.2f}, RssFile {r['rss_file_mib_per_hour']:+.2f} MiB/h; "
+        f"RssAnon over the last third alone {r.get('rss_anon_last_third_mib_per_hour')} MiB/h; "
         f"RssAnon {r['memory_start']['RssAnon']} -> {r['memory_warm']['RssAnon']} -> "
         f"{r['memory_end']['RssAnon']} MiB; scrapes every 15 s p50 {r['scrape_p50_ms']:.0f} ms, "
         f"max {r['scrape_max_ms']:.0f} ms; orb8_table_entries start {start['tables']}, end "

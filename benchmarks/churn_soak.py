@@ -361,6 +361,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     after = [(t, m) for t, m, _ in samples if t >= warmup]
     fields = ("RssAnon", "VmRSS", "RssFile")
     slopes = {f: slope_per_hour([(t, m[f] / MiB) for t, m in after]) for f in fields}
+    # The last third alone: whether it levels off once the bounded tables are full.
+    late = slope_per_hour([(t, m["RssAnon"] / MiB) for t, m, _ in samples if t >= duration * 2 / 3])
     cpu = [(t, c) for t, _, c in samples if c]
     latencies = [s["seconds"] for s in scrapes if s["seconds"]]
 
@@ -392,6 +394,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "vmrss_mib_per_hour": None if slopes["VmRSS"] is None else round(slopes["VmRSS"], 2),
         "rss_file_mib_per_hour": None if slopes["RssFile"] is None else round(slopes["RssFile"], 2),
         "goal_mib_per_hour": 1.0,
+        "rss_anon_last_third_mib_per_hour": None if late is None else round(late, 2),
         "memory_start": memory(0),
         "memory_warm": memory(warmup),
         "memory_end": memory(duration),
