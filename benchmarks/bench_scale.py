@@ -148,7 +148,7 @@ def hook_rows(r: dict, command: str) -> list[str]:
     others = ", ".join(f"{mode} {value:.2f}" for mode, value in ratios.items() if mode != "orb8")
     return [
         f"| syscall hook: (orb8 - none) / (floor - none), getppid loop, i386 ABI check on, "
-        f"medians of {r['cycles']} shuffled bursts | <= 1.15 | **{ratios['orb8']:.2f}** (90% "
+        f"medians of {r['cycles']} shuffled bursts | <= 1.15 | **{ratios['orb8']:.3f}** (90% "
         f"interval {low:.2f}-{high:.2f}): {verdict(ratios['orb8'] <= 1.15)}; other modes: "
         f"{others} | floor (empty raw tracepoint) {ns['floor']:.1f} ns, none {ns['none']:.1f} "
         f"ns, orb8 {ns['orb8']:.1f} ns per syscall | `{command}` |",

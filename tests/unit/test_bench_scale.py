@@ -70,7 +70,7 @@ def test_a_run_without_the_soak_keeps_its_row_and_date_and_replaces_the_rest() -
     assert rewritten.endswith("\n\n## History\n\nold rows stay\n")
     table = [line for line in rewritten.splitlines() if line.startswith("| ")]
     assert table[0] == bench_scale.HEADER.splitlines()[0]
-    assert "**1.05**" in table[1] and " v1" not in rewritten  # the hook row is the new one
+    assert "**1.050**" in table[1] and " v1" not in rewritten  # the hook row is the new one
     assert table[2] == kept["soak"][0]  # the soak row, untouched, after it
     assert "+0.40 MiB/h" in table[2] and "soak 2026-12-04 23:40 UTC" in rewritten
     assert bench_scale.old_block(rewritten)[1]["hook"] == "2026-12-05 00:30 UTC"
