@@ -3,7 +3,7 @@
 VENV := .venv
 LISTEN ?= 0.0.0.0:9826
 
-.PHONY: setup run test lint bench dashboards clean fake-nvml image image-test manifests golden docs lock
+.PHONY: setup run test lint bench bench-scale dashboards clean fake-nvml image image-test manifests golden docs lock
 
 setup:
 	@bash scripts/setup-host.sh
@@ -26,6 +26,13 @@ dashboards: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/syscall_overhead.py
+
+# Every figure of the scale issue (20) in one go, under 10 minutes, written as
+# one table into benchmarks/RESULTS.md (between the bench-scale markers; the
+# scripts' logs and JSON land in build/bench-scale/). SOAK=30 adds the 30-minute
+# churn soak; ONLY=footprint,hook refreshes just those rows.
+bench-scale: setup
+	$(VENV)/bin/python benchmarks/bench_scale.py $(if $(SOAK),--soak $(SOAK)) $(if $(ONLY),--only $(ONLY))
 
 # A fake libnvidia-ml.so.1 replaying a real NVML capture (tests/fakes/nvml):
 # LD_LIBRARY_PATH=build/fake-nvml makes pynvml load it. The test session

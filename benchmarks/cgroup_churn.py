@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter.identity.cgroupfs import find_cgroup2_mount  # noqa: E402
-from tests.helpers import free_port, remove_cgroup  # noqa: E402
+from tests.helpers import free_port, remove_cgroup, terminate  # noqa: E402
 
 SYS_PTRACE = 101  # x86_64
 QUIET = (
@@ -184,12 +184,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         if churner is not None and churner.poll() is None:
             churner.send_signal(signal.SIGTERM)
             churner.wait()
-        orb8.send_signal(signal.SIGTERM)
-        try:
-            orb8.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            orb8.kill()
-            orb8.wait()
+        terminate(orb8)
         for directory in sorted(
             [*made, *(p for p in extra.iterdir() if p.is_dir())] if extra.exists() else made,
             key=lambda p: len(p.parts),

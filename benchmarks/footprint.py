@@ -8,7 +8,9 @@ plain host; gpu/dcgm are absent without a GPU) and measures, in one run:
   2. idle: RssAnon / RssFile / VmRSS, and CPU (utime + stime from
      /proc/<pid>/stat) over --idle seconds while scraped every --interval s,
   3. 1,000 cgroups: creates them under the cgroup v2 mount, runs the test
-     workload (tests/workload.c) in each making --syscalls distinct syscalls,
+     workload (tests/workload.c) in each making --syscalls distinct syscalls
+     (and with --traffic N, N UDP datagrams to itself: network series both
+     ways and a loopback flow per cgroup),
      then scrapes as Prometheus does (its Accept header, which picks
      OpenMetrics, and Accept-Encoding: gzip) --scrapes times and reports
      their p50 and the memory after them (VmRSS, RssAnon, RssFile); then
@@ -22,6 +24,7 @@ plain host; gpu/dcgm are absent without a GPU) and measures, in one run:
 Everything it creates (cgroups, processes) is removed at the end.
 
 Usage (root): .venv/bin/python benchmarks/footprint.py [--containers 1000] [--idle 120]
+[--json FILE]: the figures as JSON too (benchmarks/bench_scale.py reads them).
 """
 
 from __future__ import annotations
@@ -141,8 +144,12 @@ def build_workload(directory: Path) -> Path:
     return binary
 
 
-def fill_cgroups(parent: Path, workload: Path, containers: int, syscalls: int) -> list[Path]:
+def fill_cgroups(
+    parent: Path, workload: Path, containers: int, syscalls: int, traffic: int = 0
+) -> list[Path]:
     specs = [f"{nr}:1" for nr in SAFE_SYSCALLS[:syscalls]]
+    if traffic:  # datagrams to itself: network series both ways and a loopback flow
+        specs.append(f"udp:{traffic}")
     created = []
     running: list[subprocess.Popen] = []
     for i in range(containers):
@@ -211,9 +218,11 @@ def live(args: argparse.Namespace, workdir: Path) -> dict:
         parent.mkdir()
         workload = build_workload(workdir)
         t1 = time.perf_counter()
-        created = fill_cgroups(parent, workload, args.containers, args.syscalls)
+        created = fill_cgroups(parent, workload, args.containers, args.syscalls, args.traffic)
         print(
-            f"{len(created)} cgroups x {args.syscalls} syscalls in {time.perf_counter() - t1:.1f} s"
+            f"{len(created)} cgroups x {args.syscalls} syscalls"
+            f"{f' + {args.traffic} datagrams' if args.traffic else ''} "
+            f"in {time.perf_counter() - t1:.1f} s"
         )
         # As Prometheus scrapes: --scrapes of them, then the memory.
         scrapes, collect = [], []
@@ -238,6 +247,8 @@ def live(args: argparse.Namespace, workdir: Path) -> dict:
         out.update(
             series=total,
             syscall_series=series,
+            network_series=body.count(b"\norb8_network_bytes_total{"),
+            flow_series=body.count(b"\norb8_flow_bytes_total{"),
             scrape_p50_ms=statistics.median(scrapes) * 1000,
             scrape_fast_p50_ms=statistics.median(fast) * 1000,
             scrape_baseline_p50_ms=statistics.median(base) * 1000,
@@ -324,6 +335,10 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--no-trim", action="store_true", help="skip step 4")
     parser.add_argument(
+        "--traffic", type=int, default=0, help="UDP datagrams each cgroup sends itself (0: none)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here (bytes, ms)")
+    parser.add_argument(
         "orb8_args", nargs="*", help="more `orb8 run` flags (after --), e.g. --dangerous-syscalls"
     )
     args = parser.parse_args()
@@ -331,9 +346,12 @@ def main() -> None:
         raise SystemExit(f"at most {len(SAFE_SYSCALLS)} distinct syscalls")
     print(f"machine: {machine.describe()}")
     with tempfile.TemporaryDirectory() as tmp:
-        live(args, Path(tmp))
+        result = {"live": live(args, Path(tmp))}
     if not args.no_trim:
-        trim()
+        result["trim"] = trim()
+    if args.json:
+        result.update(machine=machine.describe(), load_average=os.getloadavg())
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,17 @@ Measured per protocol, same run:
 - scrape latency while exports run against scrape latency without them
   (a ratio: what a push costs a concurrent scrape).
 
-Appends a report to RESULTS.md. Usage: .venv/bin/python benchmarks/otlp_export.py
+Appends a report to RESULTS.md, or with --json FILE writes the figures there
+instead (benchmarks/bench_scale.py reads them).
+Usage: .venv/bin/python benchmarks/otlp_export.py [--exports 8] [--protocols grpc,http/protobuf]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
+import os
 import platform
 import statistics
 import subprocess
@@ -142,7 +147,7 @@ def scrape_loop(url: str, stop: threading.Event, latencies: list[float]) -> None
         latencies.append(time.perf_counter() - started)
 
 
-def run(protocol: str, sdk: bool) -> dict[str, float]:
+def run(protocol: str, sdk: bool, exports: int = EXPORTS) -> dict[str, float]:
     """sdk=True: the former path (SDK MetricsData, its encoder) in the same run."""
     # The collector runs in its own process, as a real one would: its
     # decoding must not compete with orb8 for this process's GIL.
@@ -188,7 +193,7 @@ def run(protocol: str, sdk: bool) -> dict[str, float]:
         scraper = threading.Thread(target=scrape_loop, args=(url, stop, busy), name="scraper")
         scraper.start()
         walls, cpus = [], []
-        for _ in range(EXPORTS):
+        for _ in range(exports):
             started, cpu = time.perf_counter(), time.thread_time()
             assert agent.otlp.export_once(), "export failed"
             walls.append(time.perf_counter() - started)
@@ -218,11 +223,30 @@ def run(protocol: str, sdk: bool) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--exports", type=int, default=EXPORTS, help="per protocol and path")
+    parser.add_argument("--protocols", default="grpc,http/protobuf")
+    parser.add_argument("--json", help="write the figures here instead of RESULTS.md")
+    args = parser.parse_args()
     results = {
-        f"{protocol}{' (SDK path)' if sdk else ''}": run(protocol, sdk)
-        for protocol in ("grpc", "http/protobuf")
+        f"{protocol}{' (SDK path)' if sdk else ''}": run(protocol, sdk, args.exports)
+        for protocol in args.protocols.split(",")
         for sdk in (False, True)
     }
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "containers": CONTAINERS,
+                    "syscalls": SYSCALLS,
+                    "exports": args.exports,
+                    "results": results,
+                    "load_average": os.getloadavg(),
+                },
+                indent=1,
+            )
+        )
+        return
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -234,7 +258,7 @@ def main() -> None:
     lines = [
         f"\n### otlp_export ({datetime.date.today()})\n",
         f"Machine: {cpu}, kernel {platform.release()}, Python {platform.python_version()}. "
-        f"{CONTAINERS} containers x {SYSCALLS} syscalls + network, {EXPORTS} exports per "
+        f"{CONTAINERS} containers x {SYSCALLS} syscalls + network, {args.exports} exports per "
         "protocol back to back into the tests' OTLP receiver in its own process, one "
         "thread scraping /metrics in a loop meanwhile.\n",
         "| protocol | points (requests) | wall per export (median / max) | CPU per export | "

@@ -29,7 +29,8 @@ own CPU time (--clock cpu, the default) leaves out the time other tasks ran
 on its CPU. Reported per syscall: overhead ratio =
 (mode - none) / (floor - none) on those medians, with a bootstrap interval.
 Goal (issue 20): orb8 <= 1.15 with the i386 check on. Results are appended
-to RESULTS.md.
+to RESULTS.md, or with --json FILE written there instead (medians and every
+mode's ratio per syscall; benchmarks/bench_scale.py).
 
 Usage (root): .venv/bin/python benchmarks/syscall_overhead.py [--cycles N]
 """
@@ -297,6 +298,31 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def figures(
+    samples: dict[str, dict[str, list[float]]],
+    medians: dict[str, dict[str, float]],
+    args: argparse.Namespace,
+) -> dict:
+    """What bench_scale.py reads: per syscall, the medians, every mode's ratio
+    and orb8's interval; getpid's (the common, not ABI-sensitive case) also
+    at the top level."""
+    per_syscall = {
+        name: {
+            "ns_per_syscall": medians[name],
+            "ratios": {m: ratio(medians[name], m) for m in MODES if m not in ("none", "floor")},
+            "orb8_interval": list(bootstrap(samples[name], "orb8")),
+        }
+        for name in SYSCALLS
+    }
+    return {
+        "cycles": args.cycles,
+        "calls": args.calls,
+        **per_syscall["getpid"],
+        "syscalls": per_syscall,
+        "load_average": os.getloadavg(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=100, help="passes over all modes")
@@ -304,6 +330,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=3, help="loads of each orb8 variant")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--samples", type=Path, help="also write every burst's figure (JSON)")
+    parser.add_argument("--json", type=Path, help="write the figures here instead of --results")
     parser.add_argument(
         "--clock",
         choices=("cpu", "wall"),
@@ -356,6 +383,9 @@ def main() -> None:
     medians = {
         name: {m: statistics.median(v) for m, v in samples[name].items()} for name in SYSCALLS
     }
+    if args.json:
+        args.json.write_text(json.dumps(figures(samples, medians, args), indent=1))
+        return
     rows = []
     for mode in MODES:
         cells = []

@@ -235,6 +235,18 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition", interval
     return value
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` s; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def remove_cgroup(path: Path) -> None:
     """rmdir a cgroup, killing stragglers that are still exiting; gone is fine."""
     for attempt in range(50):

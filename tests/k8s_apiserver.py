@@ -20,12 +20,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -783,3 +783,25 @@ def write_kubeconfig(path: str | Path, server_url: str, namespace: str = "defaul
     path = Path(path)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def serve(lines: Iterator[str], out: TextIO) -> None:
+    """The server in its own process (benchmarks drive it so that its JSON work does not compete
+    with theirs for one GIL): prints its URL, then takes one JSON command a line,
+    `{"add": pod}` or `{"delete": uid}`, until the input ends; then prints how many pods it
+    holds and stops."""
+    with ApiServer() as server:
+        print(server.url, file=out, flush=True)
+        for line in lines:
+            command = json.loads(line)
+            if "add" in command:
+                server.add_pod(command["add"])
+            else:
+                server.delete_pod(command["delete"])
+        print(len(server.pods()), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(iter(sys.stdin.readline, ""), sys.stdout)

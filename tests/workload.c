@@ -17,6 +17,8 @@
 //                            r11 = rflags)
 //   loop:NR[:ARG0]           syscall(NR, ARG0, 0, 0, 0) until SIGTERM, then
 //                            print the number of calls made and exit
+//   udp:COUNT                COUNT datagrams of 100 bytes to itself on 127.0.0.1
+//                            (egress and ingress in this cgroup, a loopback flow)
 //
 // Moves itself into CGROUP_DIR (writes its pid to cgroup.procs) before the
 // first counted call, so every listed syscall is attributed to that cgroup.
@@ -26,6 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -72,6 +77,27 @@ int main(int argc, char **argv)
             }
             printf("%llu\n", calls);
             return 0;
+        }
+        if (sscanf(argv[i], "udp:%ld", &count) == 1) {
+            struct sockaddr_in addr = {.sin_family = AF_INET};
+            socklen_t len = sizeof(addr);
+            char buf[100] = {0};
+            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            int fd = socket(AF_INET, SOCK_DGRAM, 0);
+            if (fd < 0 || bind(fd, (struct sockaddr *)&addr, len) != 0 ||
+                getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
+                perror("udp");
+                return 1;
+            }
+            for (long n = 0; n < count; n++) {
+                if (sendto(fd, buf, sizeof(buf), 0, (struct sockaddr *)&addr, len) < 0 ||
+                    recv(fd, buf, sizeof(buf), 0) < 0) {
+                    perror("udp");
+                    return 1;
+                }
+            }
+            close(fd);
+            continue;
         }
         if (sscanf(argv[i], "uid:%ld", &nr) == 1) {
             if (syscall(SYS_setresgid, nr, nr, nr) != 0 || syscall(SYS_setresuid, nr, nr, nr) != 0) {

@@ -27,7 +27,7 @@ from exporter.identity import CgroupTree, Resolver
 from exporter.kernel.attach import link_create
 from exporter.model import MetricFamily
 from exporter.sources.network.source import NetworkSource
-from tests.helpers import remove_cgroup
+from tests.helpers import remove_cgroup, run_workload
 from tests.kernel.netpods import IPV6_EXTENSION_BYTES, Pod, PodPair
 
 pytestmark = pytest.mark.kernel
@@ -577,3 +577,23 @@ def test_close_detaches_every_program(pods, make_source, cgroup2_root, attach):
     source.close()
     source.close()  # idempotent
     assert not (_attached_program_ids(cgroup2_root) & ours)
+
+
+def test_workload_udp_to_itself_counts_both_directions_in_its_cgroup(
+    make_source, cgroups, workload
+):
+    """tests/workload.c's udp:COUNT, which the benchmarks use to give every cgroup traffic and
+    a flow: COUNT datagrams of 100 bytes (+ 28 of IPv4 and UDP headers) out and back in, all
+    under its own cgroup, with loopback as the one peer."""
+    source = make_source(lambda: {})
+    cgroup = cgroups.make()
+    run_workload(workload, cgroup, f"udp:{DATAGRAMS}")
+    after = Snapshot(source.collect())
+    mine = {"namespace": "", "pod": "", "container": "", "cgroup": f"/{cgroup.name}"}
+    for direction in ("ingress", "egress"):
+        labels = dict(mine, direction=direction, protocol="udp", family="ipv4")
+        assert after.value("orb8_network_packets_total", **labels) == DATAGRAMS
+        assert after.value("orb8_network_bytes_total", **labels) == DATAGRAMS * 128
+        rows = after.rows("orb8_flow_bytes_total", **mine, direction=direction)
+        assert [(r["peer_class"], value) for r, value in rows] == [("loopback", DATAGRAMS * 128)]
+    assert after.value("orb8_network_packets_total", **mine) == 2 * DATAGRAMS

@@ -22,6 +22,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -389,3 +391,42 @@ def test_inject_line_sends_one_line_as_many_http_chunks(server: ApiServer) -> No
     sock.close()
     assert b"".join(chunks) == line
     assert [len(c) for c in chunks] == [100] * (len(line) // 100) + [len(line) % 100]
+
+
+# --- in its own process -------------------------------------------------------------------
+
+
+def test_own_process_serves_the_pods_its_input_adds_and_deletes(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.k8s_apiserver"],
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        url = proc.stdout.readline().strip()
+        web, db = make_pod("web"), make_pod("db", namespace="data")
+        for command in ({"add": web}, {"add": db}, {"delete": web["metadata"]["uid"]}):
+            proc.stdin.write(json.dumps(command) + "\n")
+        proc.stdin.flush()
+        core = CoreV1Api(
+            kubernetes.config.new_client_from_config(
+                config_file=str(write_kubeconfig(tmp_path / "kubeconfig", url))
+            )
+        )
+        deadline = time.monotonic() + 10
+        while (names := [p.metadata.name for p in core.list_pod_for_all_namespaces().items]) != [
+            "db"
+        ] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        core.api_client.close()
+        assert names == ["db"]
+        proc.stdin.close()
+        assert proc.stdout.readline().strip() == "1"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
