@@ -155,11 +155,7 @@ class SyscallCounts:
         )
 
     def _labels_of(self, codes: np.ndarray) -> list[tuple[str, ...]]:
-        names = len(self.names)
-        return [
-            (*self.identities.values[code // names], self.names[code % names])
-            for code in codes.tolist()
-        ]
+        return identity_name_labels(self.identities, self.names, codes)
 
     # --- baselines --------------------------------------------------------------
 
@@ -253,6 +249,14 @@ class SyscallCounts:
             self._learned = np.zeros(0, dtype=np.int64)
 
 
+def identity_name_labels(
+    identities: Interner[Identity], names: list[str], codes: np.ndarray
+) -> list[tuple[str, ...]]:
+    """Label values of (identity index x len(names) + name index) codes."""
+    named = len(names)
+    return [(*identities.values[code // named], names[code % named]) for code in codes.tolist()]
+
+
 def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """codes in sorted_codes (a binary search each: cheaper than np.isin's sort of both)."""
     if not len(sorted_codes):
@@ -338,8 +342,4 @@ class NamedCounts:
         )
 
     def _labels_of(self, codes: np.ndarray) -> list[tuple[str, ...]]:
-        named = len(self.names)
-        return [
-            (*self.identities.values[code // named], self.names[code % named])
-            for code in codes.tolist()
-        ]
+        return identity_name_labels(self.identities, self.names, codes)
