@@ -9,6 +9,7 @@ import ctypes as ct
 import errno
 import logging
 import os
+import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,12 +201,15 @@ _LOAD_ATTR_SIZE = 128
 _LOG_BYTES = 1 << 20
 
 
-def _sys_bpf(cmd: int, attr: Any) -> int:
-    import platform
+_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
+_LIBC = ct.CDLL(None, use_errno=True)
 
-    libc = ct.CDLL(None, use_errno=True)
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
-    fd = int(libc.syscall(SYS_BPF.get(machine, 321), cmd, attr, ct.sizeof(attr)))
+
+def _sys_bpf(cmd: int, attr: Any) -> int:
+    number = SYS_BPF.get(_MACHINE)
+    if number is None:  # another architecture's table: never guess its number
+        raise OSError(errno.ENOSYS, f"bpf() syscall number unknown on {_MACHINE}")
+    fd = int(_LIBC.syscall(number, cmd, attr, ct.sizeof(attr)))
     if fd < 0:
         raise OSError(ct.get_errno(), os.strerror(ct.get_errno()))
     return fd
