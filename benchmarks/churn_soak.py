@@ -81,6 +81,55 @@ signal.signal(signal.SIGUSR1, snapshot)
 sys.argv = ["orb8", *sys.argv[2:]]
 runpy.run_module("exporter.cli", run_name="__main__", alter_sys=True)
 """
+# `python -c` wrapper for --heap-stats: every argv[2] seconds a JSON line to argv[1] with
+# where orb8's anonymous memory is: RssAnon, glibc's heap (mallinfo2: in use, free but
+# kept), pymalloc's arenas (in use, free inside them: sys._debugmallocstats) and the
+# object counts by type. The rest of argv is `orb8`'s.
+HEAP_STATS = """
+import collections, ctypes, gc, json, os, re, runpy, sys, threading, time
+out, every = sys.argv[1], float(sys.argv[2])
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+def pymalloc():
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(w)
+        os.close(saved)
+    text = b""
+    while chunk := os.read(r, 1 << 16):
+        text += chunk
+    os.close(r)
+    field = lambda name: int(re.search(
+        rf"# {name} *= *([0-9,]+)", text.decode()).group(1).replace(",", ""))
+    return {"arenas": field("arenas allocated current"),
+            "allocated_blocks": field("bytes in allocated blocks"),
+            "available_blocks": field("bytes in available blocks")}
+def loop():
+    t0 = time.monotonic()
+    while True:
+        time.sleep(every)
+        m = libc.mallinfo2()
+        status = open("/proc/self/status").read()
+        anon = int(re.search(r"RssAnon:\\s+(\\d+)", status).group(1)) * 1024
+        types = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        line = {"t": round(time.monotonic() - t0), "rss_anon": anon,
+                "heap_in_use": m.uordblks, "heap_free": m.fordblks, "heap_mmapped": m.hblkhd,
+                "heap_arena": m.arena, **pymalloc(), "objects": dict(types.most_common(25))}
+        with open(out, "a") as f:
+            f.write(json.dumps(line) + "\\n")
+threading.Thread(target=loop, daemon=True).start()
+sys.argv = ["orb8", *sys.argv[3:]]
+runpy.run_module("exporter.cli", run_name="__main__", alter_sys=True)
+"""
 NAMESPACE = "soak"
 NODE = "node-a"
 QOS_SLICE = ("kubepods.slice", "kubepods-besteffort.slice")
@@ -240,6 +289,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     snaps = work / "snapshots"
     snaps.mkdir()
     python = (sys.executable, "-c", TRACED, str(snaps)) if args.tracemalloc else None
+    heap_stats = work / "heap-stats.jsonl"
+    if args.heap_stats:
+        python = (sys.executable, "-c", HEAP_STATS, str(heap_stats), str(args.sample_every))
     orb8 = subprocess.Popen(
         [
             *(python or (sys.executable, "-m", "exporter.cli")),
@@ -357,6 +409,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         held = api.close()
         if args.json:  # the log beside the figures, for whoever reads them
             Path(args.json).with_suffix(".orb8.log").write_text(log_path.read_text())
+            if heap_stats.exists():
+                Path(args.json).with_suffix(".heap.jsonl").write_text(heap_stats.read_text())
 
     after = [(t, m) for t, m, _ in samples if t >= warmup]
     fields = ("RssAnon", "VmRSS", "RssFile")
@@ -462,6 +516,12 @@ def main() -> None:
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument(
         "--tracemalloc", action="store_true", help="find what grows (not for the figures)"
+    )
+    parser.add_argument(
+        "--heap-stats",
+        action="store_true",
+        help="where RssAnon is (glibc heap, pymalloc arenas, objects by type), "
+        "every --sample-every s, beside --json (not for the figures)",
     )
     parser.add_argument("orb8_args", nargs="*", help="more `orb8 run` flags (after --)")
     args = parser.parse_args()

@@ -336,9 +336,10 @@ class Agent:
     def _housekeeping(self) -> None:
         """Lifecycle work on its own schedule, whether or not anyone scrapes: a
         collect retires removed cgroups (series end on time, kernel entries are
-        freed), and learned baselines are saved every BASELINE_SAVE_INTERVAL."""
+        freed), learned baselines are saved every BASELINE_SAVE_INTERVAL, and
+        freed heap is given back every memory.TRIM_INTERVAL."""
         interval = self.housekeeping_interval()
-        last_save = time.monotonic()
+        last_save = last_trim = time.monotonic()
         while not self._stop.wait(interval):
             try:
                 self.collect()
@@ -347,6 +348,9 @@ class Agent:
             if time.monotonic() - last_save >= BASELINE_SAVE_INTERVAL:
                 last_save = time.monotonic()
                 self.save_state()
+            if time.monotonic() - last_trim >= memory.TRIM_INTERVAL:
+                last_trim = time.monotonic()
+                memory.malloc_trim(logging.DEBUG)
 
     def save_state(self) -> None:
         for source in self.sources or []:

@@ -7,6 +7,10 @@ reclaim and which counts against the container's memory limit). One
 malloc_trim(0) after the last probe is compiled hands the free pages back
 (madvise(MADV_DONTNEED) on every free page, not only the top of the heap).
 See benchmarks/RESULTS.md (footprint) for what it returns.
+
+The same free pages are dirtied again, one here, one there, as the heap is
+reused: under pod churn RssAnon crept back up to the heap's size (issue 20),
+so the agent trims again every TRIM_INTERVAL (about a millisecond each).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# Seconds between malloc_trim() calls while serving.
+TRIM_INTERVAL = 60.0
 
 # /proc/<pid>/status fields, in kB there.
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
@@ -87,7 +94,7 @@ def tune_malloc(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     return applied
 
 
-def malloc_trim() -> int:
+def malloc_trim(level: int = logging.INFO) -> int:
     """Give the C heap's free pages back to the kernel; returns the bytes of
     RssAnon that went (0 where there is no glibc or nothing was free)."""
     trim = _libc_malloc_trim()
@@ -96,5 +103,5 @@ def malloc_trim() -> int:
     before = process_memory().get("RssAnon", 0)
     trim(0)
     freed = max(0, before - process_memory().get("RssAnon", 0))
-    log.info("malloc_trim returned %.1f MiB to the kernel", freed / 2**20)
+    log.log(level, "malloc_trim returned %.1f MiB to the kernel", freed / 2**20)
     return freed

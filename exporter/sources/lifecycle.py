@@ -9,11 +9,13 @@ counts to CarriedCounts (the one carry rule), and deletes its kernel entries.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable
+
+import numpy as np
 
 from exporter.identity import Resolver
 from exporter.model import UNRESOLVED, Identity
+from exporter.rows import Interner
 
 
 class CgroupLifecycle:
@@ -69,6 +71,12 @@ CARRY_KEEP = 3600.0
 # each identity is a cgroup path or pod a tenant can mint by the thousand
 # (churn), so past this many series the longest-absent identities go first.
 CARRY_ABSENT_CAPACITY = 65536
+# A carried series' code: identity index << _REST_BITS | index of the rest of its key.
+_REST_BITS = 32
+_REST_MASK = (1 << _REST_BITS) - 1
+# Interned identities and keys no carried series uses any more are let go
+# once there are this many (and twice as many as in use).
+SLACK = 1024
 
 
 class CarriedCounts:
@@ -87,6 +95,13 @@ class CarriedCounts:
       `keep` seconds, unexported, and a comeback continues from them; at
       most `absent_capacity` series of absent identities are kept so
       (longest absent dropped first: its comeback starts from zero).
+
+    Stored dense, because under pod churn it holds tens of thousands of
+    series of pods that are gone (issue 20: as a dict of tuples and lists
+    it was ~300 bytes a series and RssAnon grew ~1 MiB a minute): a series
+    is one int64 code (identity index << 32 | rest-of-key index) in a sorted
+    array and one row of uint64 counters, 16-24 bytes. Adds are buffered and
+    merged at the next read.
     """
 
     def __init__(
@@ -94,58 +109,136 @@ class CarriedCounts:
     ) -> None:
         self.keep = keep
         self.absent_capacity = absent_capacity
-        self._counts: dict[tuple, list[int]] = {}
-        self._absent_since: dict[Identity, float] = {}
+        self._identities: Interner[Identity] = Interner()
+        self._rests: Interner[tuple] = Interner()
+        self._codes = np.zeros(0, dtype=np.int64)  # sorted, unique
+        self._values = np.zeros((0, 0), dtype=np.uint64)
+        self._pending: list[tuple[int, tuple[int, ...]]] = []
+        # Per identity index: when it was first seen absent (NaN: present or unseen).
+        self._absent_since = np.zeros(0, dtype=np.float64)
 
     def add(self, key: tuple, *values: int) -> None:
-        counts = self._counts.get(key)
-        if counts is None:
-            self._counts[key] = list(values)
-        else:
-            for i, value in enumerate(values):
-                counts[i] += value
+        code = self._identities(key[0]) << _REST_BITS | self._rests(key[1:])
+        self._pending.append((code, values))
 
     def items(self, present: Iterable[Identity]) -> list[tuple[tuple, list[int]]]:
         """The carried series to export: <unresolved> and identities present now."""
-        present = set(present)
+        self._merge()
+        index = self._identities.index
+        wanted = [index[i] for i in {*present, UNRESOLVED} if i in index]
+        if not wanted or not len(self._codes):
+            return []
+        # Codes sort by identity first: each identity's series are one run.
+        wanted_codes = np.array(sorted(wanted), dtype=np.int64) << _REST_BITS
+        starts = np.searchsorted(self._codes, wanted_codes)
+        ends = np.searchsorted(self._codes, wanted_codes + (1 << _REST_BITS))
+        rows = np.concatenate(
+            [np.arange(a, b) for a, b in zip(starts, ends, strict=True) if b > a]
+            or [np.zeros(0, dtype=np.int64)]
+        )
+        identities, rests = self._identities.values, self._rests.values
         return [
-            (key, counts)
-            for key, counts in self._counts.items()
-            if key[0] == UNRESOLVED or key[0] in present
+            ((identities[code >> _REST_BITS], *rests[code & _REST_MASK]), counts)
+            for code, counts in zip(
+                self._codes[rows].tolist(), self._values[rows].tolist(), strict=True
+            )
         ]
 
     def discard(self, predicate: Callable[[tuple], bool]) -> None:
         """Forget carried series on purpose (e.g. a flow peer pod that is gone)."""
-        for key in [key for key in self._counts if predicate(key)]:
-            del self._counts[key]
+        self._merge()
+        identities, rests = self._identities.values, self._rests.values
+        keep = np.array(
+            [
+                not predicate((identities[code >> _REST_BITS], *rests[code & _REST_MASK]))
+                for code in self._codes.tolist()
+            ],
+            dtype=bool,
+        )
+        if len(keep) and not keep.all():
+            self._keep_rows(keep)
 
     def expire(self, present: Iterable[Identity], now: float) -> set[Identity]:
         """Drop identities absent for `keep` seconds; returns those dropped."""
-        present = set(present)
-        for identity in present:
-            self._absent_since.pop(identity, None)
-        absent = {key[0] for key in self._counts} - present - {UNRESOLVED}
-        dropped = set()
-        for identity in absent:
-            since = self._absent_since.setdefault(identity, now)
-            if now - since >= self.keep:
-                dropped.add(identity)
-        series = Counter(key[0] for key in self._counts if key[0] in absent)
-        excess = sum(series.values()) - self.absent_capacity
+        self._merge()
+        index = self._identities.index
+        since = self._absent_since
+        owner = self._codes >> _REST_BITS
+        absent = np.zeros(len(self._identities), dtype=bool)
+        absent[owner] = True
+        for identity in (*present, UNRESOLVED):
+            found = index.get(identity)
+            if found is not None:
+                absent[found] = False
+        since[~absent] = np.nan  # present (or without series): not absent
+        since[absent & np.isnan(since)] = now
+        drop = absent & (now - since >= self.keep)
+        series = np.bincount(owner[absent[owner]], minlength=len(absent))
+        excess = int(series.sum()) - self.absent_capacity
         if excess > 0:
-            for identity in sorted(absent, key=lambda identity: self._absent_since[identity]):
+            # Longest absent first (stable: among equals, the oldest index).
+            for i in np.argsort(np.where(absent, since, np.inf), kind="stable").tolist():
                 if excess <= 0:
                     break
-                if identity not in dropped:
-                    dropped.add(identity)
-                    excess -= series[identity]
-        for identity in dropped:
-            self._absent_since.pop(identity, None)
-        if dropped:
-            self.discard(lambda key: key[0] in dropped)
-        for identity in [i for i in self._absent_since if i not in absent]:
-            del self._absent_since[identity]
+                if absent[i] and not drop[i]:
+                    drop[i] = True
+                    excess -= int(series[i])
+        if not drop.any():
+            return set()
+        dropped = {self._identities.values[i] for i in np.flatnonzero(drop).tolist()}
+        self._keep_rows(~drop[owner])
         return dropped
 
     def __len__(self) -> int:
-        return len(self._counts)
+        self._merge()
+        return len(self._codes)
+
+    def _merge(self) -> None:
+        """Fold the buffered adds into the sorted arrays."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        width = len(pending[0][1])
+        codes = np.concatenate([self._codes, np.array([c for c, _ in pending], dtype=np.int64)])
+        values = np.concatenate(
+            [
+                self._values.reshape(-1, width),
+                np.array([v for _, v in pending], dtype=np.uint64).reshape(-1, width),
+            ]
+        )
+        self._codes, inverse = np.unique(codes, return_inverse=True)
+        self._values = np.zeros((len(self._codes), width), dtype=np.uint64)
+        np.add.at(self._values, inverse, values)
+        grown = len(self._identities) - len(self._absent_since)
+        if grown > 0:
+            self._absent_since = np.concatenate([self._absent_since, np.full(grown, np.nan)])
+
+    def _keep_rows(self, keep: np.ndarray) -> None:
+        """Keep only these rows; renumber the interners once they hold many
+        identities or keys no row uses (they are bounded by the rows, not by
+        how many pods ever ran)."""
+        self._codes, self._values = self._codes[keep], self._values[keep]
+        identities_used = len(np.unique(self._codes >> _REST_BITS))
+        rests_used = len(np.unique(self._codes & _REST_MASK))
+        if (
+            len(self._identities) <= 2 * identities_used + SLACK
+            and len(self._rests) <= 2 * rests_used + SLACK
+        ):
+            return
+        identities, rests = self._identities.values, self._rests.values
+        since = self._absent_since
+        self._identities, self._rests = Interner(), Interner()
+        keys = [
+            (identities[code >> _REST_BITS], rests[code & _REST_MASK])
+            for code in self._codes.tolist()
+        ]
+        self._codes = np.array(
+            [self._identities(i) << _REST_BITS | self._rests(r) for i, r in keys], dtype=np.int64
+        )
+        self._absent_since = np.full(len(self._identities), np.nan)
+        for identity, old in zip(identities, range(len(identities)), strict=True):
+            new = self._identities.index.get(identity)
+            if new is not None:
+                self._absent_since[new] = since[old]
+        order = np.argsort(self._codes)  # renumbering keeps codes unique, not sorted
+        self._codes, self._values = self._codes[order], self._values[order]

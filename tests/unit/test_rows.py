@@ -109,7 +109,9 @@ def test_bulk_formatting_matches_prometheus_client():
 
 class Reference:
     """The former collect (per-row Python): sums per (identity, name), and the
-    baselines observed per (identity, kernel key) series whose count went up."""
+    baselines observed per (identity, kernel key) series whose count went up
+    since the last collect; a series not in the last collect goes up from
+    what was carried for it (its identity came back)."""
 
     def __init__(self, baselines: Baselines) -> None:
         self.name = syscall_namer()
@@ -121,12 +123,13 @@ class Reference:
         series: dict[tuple[Identity, int], int] = defaultdict(int)
         for key, (value,) in carried.items(present):
             series[key] += value
+        was_carried = dict(series)
         for cgroup_id, key, count in rows:
             series[(identities[cgroup_id], key)] += count
+        last, self.last = self.last, dict(series)
         for key, value in series.items():
             identity, nr = key
-            delta = value - self.last.get(key, 0)
-            self.last[key] = value
+            delta = value - last.get(key, was_carried.get(key, 0))
             if delta <= 0 or identity == UNRESOLVED:
                 continue
             if identity.pod:
@@ -258,6 +261,25 @@ def test_renumbering_the_identities_starts_a_new_table(monkeypatch):
         assert dict(family.samples) == {(*identity, "read"): float(i + 1)}
         assert rendered(renderer, [family], TEXT) == expected([plain(family)], TEXT)
     assert len(counts.identities) <= 3
+
+
+def test_renumbering_does_not_make_old_calls_look_new(monkeypatch):
+    """Baselines see what a series counted since the last collect: after the
+    identities are renumbered, a series whose count did not move is not
+    counted as novel calls again."""
+    monkeypatch.setattr("exporter.sources.syscalls.counts.SLACK", 0)
+    clock = Clock()
+    counts, novel = counts_source(clock, {})
+    steady = Identity(cgroup="/steady.service")
+    counts.update({99: steady}, *rows_of({(99, NR["write"]): 1}), CarriedCounts(), {steady})
+    for i in range(6):  # a new identity each time, the old ones gone: renumbered
+        clock.now = 1000.0 + i  # past the learning window: a new call is novel
+        churn = Identity(cgroup=f"/svc-{i}")
+        identities = {99: steady, 1 + i: churn}  # numbered before steady
+        entries = {(99, NR["write"]): 1, (99, NR["read"]): 5, (1 + i, NR["write"]): 1}
+        counts.update(identities, *rows_of(entries), CarriedCounts(), {steady, churn})
+    assert dict(novel.items([steady]))[(steady, NR["read"])] == [5]
+    assert len(counts.identities) <= 4
 
 
 def test_sums_are_exact_beyond_float_precision():

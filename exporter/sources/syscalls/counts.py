@@ -94,11 +94,11 @@ class SyscallCounts:
         self.table = RowTable()
         self._workloads: Interner[str] = Interner()
         self._learned = np.zeros(0, dtype=np.int64)  # sorted workload x name codes
-        # Key series as of the last collect, and of key series gone since
-        # (their identity may come back, with its carried counts).
+        # Key series as of the last collect; after a renumbering, the
+        # identities of the former numbering (to translate the last codes).
         self._last_codes = np.zeros(0, dtype=np.int64)
         self._last_sums = np.zeros(0, dtype=np.uint64)
-        self._last_gone: dict[tuple[Identity, int], int] = {}
+        self._renumbered: list[Identity] | None = None
         # The last read's grouping (key series, name series), reused while the
         # kernel keys, their identities and the carried keys are unchanged.
         self._plan: Any = None
@@ -146,7 +146,10 @@ class SyscallCounts:
         )
         key_sums = np.zeros(len(key_codes), dtype=np.uint64)
         np.add.at(key_sums, key_inverse, values)
-        self._observe(key_codes, key_sums, present)
+        # What of each key series was carried: not new calls when it (re)appears.
+        key_carried = np.zeros(len(key_codes), dtype=np.uint64)
+        np.add.at(key_carried, key_inverse[len(counts) :], values[len(counts) :])
+        self._observe(key_codes, key_sums, key_carried)
         sums = np.zeros(len(names), dtype=np.uint64)
         np.add.at(sums, name_inverse, key_sums)
         layout = self.table.update(names, self._labels_of)
@@ -159,30 +162,22 @@ class SyscallCounts:
 
     # --- baselines --------------------------------------------------------------
 
-    def _observe(self, codes: np.ndarray, sums: np.ndarray, present: set[Identity]) -> None:
+    def _observe(self, codes: np.ndarray, sums: np.ndarray, carried: np.ndarray) -> None:
+        """Baselines see what each key series counted since the last collect.
+        A series not in the last collect starts from what was carried for it
+        (its identity came back): only the calls after that are new."""
+        if self._renumbered is not None:
+            self._translate_last(self._renumbered)
+            self._renumbered = None
         last_codes, last_sums = self._last_codes, self._last_sums
-        previous = np.zeros(len(codes), dtype=np.uint64)
         if codes is last_codes:  # the same key series as last time (the plan was reused)
             previous = last_sums
-            found = np.ones(len(codes), dtype=bool)
-        elif len(last_codes):
-            pos = np.minimum(np.searchsorted(last_codes, codes), len(last_codes) - 1)
-            found = last_codes[pos] == codes
-            previous[found] = last_sums[pos[found]]
-            # Key series gone since: remember their counts (a comeback continues).
-            kept = np.zeros(len(last_codes), dtype=bool)
-            kept[pos[found]] = True
-            for code, value in zip(
-                last_codes[~kept].tolist(), last_sums[~kept].tolist(), strict=True
-            ):
-                self._last_gone[self._key(code)] = value
         else:
-            found = np.zeros(len(codes), dtype=bool)
-        if self._last_gone and codes is not last_codes:
-            for i in np.flatnonzero(~found).tolist():
-                gone = self._last_gone.pop(self._key(int(codes[i])), None)
-                if gone is not None:
-                    previous[i] = gone
+            previous = carried.copy()
+            if len(last_codes):
+                pos = np.minimum(np.searchsorted(last_codes, codes), len(last_codes) - 1)
+                found = last_codes[pos] == codes
+                previous[found] = last_sums[pos[found]]
         self._last_codes, self._last_sums = codes, sums
 
         grew = np.flatnonzero(sums > previous)
@@ -209,6 +204,19 @@ class SyscallCounts:
         if learned:
             self._learned = np.union1d(self._learned, learned)
 
+    def _translate_last(self, former: list[Identity]) -> None:
+        """Renumber the last collect's key series into the current numbering;
+        series whose identity this read does not have are let go (a comeback
+        starts from its carried counts)."""
+        index = self.identities.index
+        new = np.array(
+            [index.get(former[i], -1) for i in (self._last_codes // KEYS).tolist()], dtype=np.int64
+        )
+        keep = new >= 0
+        codes = new[keep] * KEYS + self._last_codes[keep] % KEYS
+        order = np.argsort(codes)
+        self._last_codes, self._last_sums = codes[order], self._last_sums[keep][order]
+
     def _workload_index(self, identity_indices: np.ndarray) -> np.ndarray:
         """Workload (interned) of each identity index; -1: not observed."""
         owners = self.owners()
@@ -219,28 +227,13 @@ class SyscallCounts:
         ]
         return np.array(workloads, dtype=np.int64)[inverse]
 
-    def _key(self, code: int) -> tuple[Identity, int]:
-        identity_index, index = divmod(code, KEYS)
-        return self.identities.values[identity_index], index
-
     # --- bounds -----------------------------------------------------------------
-
-    def forget(self, dropped: Iterable[Identity]) -> None:
-        """Identities whose carried counts expired: their last counts go too."""
-        dropped = set(dropped)
-        if dropped:
-            for key in [key for key in self._last_gone if key[0] in dropped]:
-                del self._last_gone[key]
 
     def _prune(self, present: set[Identity]) -> None:
         """Renumber when the interners hold many entries no longer in use."""
         if len(self.identities) > 2 * len(present) + SLACK:
-            for code, value in zip(
-                self._last_codes.tolist(), self._last_sums.tolist(), strict=True
-            ):
-                self._last_gone[self._key(code)] = value
-            self._last_codes = np.zeros(0, dtype=np.int64)
-            self._last_sums = np.zeros(0, dtype=np.uint64)
+            # The last codes are translated once this read has numbered its identities.
+            self._renumbered = list(self.identities.values)
             self.identities.clear()
             self.table.reset()  # codes change meaning: no row or plan may survive
             self._plan = None

@@ -656,15 +656,13 @@ class SyscallSource:
             self._retire_idle_dangerous(d_keys, d_values, identities, set(retire), now)
         else:
             self._dangerous_idle.clear()
-        dropped = set()
         for ledger in (
             self._carried,
             self._carried_dangerous,
             self._carried_suppressed,
             self._novel,
         ):
-            dropped |= ledger.expire(present, now)
-        self._counts.forget(dropped)
+            ledger.expire(present, now)
         return families
 
     def _shown(self, identity: Identity) -> bool:
