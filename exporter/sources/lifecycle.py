@@ -62,11 +62,16 @@ class CgroupLifecycle:
 
 
 # How long the carried counts of an identity no cgroup has any more are kept,
-# so that its series continues if the identity comes back (a systemd service
-# restarted with the same path, late traffic of a socket that outlived its
-# cgroup). Longer than Prometheus' 5-minute staleness: a series absent for
-# longer is a new series to every query that does not span the gap.
-CARRY_KEEP = 3600.0
+# so that its series continues if the identity comes back: a container in
+# CrashLoopBackOff (the kubelet waits up to 5 minutes between restarts, and
+# its cgroup is gone meanwhile), a StatefulSet pod recreated under the same
+# name, a systemd service restarted with the same path, late traffic of a
+# socket that outlived its cgroup. A comeback after that restarts from 0:
+# a counter reset, which rate() and increase() handle, as for any restarted
+# exporter. Not longer: under pod churn every deleted pod's series wait here
+# (at 2 pods a second, an hour of them filled each table's cap below and
+# looked like a leak: issue 20).
+CARRY_KEEP = 600.0
 # Carried series of identities absent from the maps, kept for a comeback:
 # each identity is a cgroup path or pod a tenant can mint by the thousand
 # (churn), so past this many series the longest-absent identities go first.
