@@ -197,7 +197,10 @@ class Resolver:
             return Resolution(Identity(cgroup=path), gone=False, pending=True)
         self.pending.discard(cgroup_id)
         identity = Identity(pod.namespace, pod.name, container, "")
-        self._known[cgroup_id] = identity
+        if identity == known:
+            identity = known  # one object per identity: every table that keeps it shares it
+        else:
+            self._known[cgroup_id] = identity
         return Resolution(identity, gone=pod.deleted_at is not None)
 
     @staticmethod
