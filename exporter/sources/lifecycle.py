@@ -124,7 +124,9 @@ class CarriedCounts:
 
     def add(self, key: tuple, *values: int) -> None:
         code = self._identities(key[0]) << _REST_BITS | self._rests(key[1:])
-        self._pending.append((code, values))
+        # Counters never go backwards: nothing negative is carried (and
+        # uint64 could not hold it: one bad value would fail the collect).
+        self._pending.append((code, tuple(max(0, int(value)) for value in values)))
 
     def items(self, present: Iterable[Identity]) -> list[tuple[tuple, list[int]]]:
         """The carried series to export: <unresolved> and identities present now."""

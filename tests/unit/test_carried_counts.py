@@ -28,6 +28,12 @@ def test_adds_to_one_series_sum_and_only_present_identities_are_exported():
     assert ((SERVICE, "ingress", 17), [2**63, 1]) in carried.items([SERVICE])
 
 
+def test_a_negative_count_is_carried_as_zero_not_a_failed_collect():
+    carried = CarriedCounts()
+    carried.add((POD, 1), 10, -3)
+    assert carried.items([POD]) == [((POD, 1), [10, 0])]
+
+
 def test_an_absent_identity_is_kept_for_a_comeback_then_dropped():
     carried = CarriedCounts(keep=60.0)
     carried.add((POD, 1), 3)
