@@ -25,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Seconds between malloc_trim() calls while serving.
-TRIM_INTERVAL = 60.0
+TRIM_INTERVAL = 10.0
 
 # /proc/<pid>/status fields, in kB there.
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")

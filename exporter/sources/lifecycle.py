@@ -10,12 +10,14 @@ counts to CarriedCounts (the one carry rule), and deletes its kernel entries.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from exporter.identity import Resolver
 from exporter.model import UNRESOLVED, Identity
-from exporter.rows import Interner
+
+T = TypeVar("T")
 
 
 class CgroupLifecycle:
@@ -79,9 +81,6 @@ CARRY_ABSENT_CAPACITY = 65536
 # A carried series' code: identity index << _REST_BITS | index of the rest of its key.
 _REST_BITS = 32
 _REST_MASK = (1 << _REST_BITS) - 1
-# Interned identities and keys no carried series uses any more are let go
-# once there are this many (and twice as many as in use).
-SLACK = 1024
 
 
 class CarriedCounts:
@@ -114,8 +113,8 @@ class CarriedCounts:
     ) -> None:
         self.keep = keep
         self.absent_capacity = absent_capacity
-        self._identities: Interner[Identity] = Interner()
-        self._rests: Interner[tuple] = Interner()
+        self._identities: Slots[Identity] = Slots()
+        self._rests: Slots[tuple] = Slots()
         self._codes = np.zeros(0, dtype=np.int64)  # sorted, unique
         self._values = np.zeros((0, 0), dtype=np.uint64)
         self._pending: list[tuple[int, tuple[int, ...]]] = []
@@ -143,9 +142,8 @@ class CarriedCounts:
             [np.arange(a, b) for a, b in zip(starts, ends, strict=True) if b > a]
             or [np.zeros(0, dtype=np.int64)]
         )
-        identities, rests = self._identities.values, self._rests.values
         return [
-            ((identities[code >> _REST_BITS], *rests[code & _REST_MASK]), counts)
+            (self._key(code), counts)
             for code, counts in zip(
                 self._codes[rows].tolist(), self._values[rows].tolist(), strict=True
             )
@@ -154,13 +152,8 @@ class CarriedCounts:
     def discard(self, predicate: Callable[[tuple], bool]) -> None:
         """Forget carried series on purpose (e.g. a flow peer pod that is gone)."""
         self._merge()
-        identities, rests = self._identities.values, self._rests.values
         keep = np.array(
-            [
-                not predicate((identities[code >> _REST_BITS], *rests[code & _REST_MASK]))
-                for code in self._codes.tolist()
-            ],
-            dtype=bool,
+            [not predicate(self._key(code)) for code in self._codes.tolist()], dtype=np.bool_
         )
         if len(keep) and not keep.all():
             self._keep_rows(keep)
@@ -192,13 +185,23 @@ class CarriedCounts:
                     excess -= int(series[i])
         if not drop.any():
             return set()
-        dropped = {self._identities.values[i] for i in np.flatnonzero(drop).tolist()}
+        values = self._identities.values
+        dropped = {v for i in np.flatnonzero(drop).tolist() if (v := values[i]) is not None}
         self._keep_rows(~drop[owner])
         return dropped
 
     def __len__(self) -> int:
         self._merge()
         return len(self._codes)
+
+    def _key(self, code: int) -> tuple:
+        """The series key of a code in use (its numbers are never let go while it is)."""
+        identity, rest = (
+            self._identities.values[code >> _REST_BITS],
+            self._rests.values[code & _REST_MASK],
+        )
+        assert identity is not None and rest is not None
+        return (identity, *rest)
 
     def _merge(self) -> None:
         """Fold the buffered adds into the sorted arrays."""
@@ -221,31 +224,48 @@ class CarriedCounts:
             self._absent_since = np.concatenate([self._absent_since, np.full(grown, np.nan)])
 
     def _keep_rows(self, keep: np.ndarray) -> None:
-        """Keep only these rows; renumber the interners once they hold many
-        identities or keys no row uses (they are bounded by the rows, not by
-        how many pods ever ran)."""
+        """Keep only these rows; identities and keys no row uses any more are
+        let go (their numbers are reused), so the tables are bounded by the
+        rows, not by how many pods ever ran."""
         self._codes, self._values = self._codes[keep], self._values[keep]
-        identities_used = len(np.unique(self._codes >> _REST_BITS))
-        rests_used = len(np.unique(self._codes & _REST_MASK))
-        if (
-            len(self._identities) <= 2 * identities_used + SLACK
-            and len(self._rests) <= 2 * rests_used + SLACK
-        ):
-            return
-        identities, rests = self._identities.values, self._rests.values
-        since = self._absent_since
-        self._identities, self._rests = Interner(), Interner()
-        keys = [
-            (identities[code >> _REST_BITS], rests[code & _REST_MASK])
-            for code in self._codes.tolist()
-        ]
-        self._codes = np.array(
-            [self._identities(i) << _REST_BITS | self._rests(r) for i, r in keys], dtype=np.int64
-        )
-        self._absent_since = np.full(len(self._identities), np.nan)
-        for identity, old in zip(identities, range(len(identities)), strict=True):
-            new = self._identities.index.get(identity)
-            if new is not None:
-                self._absent_since[new] = since[old]
-        order = np.argsort(self._codes)  # renumbering keeps codes unique, not sorted
-        self._codes, self._values = self._codes[order], self._values[order]
+        identities = np.bincount(self._codes >> _REST_BITS, minlength=len(self._identities))
+        unused = np.flatnonzero(identities == 0)
+        self._absent_since[unused] = np.nan
+        self._identities.release(unused.tolist())
+        rests = np.bincount(self._codes & _REST_MASK, minlength=len(self._rests))
+        self._rests.release(np.flatnonzero(rests == 0).tolist())
+
+
+class Slots(Generic[T]):
+    """Small ints for hashable values, as rows.Interner, but a value can be
+    let go and its number reused: a table of what is kept now, not of
+    everything ever seen."""
+
+    def __init__(self) -> None:
+        self.index: dict[T, int] = {}
+        self.values: list[T | None] = []
+        self._free: list[int] = []
+
+    def __call__(self, value: T) -> int:
+        found = self.index.get(value)
+        if found is None:
+            if self._free:
+                found = self._free.pop()
+                self.values[found] = value
+            else:
+                found = len(self.values)
+                self.values.append(value)
+            self.index[value] = found
+        return found
+
+    def release(self, numbers: Iterable[int]) -> None:
+        """Let these go (numbers not in use are ignored)."""
+        for number in numbers:
+            value = self.values[number]
+            if value is not None:
+                del self.index[value]
+                self.values[number] = None
+                self._free.append(number)
+
+    def __len__(self) -> int:
+        return len(self.values)
