@@ -29,6 +29,11 @@ warm-up (slower, and more memory: for finding a leak, not for the figures);
 the allocation sites of what was allocated after the warm-up and is still
 alive at the end are reported, largest first.
 
+With --heap-stats, orb8 writes where its anonymous memory is every
+--sample-every s (glibc's heap in use and free, pymalloc's arenas, objects
+by type) to FILE.heap.jsonl beside --json FILE: what told the carried
+counts (live Python objects) from freed heap dirtied again (issue 20).
+
 Everything it creates (cgroups, processes, temp files) is removed at the end.
 
 Usage (root): .venv/bin/python benchmarks/churn_soak.py [--minutes 30] [--json FILE]
