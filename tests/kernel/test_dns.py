@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.identity import CgroupTree, Resolver
 from exporter.outputs.exposition import TEXT, Renderer
 from exporter.sources.dns.metrics import LATENCY_BUCKETS
 from exporter.sources.dns.source import DnsSource
+from tests.helpers import set_up, started_sources
 from tests.kernel import dnswork
 from tests.kernel.netpods import Pod, PodPair, Workload
 from tests.kernel.test_network import Snapshot, delta, who
@@ -84,28 +84,12 @@ class DnsPods(PodPair):
 
 @pytest.fixture
 def pods(cgroup2_root: Path) -> Iterator[DnsPods]:
-    pair = DnsPods(cgroup2_root)
-    try:
-        pair.setup()
-        yield pair
-    finally:
-        pair.cleanup()
+    yield from set_up(DnsPods(cgroup2_root))
 
 
 @pytest.fixture
 def make_source(cgroup2_root: Path) -> Iterator:
-    sources: list[DnsSource] = []
-
-    def make(pods_callable, **kwargs) -> DnsSource:
-        tree = CgroupTree(cgroup2_root)
-        source = DnsSource(Resolver(tree, pods=pods_callable), **kwargs)
-        sources.append(source)
-        source.start()
-        return source
-
-    yield make
-    for source in sources:
-        source.close()
+    yield from started_sources(DnsSource, cgroup2_root)
 
 
 def histogram(snapshot: Snapshot, **labels: str) -> tuple[list[float], float]:
