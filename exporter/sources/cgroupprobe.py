@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -17,8 +18,12 @@ from exporter import kernel
 from exporter.kernel import maps
 from exporter.kernel.attach import Attachment, CgroupAttachments
 from exporter.kernel.maps import KernelMaps, loaded
+from exporter.model import MetricFamily
+from exporter.sources.mapstats import MapStats, map_families, memory_family
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from exporter.identity import Resolver
     from exporter.kernel.headers import KernelHeaders
     from exporter.sources import Context
@@ -137,3 +142,28 @@ class CgroupProbeSource(ABC):
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+    # --- shared by collect() and retirement ---------------------------------
+
+    def _bpf_map_families(self, stats: list[MapStats]) -> list[MetricFamily]:
+        """orb8_bpf_map_* of the probe's bounded maps, and the kernel memory
+        of all its maps."""
+        return [*map_families(stats), memory_family(self._loaded_maps.memory())]
+
+    def _take_retiring(
+        self,
+        map_name: str,
+        keys: np.ndarray,
+        values: np.ndarray,
+        retiring: set[int],
+        width: int,
+    ) -> Iterator[tuple[np.void, int, list[int]]]:
+        """(key, cgroup id, final counts) of each entry of `map_name` (read as
+        keys/values by this collect) whose cgroup is retiring, deleted: read
+        and deleted in one step, so what the kernel counted after the read is
+        not lost; the read values if the kernel cannot do it in one step or
+        the entry was already gone."""
+        for row, read in zip(keys, values.tolist(), strict=True):
+            cgroup_id = int(row["cgroup_id"])
+            if cgroup_id in retiring:
+                yield row, cgroup_id, self._loaded_maps.take(map_name, row.tobytes(), width) or read

@@ -78,7 +78,7 @@ from exporter.sources.dns.metrics import (
     TIMEOUTS,
 )
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.sources.mapstats import MapStats, map_families, memory_family
+from exporter.sources.mapstats import MapStats
 
 log = logging.getLogger(__name__)
 
@@ -228,21 +228,18 @@ class DnsSource(CgroupProbeSource):
         return families
 
     def _map_families(self, counts: int, pending: int, stats: list[int]) -> list[MetricFamily]:
-        return [
-            *map_families(
-                [
-                    MapStats(COUNTS_MAP, counts, self.count_entries, stats[STAT_COUNT_FAILURES]),
-                    MapStats(
-                        PENDING_MAP,
-                        pending,
-                        self.pending_entries,
-                        stats[STAT_PENDING_FAILURES],
-                        self._evictions,
-                    ),
-                ]
-            ),
-            memory_family(self._loaded_maps.memory()),
-        ]
+        return self._bpf_map_families(
+            [
+                MapStats(COUNTS_MAP, counts, self.count_entries, stats[STAT_COUNT_FAILURES]),
+                MapStats(
+                    PENDING_MAP,
+                    pending,
+                    self.pending_entries,
+                    stats[STAT_PENDING_FAILURES],
+                    self._evictions,
+                ),
+            ]
+        )
 
     # --- retirement ---------------------------------------------------------
 
@@ -256,12 +253,8 @@ class DnsSource(CgroupProbeSource):
         """Free removed cgroups' entries once their grace is over; their final
         counts (read and deleted in one step) go to the carried counts."""
         retiring = set(retire)
-        for row, read in zip(keys, values.tolist(), strict=True):
-            cgroup_id = int(row["cgroup_id"])
-            if cgroup_id not in retiring:
-                continue
+        for row, cgroup_id, (count,) in self._take_retiring(COUNTS_MAP, keys, values, retiring, 1):
             key = (identities[cgroup_id], int(row["role"]), int(row["kind"]), int(row["code"]))
-            (count,) = self._loaded_maps.take(COUNTS_MAP, row.tobytes(), 1) or read
             self._carried.add(key, count)
         for cgroup_id, role in [k for k in self._swept if k[0] in retiring]:
             self._carried.add(

@@ -109,7 +109,7 @@ from exporter.rows import Interner, RowFamily, RowTable
 from exporter.selfmetrics import program_families
 from exporter.sources.cgroupprobe import CgroupProbeSource, check_capacities
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.sources.mapstats import MapStats, map_families, memory_family
+from exporter.sources.mapstats import MapStats
 from exporter.sources.network.flows import (
     FlowLedger,
     FlowRow,
@@ -544,24 +544,15 @@ class NetworkSource(CgroupProbeSource):
     def _map_families(
         self, traffic: int, tcp: int, flows: int, stats: list[int]
     ) -> list[MetricFamily]:
-        return [
-            *map_families(
-                [
-                    MapStats(
-                        TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]
-                    ),
-                    MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
-                    MapStats(
-                        FLOW_MAP,
-                        flows,
-                        self.flow_entries,
-                        stats[STAT_FLOW_FAILURES],
-                        self._evictions,
-                    ),
-                ]
-            ),
-            memory_family(self._loaded_maps.memory()),
-        ]
+        return self._bpf_map_families(
+            [
+                MapStats(TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
+                MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
+                MapStats(
+                    FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES], self._evictions
+                ),
+            ]
+        )
 
     # --- retirement ---------------------------------------------------------
 
@@ -584,19 +575,13 @@ class NetworkSource(CgroupProbeSource):
         and the series continues from its carried counts.
         """
         retiring = set(retire)
-        for row, read in zip(traffic_keys, traffic.tolist(), strict=True):
-            cgroup_id = int(row["cgroup_id"])
-            if cgroup_id not in retiring:
-                continue
+        for row, cgroup_id, (nbytes, npackets) in self._take_retiring(
+            TRAFFIC_MAP, traffic_keys, traffic, retiring, 2
+        ):
             identity = identities[cgroup_id]
             key = (identity, int(row["direction"]), int(row["protocol"]), int(row["family"]))
-            nbytes, npackets = self._loaded_maps.take(TRAFFIC_MAP, row.tobytes(), 2) or read
             self._traffic_carried.add(key, nbytes, npackets)
-        for row, read in zip(tcp_keys, tcp.tolist(), strict=True):
-            cgroup_id = int(row["cgroup_id"])
-            if cgroup_id not in retiring:
-                continue
-            (count,) = self._loaded_maps.take(TCP_MAP, row.tobytes(), 1) or read
+        for row, cgroup_id, (count,) in self._take_retiring(TCP_MAP, tcp_keys, tcp, retiring, 1):
             self._tcp_carried.add((identities[cgroup_id], int(row["event"])), count)
 
         self._ledger.retire(retiring, identities, self._delete_flow)
