@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import struct
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -62,15 +61,7 @@ class DnsPods(PodPair):
         return {pod.uid: pod.pod_info() for pod in (self.a, self.b, self.c)}
 
     def run(self, pod: Pod, mode: str, *args: object) -> Workload:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORK), str(pod.cgroup), pod.netns, mode, *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-        )
-        workload = Workload(proc)
-        self.workloads.append(workload)
-        return workload
+        return self.spawn(pod, mode, *args, script=str(WORK))
 
     def serve(self) -> Workload:
         server = self.run(self.b, "serve", self.b.ipv4, self.b.ipv6)
