@@ -49,6 +49,7 @@
 
 #include "orb8.h"
 #include "dns.h"
+#include "packet.h"
 
 #ifndef COUNT_CAPACITY
 #define COUNT_CAPACITY 16384
@@ -64,14 +65,6 @@
 #define DNS_HEADER 12
 #define MAX_LABELS 128
 #define MAX_NAME 255
-#define MAX_DIRECT_OFFSET 512
-#define IPV6_MAX_EXTENSIONS 6
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define DNS_NTOHS(x) __builtin_bswap16(x)
-#else
-#define DNS_NTOHS(x) (x)
-#endif
 
 BPF_F_TABLE("percpu_hash", struct dns_count_key, u64, dns_counts, COUNT_CAPACITY,
             BPF_F_NO_PREALLOC);
@@ -80,33 +73,6 @@ BPF_TABLE("lru_hash", struct dns_pending_key, struct dns_pending_value, dns_pend
 BPF_PERCPU_ARRAY(dns_stats, u64, DNS_STAT_COUNT);
 BPF_F_TABLE("sk_storage", int, struct dns_stream, dns_streams, 0, BPF_F_NO_PREALLOC);
 
-struct dns_ipv4 {
-    u8 version_ihl;
-    u8 tos;
-    u16 total_length;
-    u16 id;
-    u16 frag_off;
-    u8 ttl;
-    u8 protocol;
-    u16 check;
-    u8 saddr[4];
-    u8 daddr[4];
-};
-
-struct dns_ipv6 {
-    u8 version_class[4];
-    u16 payload_length;
-    u8 nexthdr;
-    u8 hop_limit;
-    u8 saddr[16];
-    u8 daddr[16];
-};
-
-union dns_ip {
-    struct dns_ipv4 v4;
-    struct dns_ipv6 v6;
-};
-
 struct dns_message {
     u16 id;
     u8 qr;
@@ -114,17 +80,6 @@ struct dns_message {
     u16 ancount;
     u16 qtype;
 };
-
-static __always_inline int load(struct __sk_buff *skb, u32 offset, void *to, u32 len)
-{
-    void *data = (void *)(long)skb->data;
-    void *data_end = (void *)(long)skb->data_end;
-    if (offset <= MAX_DIRECT_OFFSET && data + offset + len <= data_end) {
-        __builtin_memcpy(to, data + offset, len);
-        return 0;
-    }
-    return bpf_skb_load_bytes(skb, offset, to, len);
-}
 
 static __always_inline void bump_stat(u32 index)
 {
@@ -276,58 +231,24 @@ static __always_inline void answer_received(struct dns_pending_key *key)
 
 static __always_inline void handle(struct __sk_buff *skb, u8 egress)
 {
-    union dns_ip ip;
+    union ip_header ip;
     struct dns_pending_key key = {};
     u32 l4;
     u8 proto;
 
-    if (load(skb, 0, &ip, sizeof(struct dns_ipv4)) != 0)
+    // IPv6 extension headers are walked as bpf/network.c does, up to a
+    // bound, except AH: a DNS packet behind one is not parsed.
+    u8 version = parse_ip(skb, &ip, &proto, &l4, false);
+    // Not IP, no L4 header (IP options garbage, a later fragment), not UDP or TCP.
+    if (version == 0 || l4 == 0 || (proto != 17 && proto != 6))
         return;
-    u8 version = ip.v4.version_ihl >> 4;
-    if (version == 4) {
-        l4 = (ip.v4.version_ihl & 0x0f) * 4;
-        // Not IP options garbage, not a later fragment (no L4 header).
-        if (l4 < 20 || (DNS_NTOHS(ip.v4.frag_off) & 0x1fff) != 0)
-            return;
-        proto = ip.v4.protocol;
-        key.family = 4;
-        __builtin_memcpy(key.peer, egress ? ip.v4.daddr : ip.v4.saddr, 4);
-    } else if (version == 6) {
-        if (load(skb, sizeof(struct dns_ipv4), (u8 *)&ip + sizeof(struct dns_ipv4),
-                 sizeof(struct dns_ipv6) - sizeof(struct dns_ipv4)) != 0)
-            return;
-        // Extension headers (hop-by-hop, routing, destination options,
-        // fragment) are walked as bpf/network.c does, up to a bound.
-        l4 = sizeof(struct dns_ipv6);
-        proto = ip.v6.nexthdr;
-#pragma unroll
-        for (int i = 0; i < IPV6_MAX_EXTENSIONS; i++) {
-            u8 ext[4];
-            if (proto != 0 && proto != 43 && proto != 60 && proto != 44)
-                break;
-            if (load(skb, l4, ext, sizeof(ext)) != 0)
-                return;
-            if (proto == 44) {
-                if (((ext[2] << 8) | ext[3]) & 0xfff8)
-                    return;  // not the first fragment: no UDP/TCP header
-                l4 += 8;
-            } else {
-                l4 += ((u32)ext[1] + 1) * 8;
-            }
-            proto = ext[0];
-        }
-        key.family = 6;
-        __builtin_memcpy(key.peer, egress ? ip.v6.daddr : ip.v6.saddr, 16);
-    } else {
-        return;
-    }
-    if (proto != 17 && proto != 6)
-        return;
+    key.family = version;
+    copy_peer(&ip, version, egress, key.peer);
 
     u16 ports[2];
-    if (load(skb, l4, ports, sizeof(ports)) != 0)
+    if (load_packet(skb, l4, ports, sizeof(ports)) != 0)
         return;
-    u16 sport = DNS_NTOHS(ports[0]), dport = DNS_NTOHS(ports[1]);
+    u16 sport = ORB8_NTOHS(ports[0]), dport = ORB8_NTOHS(ports[1]);
     if (sport != DNS_PORT && dport != DNS_PORT)
         return;
 
@@ -336,15 +257,15 @@ static __always_inline void handle(struct __sk_buff *skb, u8 egress)
     struct dns_stream *stream = 0;
     if (proto == 17) {
         u16 udp_len;
-        if (load(skb, l4 + 4, &udp_len, sizeof(udp_len)) != 0)
+        if (load_packet(skb, l4 + 4, &udp_len, sizeof(udp_len)) != 0)
             return;
         offset = l4 + 8;
-        end = l4 + DNS_NTOHS(udp_len);
+        end = l4 + ORB8_NTOHS(udp_len);
         if (end > len)
             end = len;
     } else {
         u8 tcp[10];  // from the sequence number to the data offset
-        if (load(skb, l4 + 4, tcp, sizeof(tcp)) != 0)
+        if (load_packet(skb, l4 + 4, tcp, sizeof(tcp)) != 0)
             return;
         u32 seq = ((u32)tcp[0] << 24) | ((u32)tcp[1] << 16) | ((u32)tcp[2] << 8) | tcp[3];
         u32 payload = l4 + (tcp[8] >> 4) * 4;
@@ -370,9 +291,9 @@ static __always_inline void handle(struct __sk_buff *skb, u8 egress)
         if (bpf_skb_load_bytes(skb, payload, &prefix, sizeof(prefix)) != 0)
             return;
         offset = payload + 2;
-        end = offset + DNS_NTOHS(prefix);
+        end = offset + ORB8_NTOHS(prefix);
         if (stream) {
-            stream->next_seq[egress & 1] = seq + skip + 2 + DNS_NTOHS(prefix);
+            stream->next_seq[egress & 1] = seq + skip + 2 + ORB8_NTOHS(prefix);
             stream->known[egress & 1] = 1;
         }
         if (end > len)

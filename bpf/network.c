@@ -36,6 +36,7 @@
 
 #include "orb8.h"
 #include "network.h"
+#include "packet.h"
 
 #ifndef TRAFFIC_CAPACITY
 #define TRAFFIC_CAPACITY 16384
@@ -51,19 +52,9 @@
 #define TCP_SOCK_OPS 1
 #endif
 
-#define IPV6_MAX_EXTENSIONS 6
-// Bound that lets the verifier check direct packet reads at a variable offset.
-#define MAX_DIRECT_OFFSET 512
-
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define NET_NTOHS(x) __builtin_bswap16(x)
-#else
-#define NET_NTOHS(x) (x)
-#endif
 
 // Grown on demand (no prealloc): a few entries per cgroup that talks.
 BPF_F_TABLE("percpu_hash", struct traffic_key, struct traffic_value, network_traffic,
@@ -76,48 +67,6 @@ BPF_PERCPU_ARRAY(network_stats, u64, STAT_COUNT);
 BPF_F_TABLE("sk_storage", int, struct socket_owner, network_sockets, 0,
             BPF_F_NO_PREALLOC | BPF_F_CLONE);
 #endif
-
-struct ipv4_header {
-    u8 version_ihl;
-    u8 tos;
-    u16 total_length;
-    u16 id;
-    u16 frag_off;
-    u8 ttl;
-    u8 protocol;
-    u16 check;
-    u8 saddr[4];
-    u8 daddr[4];
-};
-
-struct ipv6_header {
-    u8 version_class[4];
-    u16 payload_length;
-    u8 nexthdr;
-    u8 hop_limit;
-    u8 saddr[16];
-    u8 daddr[16];
-};
-
-union ip_header {
-    struct ipv4_header v4;
-    struct ipv6_header v6;
-};
-
-// Copy packet bytes: straight from the linear part of the skb when they are
-// there (headers nearly always are), else through bpf_skb_load_bytes(),
-// which also handles paged data. The direct path saves a helper call per
-// header on every packet.
-static __always_inline int load(struct __sk_buff *skb, u32 offset, void *to, u32 len)
-{
-    void *data = (void *)(long)skb->data;
-    void *data_end = (void *)(long)skb->data_end;
-    if (offset <= MAX_DIRECT_OFFSET && data + offset + len <= data_end) {
-        __builtin_memcpy(to, data + offset, len);
-        return 0;
-    }
-    return bpf_skb_load_bytes(skb, offset, to, len);
-}
 
 static __always_inline void bump_stat(u32 index, u64 n)
 {
@@ -208,74 +157,26 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction)
     union ip_header ip;
     struct traffic_key tkey = {.cgroup_id = cgroup_id, .direction = direction};
     struct flow_key fkey = {.cgroup_id = cgroup_id, .direction = direction};
-    u8 proto = 255;      // IP protocol number of the payload, 255 = unknown
-    u32 l4_offset = 0;   // 0: no L4 header in this packet
-    u8 *peer;
+    u8 proto;       // IP protocol number of the payload, ORB8_PROTO_UNKNOWN = unknown
+    u32 l4_offset;  // 0: no L4 header in this packet
 
     tkey.protocol = NET_OTHER;
-    tkey.family = skb->protocol == NET_NTOHS(0x86DD) ? NET_IPV6 : NET_IPV4;
+    tkey.family = skb->protocol == ORB8_NTOHS(0x86DD) ? NET_IPV6 : NET_IPV4;
 
-    if (load(skb, 0, &ip, sizeof(struct ipv4_header)) != 0) {
+    // AH is stepped over: the traffic behind it is still TCP or UDP.
+    u8 version = parse_ip(skb, &ip, &proto, &l4_offset, true);
+    if (version == 0) {
         count_traffic(&tkey, len, 1);
         return 1;
     }
-    u8 version = ip.v4.version_ihl >> 4;
-    if (version == 4) {
-        u32 ihl = (ip.v4.version_ihl & 0x0f) * 4;
-        tkey.family = NET_IPV4;
-        if (ihl >= 20) {
-            proto = ip.v4.protocol;
-            // A non-first fragment carries no L4 header.
-            if ((NET_NTOHS(ip.v4.frag_off) & 0x1fff) == 0)
-                l4_offset = ihl;
-        }
-        peer = direction == NET_EGRESS ? ip.v4.daddr : ip.v4.saddr;
-        __builtin_memcpy(fkey.addr, peer, 4);
-    } else if (version == 6 &&
-               load(skb, sizeof(struct ipv4_header), (u8 *)&ip + sizeof(struct ipv4_header),
-                    sizeof(struct ipv6_header) - sizeof(struct ipv4_header)) == 0) {
-        u8 nexthdr = ip.v6.nexthdr;
-        u32 offset = sizeof(struct ipv6_header);
-        bool has_l4 = true;
-        tkey.family = NET_IPV6;
-#pragma unroll
-        for (int i = 0; i < IPV6_MAX_EXTENSIONS; i++) {
-            u8 ext[4];
-            if (nexthdr != 0 && nexthdr != 43 && nexthdr != 60 && nexthdr != 44 && nexthdr != 51)
-                break;
-            if (load(skb, offset, ext, sizeof(ext)) != 0) {
-                nexthdr = 255;
-                break;
-            }
-            if (nexthdr == 44) {  // fragment: fixed 8 bytes
-                if (((ext[2] << 8) | ext[3]) & 0xfff8)
-                    has_l4 = false;  // not the first fragment
-                offset += 8;
-            } else if (nexthdr == 51) {  // AH: length in 4-byte units minus 2
-                offset += ((u32)ext[1] + 2) * 4;
-            } else {  // hop-by-hop, routing, destination options
-                offset += ((u32)ext[1] + 1) * 8;
-            }
-            nexthdr = ext[0];
-        }
-        // Still inside the extension chain after the bound: unparseable.
-        if (nexthdr != 0 && nexthdr != 43 && nexthdr != 60 && nexthdr != 44 && nexthdr != 51) {
-            proto = nexthdr;
-            if (has_l4)
-                l4_offset = offset;
-        }
-        peer = direction == NET_EGRESS ? ip.v6.daddr : ip.v6.saddr;
-        __builtin_memcpy(fkey.addr, peer, 16);
-    } else {
-        count_traffic(&tkey, len, 1);
-        return 1;
-    }
+    tkey.family = version == 4 ? NET_IPV4 : NET_IPV6;
+    copy_peer(&ip, version, direction == NET_EGRESS, fkey.addr);
 
     u32 l4_header = 0;  // length of the L4 header every GSO segment repeats
     if (proto == 6) {
         tkey.protocol = NET_TCP;
         u8 tcp[2];  // data offset, flags
-        if (l4_offset && load(skb, l4_offset + 12, tcp, sizeof(tcp)) == 0) {
+        if (l4_offset && load_packet(skb, l4_offset + 12, tcp, sizeof(tcp)) == 0) {
             l4_header = (tcp[0] >> 4) * 4;
             u8 flags = tcp[1];
             if (flags & TCP_FLAG_RST) {

@@ -12,10 +12,13 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.identity import CgroupTree, Resolver
 from exporter.kernel.percpu import possible_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,3 +265,52 @@ def remove_cgroup(path: Path) -> None:
                         os.kill(int(pid), signal.SIGKILL)
             time.sleep(0.02 * (attempt + 1))
     path.rmdir()
+
+
+class SetUp(Protocol):
+    def setup(self) -> Any: ...
+
+    def cleanup(self) -> None: ...
+
+
+class Startable(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+Thing = TypeVar("Thing", bound=SetUp)
+Started = TypeVar("Started", bound=Startable)
+
+
+def set_up(thing: Thing) -> Iterator[Thing]:
+    """A fixture's body for something with setup() and cleanup() (the pod
+    pairs of tests/kernel/netpods.py): cleaned up even when setup() fails
+    half-way."""
+    try:
+        thing.setup()
+        yield thing
+    finally:
+        thing.cleanup()
+
+
+def started_sources(
+    source_class: Callable[..., Started], cgroup2_root: Path, **defaults: Any
+) -> Iterator[Callable[..., Started]]:
+    """A fixture's body: a factory of started BPF sources (DnsSource,
+    NetworkSource) resolving cgroups under cgroup2_root, make(pods_callable,
+    **kwargs) with `defaults` under kwargs; every source is closed at
+    teardown, even on failure."""
+    sources: list[Started] = []
+
+    def make(pods_callable: Callable[[], dict], **kwargs: Any) -> Started:
+        kwargs = {**defaults, **kwargs}
+        tree = CgroupTree(cgroup2_root, clock=kwargs.get("clock", time.monotonic))
+        source = source_class(Resolver(tree, pods=pods_callable), **kwargs)
+        sources.append(source)
+        source.start()
+        return source
+
+    yield make
+    for source in sources:
+        source.close()

@@ -442,9 +442,18 @@ class PodPair:
 
     # workloads
 
-    def spawn(self, pod: Pod, mode: str, *args: object, cgroup: Path | None = None) -> Workload:
+    def spawn(
+        self,
+        pod: Pod,
+        mode: str,
+        *args: object,
+        cgroup: Path | None = None,
+        script: str = __file__,
+    ) -> Workload:
+        """`script` (this module, or another with the same arguments such as
+        tests/kernel/dnswork.py) in the pod's cgroup and network namespace."""
         proc = subprocess.Popen(
-            [sys.executable, __file__, str(cgroup or pod.cgroup), pod.netns, mode, *map(str, args)],
+            [sys.executable, script, str(cgroup or pod.cgroup), pod.netns, mode, *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,

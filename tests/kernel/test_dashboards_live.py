@@ -24,8 +24,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -218,16 +216,8 @@ def run_dns(pods: PodPair) -> None:
     messages), pod B asks pod A, until cleanup: steady rates for every DNS
     panel, A being both a client and a server."""
 
-    def spawn(pod, *args: object) -> Workload:
-        proc = subprocess.Popen(
-            [sys.executable, dnswork.__file__, str(pod.cgroup), pod.netns, *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-        )
-        workload = Workload(proc)
-        pods.workloads.append(workload)
-        return workload
+    def spawn(pod, mode: str, *args: object) -> Workload:
+        return pods.spawn(pod, mode, *args, script=dnswork.__file__)
 
     for pod in (pods.a, pods.b):
         spawn(pod, "serve", pod.ipv4).wait_ready()

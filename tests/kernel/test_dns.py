@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import struct
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.identity import CgroupTree, Resolver
 from exporter.outputs.exposition import TEXT, Renderer
 from exporter.sources.dns.metrics import LATENCY_BUCKETS
 from exporter.sources.dns.source import DnsSource
+from tests.helpers import set_up, started_sources
 from tests.kernel import dnswork
 from tests.kernel.netpods import Pod, PodPair, Workload
 from tests.kernel.test_network import Snapshot, delta, who
@@ -62,15 +61,7 @@ class DnsPods(PodPair):
         return {pod.uid: pod.pod_info() for pod in (self.a, self.b, self.c)}
 
     def run(self, pod: Pod, mode: str, *args: object) -> Workload:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORK), str(pod.cgroup), pod.netns, mode, *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-        )
-        workload = Workload(proc)
-        self.workloads.append(workload)
-        return workload
+        return self.spawn(pod, mode, *args, script=str(WORK))
 
     def serve(self) -> Workload:
         server = self.run(self.b, "serve", self.b.ipv4, self.b.ipv6)
@@ -84,28 +75,12 @@ class DnsPods(PodPair):
 
 @pytest.fixture
 def pods(cgroup2_root: Path) -> Iterator[DnsPods]:
-    pair = DnsPods(cgroup2_root)
-    try:
-        pair.setup()
-        yield pair
-    finally:
-        pair.cleanup()
+    yield from set_up(DnsPods(cgroup2_root))
 
 
 @pytest.fixture
 def make_source(cgroup2_root: Path) -> Iterator:
-    sources: list[DnsSource] = []
-
-    def make(pods_callable, **kwargs) -> DnsSource:
-        tree = CgroupTree(cgroup2_root)
-        source = DnsSource(Resolver(tree, pods=pods_callable), **kwargs)
-        sources.append(source)
-        source.start()
-        return source
-
-    yield make
-    for source in sources:
-        source.close()
+    yield from started_sources(DnsSource, cgroup2_root)
 
 
 def histogram(snapshot: Snapshot, **labels: str) -> tuple[list[float], float]:

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.identity import CgroupTree, Resolver
 from exporter.kernel.attach import link_create
 from exporter.model import MetricFamily
 from exporter.sources.network.source import NetworkSource
-from tests.helpers import remove_cgroup, run_workload
+from tests.helpers import remove_cgroup, run_workload, set_up, started_sources
 from tests.kernel.netpods import IPV6_EXTENSION_BYTES, Pod, PodPair
 
 pytestmark = pytest.mark.kernel
@@ -40,30 +39,13 @@ MSS = 1448  # 1500-byte veth MTU - 20 (IPv4) - 32 (TCP with timestamps)
 
 @pytest.fixture
 def pods(cgroup2_root: Path) -> Iterator[PodPair]:
-    pair = PodPair(cgroup2_root)
-    try:
-        pair.setup()
-        yield pair
-    finally:
-        pair.cleanup()
+    yield from set_up(PodPair(cgroup2_root))
 
 
 @pytest.fixture
 def make_source(cgroup2_root: Path) -> Iterator:
     """NetworkSource factory; every source is closed at teardown, even on failure."""
-    sources: list[NetworkSource] = []
-
-    def make(pods_callable, **kwargs) -> NetworkSource:
-        kwargs.setdefault("node_ips", [])
-        tree = CgroupTree(cgroup2_root, clock=kwargs.get("clock", time.monotonic))
-        source = NetworkSource(Resolver(tree, pods=pods_callable), **kwargs)
-        sources.append(source)
-        source.start()
-        return source
-
-    yield make
-    for source in sources:
-        source.close()
+    yield from started_sources(NetworkSource, cgroup2_root, node_ips=[])
 
 
 class Snapshot:

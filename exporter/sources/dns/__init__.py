@@ -47,6 +47,7 @@ SETTINGS: tuple[Spec, ...] = (
 
 
 def create(context: Context) -> DnsSource:
+    from exporter.sources.cgroupprobe import agent_options
     from exporter.sources.dns.source import DnsSource
 
     settings = context.settings
@@ -55,11 +56,7 @@ def create(context: Context) -> DnsSource:
         count_entries=settings.dns_count_entries,
         pending_entries=settings.dns_pending_entries,
         timeout=settings.dns_timeout,
-        deleted_grace=settings.deleted_cgroup_grace,
-        deleted_pod_grace=settings.deleted_pod_grace,
-        headers=context.headers,
-        bpf_dir=settings.bpf_dir,
-        cgroup_root=settings.cgroup_root,
+        **agent_options(context),
     )
 
 

@@ -60,16 +60,11 @@ import numpy as np
 
 from exporter import kernel
 from exporter.identity import Resolver
-from exporter.kernel import compiler, headers, maps
-from exporter.kernel.attach import (
-    ATTACH_CGROUP_EGRESS,
-    ATTACH_CGROUP_INGRESS,
-    CgroupAttachments,
-    load_program,
-)
-from exporter.kernel.maps import KernelMaps, loaded
+from exporter.kernel import compiler, headers
+from exporter.kernel.attach import ATTACH_CGROUP_EGRESS, ATTACH_CGROUP_INGRESS, load_program
 from exporter.model import Identity, MetricFamily
 from exporter.selfmetrics import program_families
+from exporter.sources.cgroupprobe import CgroupProbeSource, check_capacities
 from exporter.sources.dns.metrics import (
     KERNEL_BUCKETS,
     LATENCY,
@@ -83,7 +78,7 @@ from exporter.sources.dns.metrics import (
     TIMEOUTS,
 )
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.sources.mapstats import MapStats, map_families, memory_family
+from exporter.sources.mapstats import MapStats
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +91,7 @@ COUNTS_MAP, PENDING_MAP, STATS_MAP = "dns_counts", "dns_pending", "dns_stats"
 SeriesKey = tuple[Identity, int, int, int]  # identity, role, kind, code
 
 
-class DnsSource:
+class DnsSource(CgroupProbeSource):
     name = "dns"
 
     def __init__(
@@ -116,12 +111,7 @@ class DnsSource:
     ) -> None:
         """kernel_clock_ns: the clock of bpf_ktime_get_ns (CLOCK_MONOTONIC),
         which dns_pending's times are on; attach: "auto" | "link" | "prog_attach"."""
-        for label, value in (
-            ("count_entries", count_entries),
-            ("pending_entries", pending_entries),
-        ):
-            if value < 1:
-                raise ValueError(f"{label} must be at least 1, got {value}")
+        check_capacities(count_entries=count_entries, pending_entries=pending_entries)
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.resolver = resolver
@@ -135,9 +125,7 @@ class DnsSource:
         self.clock = clock
         self.kernel_clock_ns = kernel_clock_ns
         self.cgroup_root = cgroup_root
-        self._cgroup = CgroupAttachments(attach)
-        self._bpf: Any = None
-        self._maps: KernelMaps | None = None  # maps.BpfMaps once started; tests: use_maps()
+        super().__init__(attach)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -148,10 +136,6 @@ class DnsSource:
         self._swept_total = 0
         self._evictions = 0
 
-    @property
-    def attach_mode(self) -> str:
-        return self._cgroup.mode
-
     def summary(self) -> str:
         return (
             f"hook=cgroup_skb attach={self.attach_mode or 'none'} "
@@ -161,22 +145,8 @@ class DnsSource:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def use_maps(self, maps: KernelMaps) -> None:
-        """Collect from `maps` (anything with maps.BpfMaps' methods) instead
-        of a loaded probe: the unit tests' seam."""
-        self._reset_state()
-        self._maps = maps
-
-    @property
-    def _loaded_maps(self) -> KernelMaps:
-        return loaded(self._maps, "dns")
-
-    def start(self) -> None:
-        if self._bpf is not None:
-            return
-        self._reset_state()  # fresh kernel maps: counters restart from zero
-        root = self.cgroup_root or self.resolver.tree.root
-        bpf = compiler.compile_probe(
+    def _compile(self) -> Any:
+        return compiler.compile_probe(
             "dns",
             {
                 "COUNT_CAPACITY": self.count_entries,
@@ -186,31 +156,12 @@ class DnsSource:
             self.headers,
             self.bpf_dir,
         )
-        self._bpf = bpf
-        try:
-            programs = [
-                (
-                    load_program(bpf, "dns_ingress", "cgroup_skb"),
-                    ATTACH_CGROUP_INGRESS,
-                ),
-                (load_program(bpf, "dns_egress", "cgroup_skb"), ATTACH_CGROUP_EGRESS),
-            ]
-            self._cgroup.open(root)
-            for fn, attach_type in programs:
-                self._cgroup.attach(fn, attach_type)
-        except Exception as e:
-            self.close()
-            raise kernel.ProbeError(f"attaching dns probe to {root} failed: {e}") from e
-        self._maps = maps.BpfMaps(bpf)
-        log.info("dns probe attached to %s: %s", root, self.summary())
 
-    def close(self) -> None:
-        """Detach and free everything; safe to call twice."""
-        self._cgroup.close()
-        self._maps = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+    def _programs(self, bpf: Any) -> list[tuple[Any, int]]:
+        return [
+            (load_program(bpf, "dns_ingress", "cgroup_skb"), ATTACH_CGROUP_INGRESS),
+            (load_program(bpf, "dns_egress", "cgroup_skb"), ATTACH_CGROUP_EGRESS),
+        ]
 
     # --- collect ------------------------------------------------------------
 
@@ -277,21 +228,18 @@ class DnsSource:
         return families
 
     def _map_families(self, counts: int, pending: int, stats: list[int]) -> list[MetricFamily]:
-        return [
-            *map_families(
-                [
-                    MapStats(COUNTS_MAP, counts, self.count_entries, stats[STAT_COUNT_FAILURES]),
-                    MapStats(
-                        PENDING_MAP,
-                        pending,
-                        self.pending_entries,
-                        stats[STAT_PENDING_FAILURES],
-                        self._evictions,
-                    ),
-                ]
-            ),
-            memory_family(self._loaded_maps.memory()),
-        ]
+        return self._bpf_map_families(
+            [
+                MapStats(COUNTS_MAP, counts, self.count_entries, stats[STAT_COUNT_FAILURES]),
+                MapStats(
+                    PENDING_MAP,
+                    pending,
+                    self.pending_entries,
+                    stats[STAT_PENDING_FAILURES],
+                    self._evictions,
+                ),
+            ]
+        )
 
     # --- retirement ---------------------------------------------------------
 
@@ -305,12 +253,8 @@ class DnsSource:
         """Free removed cgroups' entries once their grace is over; their final
         counts (read and deleted in one step) go to the carried counts."""
         retiring = set(retire)
-        for row, read in zip(keys, values.tolist(), strict=True):
-            cgroup_id = int(row["cgroup_id"])
-            if cgroup_id not in retiring:
-                continue
+        for row, cgroup_id, (count,) in self._take_retiring(COUNTS_MAP, keys, values, retiring, 1):
             key = (identities[cgroup_id], int(row["role"]), int(row["kind"]), int(row["code"]))
-            (count,) = self._loaded_maps.take(COUNTS_MAP, row.tobytes(), 1) or read
             self._carried.add(key, count)
         for cgroup_id, role in [k for k in self._swept if k[0] in retiring]:
             self._carried.add(

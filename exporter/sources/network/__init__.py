@@ -68,6 +68,7 @@ SETTINGS: tuple[Spec, ...] = (
 
 
 def create(context: Context) -> NetworkSource:
+    from exporter.sources.cgroupprobe import agent_options
     from exporter.sources.network.source import NetworkSource
 
     settings = context.settings
@@ -79,11 +80,7 @@ def create(context: Context) -> NetworkSource:
         peer_limit=settings.network_peer_limit,
         flow_idle_timeout=settings.network_flow_idle_timeout,
         cluster_cidrs=settings.network_cluster_cidrs,
-        deleted_grace=settings.deleted_cgroup_grace,
-        deleted_pod_grace=settings.deleted_pod_grace,
-        headers=context.headers,
-        bpf_dir=settings.bpf_dir,
-        cgroup_root=settings.cgroup_root,
+        **agent_options(context),
     )
 
 

@@ -97,21 +97,19 @@ import numpy as np
 
 from exporter import kernel
 from exporter.identity import Resolver
-from exporter.kernel import compiler, headers, maps
+from exporter.kernel import compiler, headers
 from exporter.kernel.attach import (
     ATTACH_CGROUP_EGRESS,
     ATTACH_CGROUP_INGRESS,
     ATTACH_CGROUP_SOCK_OPS,
-    Attachment,
-    CgroupAttachments,
     load_program,
 )
-from exporter.kernel.maps import KernelMaps, loaded
 from exporter.model import IDENTITY_LABELS, Identity, MetricFamily, counter
 from exporter.rows import Interner, RowFamily, RowTable
 from exporter.selfmetrics import program_families
+from exporter.sources.cgroupprobe import CgroupProbeSource, check_capacities
 from exporter.sources.lifecycle import CarriedCounts, CgroupLifecycle
-from exporter.sources.mapstats import MapStats, map_families, memory_family
+from exporter.sources.mapstats import MapStats
 from exporter.sources.network.flows import (
     FlowLedger,
     FlowRow,
@@ -145,7 +143,7 @@ PEER_LABELS = ("peer_namespace", "peer_pod", "peer_class")
 PEER_CACHE_LIMIT = 65536
 
 
-class NetworkSource:
+class NetworkSource(CgroupProbeSource):
     name = "network"
 
     def __init__(
@@ -170,13 +168,9 @@ class NetworkSource:
     ) -> None:
         """tcp_hook: "auto" | "sock_ops" | "none" (RSTs only); attach: "auto" |
         "link" | "prog_attach". Forcing a variant is for tests; "auto" probes."""
-        for label, value in (
-            ("traffic_entries", traffic_entries),
-            ("flow_entries", flow_entries),
-            ("tcp_entries", tcp_entries),
-        ):
-            if value < 1:
-                raise ValueError(f"{label} must be at least 1, got {value}")
+        check_capacities(
+            traffic_entries=traffic_entries, flow_entries=flow_entries, tcp_entries=tcp_entries
+        )
         if peer_limit < 0:
             raise ValueError(f"peer_limit must be >= 0, got {peer_limit}")
         if flow_idle_timeout <= 0:
@@ -199,11 +193,7 @@ class NetworkSource:
         self.requested_tcp_hook = tcp_hook
         self.proc_net = proc_net
         self.tcp_hook = ""
-        self._bpf: Any = None
-        # The kernel maps (maps.BpfMaps once started); tests hand in an
-        # in-memory stand-in through use_maps().
-        self._maps: KernelMaps | None = None
-        self._cgroup = CgroupAttachments(attach)
+        super().__init__(attach)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -223,18 +213,6 @@ class NetworkSource:
         self._peer_cache: dict[IPAddress, Peer] = {}
         self._peer_generation = 0  # bumped when the cache is cleared
 
-    @property
-    def attach_mode(self) -> str:
-        return self._cgroup.mode
-
-    @property
-    def _attachments(self) -> list[Attachment]:
-        return self._cgroup.attachments
-
-    @property
-    def _cgroup_fd(self) -> int | None:
-        return self._cgroup.fd
-
     def summary(self) -> str:
         return (
             f"hook=cgroup_skb tcp={self.tcp_hook or 'none'} attach={self.attach_mode or 'none'} "
@@ -244,17 +222,7 @@ class NetworkSource:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def use_maps(self, maps: KernelMaps) -> None:
-        """Collect from `maps` (anything with maps.BpfMaps' methods) instead
-        of a loaded probe: the unit tests' seam."""
-        self._reset_state()
-        self._maps = maps
-
-    @property
-    def _loaded_maps(self) -> KernelMaps:
-        return loaded(self._maps, "network")
-
-    def _compile(self, sock_ops: bool) -> Any:
+    def _compile_variant(self, sock_ops: bool) -> Any:
         return compiler.compile_probe(
             "network",
             {
@@ -267,7 +235,16 @@ class NetworkSource:
             self.bpf_dir,
         )
 
-    def _load(self) -> tuple[Any, list[tuple[Any, int]]]:
+    def _programs_of(self, bpf: Any, sock_ops: bool) -> list[tuple[Any, int]]:
+        programs = [
+            (load_program(bpf, "network_ingress", "cgroup_skb"), ATTACH_INGRESS),
+            (load_program(bpf, "network_egress", "cgroup_skb"), ATTACH_EGRESS),
+        ]
+        if sock_ops:
+            programs.append((load_program(bpf, "network_sockops", "sock_ops"), ATTACH_SOCK_OPS))
+        return programs
+
+    def _compile(self) -> Any:
         """Compile and load; falls back to RSTs only without sock_ops/socket storage."""
         errors = []
         if self.requested_tcp_hook == "auto":
@@ -277,15 +254,9 @@ class NetworkSource:
         for sock_ops in variants:
             bpf = None
             try:
-                bpf = self._compile(sock_ops)
-                programs = [
-                    (load_program(bpf, "network_ingress", "cgroup_skb"), ATTACH_INGRESS),
-                    (load_program(bpf, "network_egress", "cgroup_skb"), ATTACH_EGRESS),
-                ]
-                if sock_ops:
-                    programs.append(
-                        (load_program(bpf, "network_sockops", "sock_ops"), ATTACH_SOCK_OPS)
-                    )
+                bpf = self._compile_variant(sock_ops)
+                # Loaded here, so that a variant the verifier refuses falls back.
+                self._programs_of(bpf, sock_ops)
             except Exception as e:
                 if bpf is not None:
                     bpf.cleanup()
@@ -294,34 +265,12 @@ class NetworkSource:
             self.tcp_hook = "sock_ops" if sock_ops else "none"
             if errors:
                 log.warning("network probe without sock_ops (%s)", errors[0])
-            return bpf, programs
+            return bpf
         raise kernel.ProbeError("loading network probe failed: " + "; ".join(errors))
 
-    def start(self) -> None:
-        if self._bpf is not None:
-            return
-        self._reset_state()  # fresh kernel maps: counters restart from zero
-        root = self.cgroup_root or self.resolver.tree.root
-        bpf, programs = self._load()
-        try:
-            self._cgroup.open(root)
-            for fn, attach_type in programs:
-                self._cgroup.attach(fn, attach_type)
-        except Exception as e:
-            self._bpf = bpf
-            self.close()
-            raise kernel.ProbeError(f"attaching network probe to {root} failed: {e}") from e
-        self._bpf = bpf
-        self._maps = maps.BpfMaps(bpf)
-        log.info("network probe attached to %s: %s", root, self.summary())
-
-    def close(self) -> None:
-        """Detach and free everything; safe to call twice."""
-        self._cgroup.close()
-        self._maps = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+    def _programs(self, bpf: Any) -> list[tuple[Any, int]]:
+        # Loaded by _compile already: BCC hands back the same programs.
+        return self._programs_of(bpf, self.tcp_hook == "sock_ops")
 
     # --- reading the kernel -------------------------------------------------
 
@@ -595,24 +544,15 @@ class NetworkSource:
     def _map_families(
         self, traffic: int, tcp: int, flows: int, stats: list[int]
     ) -> list[MetricFamily]:
-        return [
-            *map_families(
-                [
-                    MapStats(
-                        TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]
-                    ),
-                    MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
-                    MapStats(
-                        FLOW_MAP,
-                        flows,
-                        self.flow_entries,
-                        stats[STAT_FLOW_FAILURES],
-                        self._evictions,
-                    ),
-                ]
-            ),
-            memory_family(self._loaded_maps.memory()),
-        ]
+        return self._bpf_map_families(
+            [
+                MapStats(TRAFFIC_MAP, traffic, self.traffic_entries, stats[STAT_TRAFFIC_FAILURES]),
+                MapStats(TCP_MAP, tcp, self.tcp_entries, stats[STAT_TCP_FAILURES]),
+                MapStats(
+                    FLOW_MAP, flows, self.flow_entries, stats[STAT_FLOW_FAILURES], self._evictions
+                ),
+            ]
+        )
 
     # --- retirement ---------------------------------------------------------
 
@@ -635,19 +575,13 @@ class NetworkSource:
         and the series continues from its carried counts.
         """
         retiring = set(retire)
-        for row, read in zip(traffic_keys, traffic.tolist(), strict=True):
-            cgroup_id = int(row["cgroup_id"])
-            if cgroup_id not in retiring:
-                continue
+        for row, cgroup_id, (nbytes, npackets) in self._take_retiring(
+            TRAFFIC_MAP, traffic_keys, traffic, retiring, 2
+        ):
             identity = identities[cgroup_id]
             key = (identity, int(row["direction"]), int(row["protocol"]), int(row["family"]))
-            nbytes, npackets = self._loaded_maps.take(TRAFFIC_MAP, row.tobytes(), 2) or read
             self._traffic_carried.add(key, nbytes, npackets)
-        for row, read in zip(tcp_keys, tcp.tolist(), strict=True):
-            cgroup_id = int(row["cgroup_id"])
-            if cgroup_id not in retiring:
-                continue
-            (count,) = self._loaded_maps.take(TCP_MAP, row.tobytes(), 1) or read
+        for row, cgroup_id, (count,) in self._take_retiring(TCP_MAP, tcp_keys, tcp, retiring, 1):
             self._tcp_carried.add((identities[cgroup_id], int(row["event"])), count)
 
         self._ledger.retire(retiring, identities, self._delete_flow)
