@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ def process_memory(pid: int | str = "self", proc: Path = Path("/proc")) -> dict[
     return parse_status((proc / str(pid) / "status").read_text())
 
 
+@functools.cache  # found once: find_library may run ldconfig, and the agent trims every 10 s
 def _libc_malloc_trim():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
